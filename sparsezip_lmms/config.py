@@ -1,0 +1,312 @@
+"""Compression configs: YAML files selected by name or path, dotted overrides, strict validation.
+
+A config file is plain data::
+
+    # model_configs/sparsezip_64.yaml
+    method: sparsezip
+    dominant: 54
+    merging:
+      contextual_num: 10
+
+`method` picks the schema (one pydantic model per method); every other key must belong to that
+schema. A file may start from another one with ``base: NAME_OR_PATH`` and change a few keys, which
+is how the ablations in ``model_configs/ablations/`` are written.
+
+    >>> cfg = load_config("sparsezip_64", {"merging.contextual_num": 16, "cross_beta": 0.3})
+
+Every problem raises :class:`ConfigError` (a ``ValueError``) whose message names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from .paths import model_configs_path
+
+__all__ = [
+    "ConfigError",
+    "KeepAllConfig",
+    "VisionZipConfig",
+    "SparseZipConfig",
+    "SparseVLMConfig",
+    "RandomKeepConfig",
+    "PoolConfig",
+    "CompressionConfig",
+    "config_dir",
+    "available_configs",
+    "load_config",
+    "parse_config",
+    "config_to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A config name, file, key or value is wrong. The message names what and where."""
+
+
+class _Schema(BaseModel):
+    # strict: no silent str->int or float->int coercion; extra: unknown keys are errors.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class KeepAllConfig(_Schema):
+    """No compression: all 576 visual tokens reach the LLM (the reference for every comparison)."""
+
+    method: Literal["none"] = "none"
+    seed: int = 0
+
+
+class VisionZipConfig(_Schema):
+    """VisionZip (Yang et al., CVPR 2025), official conventions: ``dominant`` counts CLS."""
+
+    method: Literal["visionzip"] = "visionzip"
+    dominant: int = Field(54, ge=1, description="kept tokens including CLS")
+    contextual: int = Field(10, ge=0, description="merged contextual tokens")
+    seed: int = 0
+
+
+class RandomKeepConfig(_Schema):
+    """Sanity baseline: keep ``keep`` patches drawn uniformly at random (seeded)."""
+
+    method: Literal["random"] = "random"
+    keep: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class PoolConfig(_Schema):
+    """Sanity baseline: 2-D average pooling of the patch grid down to ``keep`` tokens."""
+
+    method: Literal["pool"] = "pool"
+    keep: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class DynamicKConfig(_Schema):
+    """K = round(scale * log(Var(scores) + eps) + c), clamped to [k_min, k_max].
+
+    Defaults match ``sparsezip_64`` (K in [32, 54]); ``scale: 1`` gives the unscaled formula, whose
+    K moves by only a token or two across images (see docs/ALGORITHMS.md).
+    """
+
+    c: float = Field(77.1, description="offset; with scale 1 and c 10 this is the original formula")
+    eps: float = Field(1e-3, gt=0)
+    scale: float = Field(11.0, ge=0, description="multiplies log(Var + eps); 1.0 is the original formula")
+
+
+class HybridWeights(_Schema):
+    attn: float = 1.0
+    entropy: float = 0.6
+    mutual: float = 0.8
+
+
+class MergingConfig(_Schema):
+    contextual_num: int = Field(10, ge=0, description="contextual (merged) tokens per image")
+    kmeans_init_factor: float = Field(2.0, ge=1.0, description="k-means++ seeds = factor * contextual_num")
+    kmeans_iters: int = Field(10, ge=0, description="Lloyd iterations")
+    agglomerative: bool = Field(False, description="reduce the k-means clusters to contextual_num agglomeratively")
+
+
+class SparseZipConfig(_Schema):
+    """SparseZip: hybrid (text-aware) scoring, dynamic-K dominant tokens, hierarchical merging."""
+
+    method: Literal["sparsezip"] = "sparsezip"
+    dominant: int = Field(54, ge=1, description="dominant tokens incl. CLS when dynamic-K is off")
+    k_min: int = Field(32, ge=1, description="dynamic-K lower bound (dominant tokens incl. CLS)")
+    k_max: int = Field(54, ge=1, description="dynamic-K upper bound (dominant tokens incl. CLS)")
+    dynk: DynamicKConfig = DynamicKConfig()
+    alphas: HybridWeights = HybridWeights()
+    tau_feat: float = Field(0.15, gt=0)
+    tau_sim: float = Field(0.08, gt=0)
+    cross_beta: float = Field(0.0, ge=0, description="weight of the text-relevance z-score")
+    text_space: Literal["vision", "llm"] = "vision"
+    merge: Literal["kmeans", "visionzip"] = "kmeans"
+    merging: MergingConfig = MergingConfig()
+    skip_hybrid_attn: bool = Field(False, description="score = CLS attention only")
+    skip_dynamic_k: bool = Field(False, description="use the fixed `dominant` instead of dynamic-K")
+    skip_ctx_merge: bool = Field(False, description="no contextual tokens")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "SparseZipConfig":
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        return self
+
+
+class SparseVLMConfig(_Schema):
+    """SparseVLM v1.5 (ICML code): text-guided pruning inside the LLM prefill with token recycling."""
+
+    method: Literal["sparsevlm"] = "sparsevlm"
+    budget: int = Field(64, ge=1, description="nominal visual-token budget (label only)")
+    pruning_layers: list[int] = Field(default_factory=lambda: [2, 6, 15])
+    schedule: list[int] = Field(default_factory=lambda: [66, 30, 17])
+    recycle: bool = True
+    recycle_ratio: float = Field(0.3, gt=0, le=1)
+    cluster_divisor: int = Field(10, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> "SparseVLMConfig":
+        if len(self.pruning_layers) != len(self.schedule):
+            raise ValueError(
+                f"pruning_layers ({self.pruning_layers}) and schedule ({self.schedule}) must have the same length"
+            )
+        if any(b <= a for a, b in zip(self.pruning_layers, self.pruning_layers[1:])):
+            raise ValueError(f"pruning_layers must be strictly increasing, got {self.pruning_layers}")
+        if any(layer < 0 for layer in self.pruning_layers):
+            raise ValueError(f"pruning_layers must be >= 0, got {self.pruning_layers}")
+        if any(k < 1 for k in self.schedule):
+            raise ValueError(f"schedule entries must be >= 1, got {self.schedule}")
+        return self
+
+
+CompressionConfig = Annotated[
+    Union[KeepAllConfig, VisionZipConfig, SparseZipConfig, SparseVLMConfig, RandomKeepConfig, PoolConfig],
+    Field(discriminator="method"),
+]
+_ADAPTER: TypeAdapter = TypeAdapter(CompressionConfig)
+METHODS = ("none", "visionzip", "sparsezip", "sparsevlm", "random", "pool")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def config_dir() -> Path:
+    """The folder of the named configs: inside the installed package, or the repo's ``model_configs/``."""
+    try:
+        return model_configs_path()
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+
+
+def available_configs() -> list[str]:
+    """Names accepted by :func:`load_config`, e.g. ``sparsezip_64`` or ``ablations/merge_off``."""
+    root = config_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def _resolve(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {name_or_path}")
+        return path
+    root = config_dir()
+    for candidate in (root / f"{name_or_path}.yaml", root / "ablations" / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"unknown config {name_or_path!r}; available: {', '.join(available_configs())} (or a path to a .yaml file)"
+    )
+
+
+def _deep_merge(base: dict, update: Mapping) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_raw(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict:
+    path = _resolve(name_or_path)
+    if path in _seen:
+        raise ConfigError(f"config {path} includes itself through 'base'")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"config file {path}: 'base' must be a config name or path")
+        if not Path(base).is_absolute() and (path.parent / base).suffix in (".yaml", ".yml"):
+            base = str(path.parent / base)
+        data = _deep_merge(_read_raw(base, _seen + (path,)), data)
+    return data
+
+
+def _parse_value(value: Any) -> Any:
+    """Override values from the command line arrive as strings; read them as YAML scalars."""
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def _apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
+    data = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if not all(parts):
+            raise ConfigError(f"bad config key {dotted!r}")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is not a section, cannot set {dotted!r}")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        # drop the union tag pydantic puts first (e.g. 'sparsezip') so that the path is the YAML key
+        loc = [str(p) for p in item["loc"]]
+        if loc and loc[0] in METHODS:
+            loc = loc[1:]
+        key = ".".join(loc) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}")
+        elif item["type"] == "union_tag_invalid":
+            lines.append(f"'method' must be one of {', '.join(METHODS)}, got {item['input'].get('method')!r}")
+        elif item["type"] == "union_tag_not_found":
+            lines.append(f"missing key 'method' (one of {', '.join(METHODS)})")
+        elif key == "<root>":
+            lines.append(item["msg"].removeprefix("Value error, "))
+        else:
+            lines.append(f"key {key!r}: {item['msg']} (got {item.get('input')!r})")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<dict>") -> CompressionConfig:
+    """Validate a plain mapping into the schema its ``method`` selects."""
+    try:
+        return _ADAPTER.validate_python(dict(data))
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(name_or_path: str | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> CompressionConfig:
+    """Load a named config (``model_configs/NAME.yaml``), a YAML path, or a mapping, then apply
+    dotted overrides such as ``{"merging.contextual_num": 16}``."""
+    if isinstance(name_or_path, Mapping):
+        data, source = dict(name_or_path), "<dict>"
+    else:
+        data, source = _read_raw(str(name_or_path)), repr(str(name_or_path))
+    if overrides:
+        data = _apply_overrides(data, overrides)
+    return parse_config(data, source)
+
+
+def config_to_dict(config: CompressionConfig) -> dict[str, Any]:
+    """The effective config as plain data (what gets logged and written next to results)."""
+    return config.model_dump(mode="json")

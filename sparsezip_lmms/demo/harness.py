@@ -1,0 +1,118 @@
+"""Run the real lmms-eval CLI in a subprocess and read back what it wrote.
+
+The lmms-eval CLI can print a traceback and still exit 0 (a model that fails to load, a dataset
+that cannot be read), so success is judged by the results file, never by the exit code alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import tasks_path
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class HarnessError(RuntimeError):
+    """lmms-eval did not produce a usable results file."""
+
+
+@dataclass
+class HarnessRun:
+    results: dict  # the parsed *_results.json
+    results_path: Path
+    samples: dict[str, list[dict]]  # task -> rows of its *_samples_<task>.jsonl (when --log_samples)
+    stdout: str
+
+
+def write_local_tasks(out_dir: str | Path, data_dirs: dict[str, str | Path], suffix: str = "_mini") -> list[str]:
+    """Task YAMLs that include the shipped ``<name>_eff`` tasks and read local DatasetDicts.
+
+    ``data_dirs`` maps an upstream task name (``pope``, ``mme``, ``docvqa_val``) to a folder saved by
+    ``DatasetDict.save_to_disk``. Returns the new task names (``pope_eff_mini``, ...).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for base, data_dir in data_dirs.items():
+        parent = tasks_path() / f"{base}_eff.yaml"
+        if not parent.is_file():
+            raise FileNotFoundError(f"no shipped task {parent.name} for {base!r}")
+        name = f"{base}_eff{suffix}"
+        (out / f"{name}.yaml").write_text(
+            f"include: {parent}\n"
+            f"task: {name}\n"
+            f"dataset_path: {Path(data_dir).resolve()}\n"
+            "dataset_kwargs:\n"
+            "  load_from_disk: true\n"
+        )
+        names.append(name)
+    return names
+
+
+def lmms_eval_command(
+    model: str,
+    model_args: str,
+    tasks: list[str],
+    output_path: str | Path,
+    *,
+    include_path: str | Path | None = None,
+    batch_size: int = 1,
+    device: str = "cpu",
+    log_samples: bool = True,
+    launcher: list[str] | None = None,
+    extra: list[str] | None = None,
+) -> list[str]:
+    launcher = launcher or [sys.executable, "-m", "lmms_eval"]
+    cmd = [
+        *launcher,
+        "--model", model,
+        "--model_args", model_args,
+        "--tasks", ",".join(tasks),
+        "--batch_size", str(batch_size),
+        "--device", device,
+        "--output_path", str(output_path),
+    ]  # fmt: skip
+    if include_path is not None:
+        cmd += ["--include_path", str(include_path)]
+    if log_samples:
+        cmd.append("--log_samples")
+    return cmd + list(extra or [])
+
+
+def run_lmms_eval(cmd: list[str], output_path: str | Path, *, timeout: float = 1800, env: dict | None = None) -> HarnessRun:
+    """Run ``cmd`` (an lmms-eval command line) and return the results it wrote under ``output_path``."""
+    output_path = Path(output_path)
+    started = time.time()
+    full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    log = proc.stdout + proc.stderr
+    candidates = [p for p in output_path.rglob("*_results.json") if p.stat().st_mtime >= started - 1]
+    if proc.returncode != 0 or not candidates:
+        raise HarnessError(
+            f"lmms-eval {'exited with ' + str(proc.returncode) if proc.returncode else 'wrote no results file'}"
+            f"\ncommand: {' '.join(cmd)}\n--- output (last 6000 chars) ---\n{log[-6000:]}"
+        )
+    results_path = max(candidates, key=lambda p: p.stat().st_mtime)
+    results = json.loads(results_path.read_text())
+    stamp = results_path.name[: -len("_results.json")]
+    samples = {}
+    for path in results_path.parent.glob(f"{stamp}_samples_*.jsonl"):
+        task = path.stem[len(f"{stamp}_samples_") :]
+        samples[task] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    missing = [t for t in results.get("configs", {}) if t not in results.get("results", {})]
+    if missing:
+        raise HarnessError(f"tasks without results in {results_path}: {missing}\n{log[-4000:]}")
+    return HarnessRun(results, results_path, samples, log)

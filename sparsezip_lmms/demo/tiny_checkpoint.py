@@ -1,0 +1,177 @@
+"""A tiny random-weight LLaVA-1.5 checkpoint in llava-hf format, built offline.
+
+The geometry is LLaVA-1.5's where it matters to token compression: a CLIP vision tower with
+image 336 and patch 14 (576 patches + CLS), 24 layers, features taken from layer -2 without CLS
+("default" strategy), a 2-layer GELU projector, and a LLaMA decoder deep enough for SparseVLM's
+pruning layers (2, 6, 15). Widths are small so that a whole lmms-eval run takes seconds on a CPU.
+The tokenizer is a byte-level BPE trained here on a small corpus of benchmark-like prompts, with
+an ``<image>`` token and a LLaVA-1.5-style chat template.
+
+The weights are random: generations are arbitrary text. The checkpoint exists to exercise every
+code path (loading, processor, compression, generation, harness) exactly as a real one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+# The LLaVA-1.5 conversation format ("USER: <image>\n... ASSISTANT:"), images first in a turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] + ' ' }}{% endif %}{% endfor %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+_CORPUS = [
+    "USER: <image>\nIs there a cat in the image? Answer the question using a single word or phrase. ASSISTANT: Yes",
+    "USER: <image>\nIs there a dog in the image? Answer the question using a single word or phrase. ASSISTANT: No",
+    "USER: <image>\nIs this photo taken in a place of worship? Please answer yes or no. ASSISTANT: yes no",
+    "USER: <image>\nWhat is the date mentioned in this letter? Answer the question using a single word or phrase.",
+    "ASSISTANT: 1/8/93 The total is 12.50 dollars. Page 3 of the report, ITC Limited, Corporation.",
+    "Is the red square on the left of the blue circle? Are there two objects in the picture?",
+    "A chat between a curious user and an artificial intelligence assistant.",
+    "0 1 2 3 4 5 6 7 8 9 yes no Yes No YES NO . , ? ! : ; ' \" ( ) - / %",
+]
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+
+def build_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained offline, wrapped as a fast HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 20, trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        model_max_length=4096,
+    )
+
+
+def build_tiny_llava(
+    out_dir: str | Path,
+    *,
+    vision_layers: int = 24,
+    vision_width: int = 64,
+    text_layers: int = 16,
+    text_width: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Build, save and return the path of a tiny random LLaVA-1.5 checkpoint (llava-hf format).
+
+    ``LlavaForConditionalGeneration.from_pretrained(out_dir)`` and ``AutoProcessor.from_pretrained(out_dir)``
+    load it back like a hub checkpoint.
+    """
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        do_center_crop=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=vision_width,
+        intermediate_size=2 * vision_width,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=4,
+        image_size=336,
+        patch_size=14,
+        projection_dim=vision_width,
+        hidden_act="quick_gelu",
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=text_width,
+        intermediate_size=2 * text_width,
+        num_hidden_layers=text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    _sharpen_attention(model)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@torch.no_grad()
+def _sharpen_attention(model) -> None:
+    """Scale the random query/key projections up so attention is peaked like a trained model's.
+
+    With default random init every attention row is nearly uniform, which makes all token scores
+    tie and top-k choices arbitrary; trained CLIP/LLaMA attention is far more peaked.
+    """
+    for name, module in model.named_modules():
+        if name.endswith(("q_proj", "k_proj")) and hasattr(module, "weight"):
+            module.weight.mul_(4.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir")
+    args = parser.parse_args(argv)
+    print(build_tiny_llava(args.out_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Per-request efficiency records, kept by (task, split, doc_id) for the task's process_results.
+
+lmms-eval hands ``process_results(doc, results)`` only the document and the generated text, so the
+model files each request's figures under a key both sides can compute. Records stay in the
+process that generated them; under data parallelism every rank scores its own documents, so the
+figures follow their documents to the rank that reports them.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+_RECORDS: dict[tuple[str, str, int], "EfficiencyRecord"] = {}
+
+
+@dataclass
+class EfficiencyRecord:
+    """Figures for one request. Times in seconds; ``None`` where a figure is not measurable here.
+
+    Under batching the timing fields are those of the request's batch (every request of a batch
+    waits for the whole batch); ``batch_size`` says how many requests shared it.
+    """
+
+    model: str
+    config: str
+    batch_size: int = 1
+    preprocess_s: float | None = None  # processor: image resize/normalise + tokenisation
+    vision_s: float | None = None  # CLIP + scoring + compression + projector
+    prefill_s: float | None = None  # LLM prefill up to the first generated token
+    ttft_s: float | None = None  # time to first token: vision + prefill
+    tpot_s: float | None = None  # time per output token after the first
+    e2e_s: float | None = None  # whole request, preprocessing included
+    peak_memory_bytes: int | None = None  # CUDA: max allocated during the batch; CPU: None
+    input_tokens: int | None = None  # real LLM input length (compressed), padding excluded
+    output_tokens: int | None = None
+    visual_tokens: int | None = None  # visual tokens entering the LLM
+    warmup: bool = False  # excluded from timing aggregates
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_batch(cls, *, model: str, config: str, timing: dict[str, Any], **fields: Any) -> "EfficiencyRecord":
+        return cls(model=model, config=config, **timing, **fields)
+
+    @classmethod
+    def failed(cls, model: str, config: str, error: str) -> "EfficiencyRecord":
+        return cls(model=model, config=config, error=error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def record_request(task: str, split: str, doc_id: int, record: EfficiencyRecord) -> None:
+    _RECORDS[(task, split, int(doc_id))] = record
+
+
+def get_record(task: str, split: str, doc_id: int) -> EfficiencyRecord | None:
+    return _RECORDS.get((task, split, int(doc_id)))
+
+
+def clear_records() -> None:
+    _RECORDS.clear()
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device | str) -> int | None:
+    """Peak device memory allocated since the last reset (CUDA); ``None`` on devices without a counter."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None
+
+
+def process_peak_rss_bytes() -> int:
+    """Peak resident memory of this process since it started (a lifetime figure, not per request)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

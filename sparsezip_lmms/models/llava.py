@@ -1,0 +1,40 @@
+"""The four lmms-eval model ids. They share one implementation and differ in their configs."""
+
+from __future__ import annotations
+
+from .base import CompressedLlava
+
+
+class LlavaHfTimed(CompressedLlava):
+    """Uncompressed LLaVA with exactly the instrumentation of the compressed models."""
+
+    model_id = "llava_hf_timed"
+    default_config = "keep_all"
+    accepted_methods = ("none",)
+
+
+class LlavaVisionZip(CompressedLlava):
+    """VisionZip: text-agnostic dominant + contextual tokens chosen in the vision encoder."""
+
+    model_id = "llava_visionzip"
+    default_config = "visionzip_64"
+    accepted_methods = ("visionzip", "none")
+
+
+class LlavaSparseZip(CompressedLlava):
+    """SparseZip: text-aware hybrid scoring, dynamic-K and hierarchical merging before the LLM.
+
+    Also runs the sanity baselines (``random``, ``pool``) and ``keep_all``.
+    """
+
+    model_id = "llava_sparsezip"
+    default_config = "sparsezip_64"
+    accepted_methods = ("sparsezip", "random", "pool", "none")
+
+
+class LlavaSparseVLM(CompressedLlava):
+    """SparseVLM v1.5: text-guided pruning of visual tokens inside the LLM prefill."""
+
+    model_id = "llava_sparsevlm"
+    default_config = "sparsevlm_64"
+    accepted_methods = ("sparsevlm", "none")

@@ -1,0 +1,20 @@
+"""lmms-eval registration (entry-point group ``lmms_eval.models``).
+
+Kept free of heavy imports: lmms-eval loads every entry point at start-up and only logs a warning
+when one fails, which would hide the real error behind "model not found".
+"""
+
+from __future__ import annotations
+
+MODEL_CLASSES = {
+    "llava_sparsezip": "sparsezip_lmms.models.llava.LlavaSparseZip",
+    "llava_visionzip": "sparsezip_lmms.models.llava.LlavaVisionZip",
+    "llava_sparsevlm": "sparsezip_lmms.models.llava.LlavaSparseVLM",
+    "llava_hf_timed": "sparsezip_lmms.models.llava.LlavaHfTimed",
+}
+
+
+def manifests():
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return [ModelManifest(model_id=model_id, chat_class_path=path) for model_id, path in MODEL_CLASSES.items()]

@@ -1,0 +1,60 @@
+"""The four model ids resolve through lmms-eval's entry points, and bad model_args fail early."""
+
+import subprocess
+import sys
+
+import pytest
+
+from sparsezip_lmms.config import ConfigError
+from sparsezip_lmms.models.manifest import MODEL_CLASSES
+
+MODEL_IDS = ["llava_sparsezip", "llava_visionzip", "llava_sparsevlm", "llava_hf_timed"]
+
+
+def test_manifest_lists_the_four_ids():
+    assert sorted(MODEL_CLASSES) == sorted(MODEL_IDS)
+
+
+def test_entry_point_is_declared():
+    from importlib.metadata import entry_points
+
+    eps = [ep for ep in entry_points(group="lmms_eval.models") if ep.value.startswith("sparsezip_lmms")]
+    assert eps, "sparsezip_lmms is not registered in the lmms_eval.models entry-point group"
+
+
+@pytest.mark.parametrize("model_id", MODEL_IDS)
+def test_ids_resolve_to_chat_classes_through_lmms_eval(model_id):
+    from lmms_eval.models import get_model
+
+    cls = get_model(model_id)
+    assert cls.__module__ == "sparsezip_lmms.models.llava"
+    assert cls.model_id == model_id and cls.is_simple is False
+    from lmms_eval.models.chat.llava_hf import LlavaHf
+
+    assert issubclass(cls, LlavaHf)
+
+
+def test_registration_does_not_use_the_deprecated_variable():
+    code = "import os; os.environ.pop('LMMS_EVAL_PLUGINS', None); from lmms_eval.models import get_model; get_model('llava_sparsezip')"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    "model_id, args, fragment",
+    [
+        ("llava_sparsezip", {"config": "sparsezip_999"}, "unknown config 'sparsezip_999'"),
+        ("llava_sparsezip", {"config": "sparsezip_64", "bogus_key": 3}, "unknown key 'bogus_key'"),
+        ("llava_sparsezip", {"config": "sparsezip_64", "merging.contextual_num": "lots"}, "'merging.contextual_num'"),
+        ("llava_visionzip", {"config": "sparsezip_64"}, "llava_visionzip accepts visionzip"),
+        ("llava_hf_timed", {"config": "visionzip_64"}, "llava_hf_timed accepts none"),
+        ("llava_visionzip", {"dominant": 0}, "'dominant'"),
+    ],
+)
+def test_bad_model_args_fail_before_loading_weights(model_id, args, fragment, tmp_path):
+    from lmms_eval.models import get_model
+
+    # The checkpoint path does not exist: reaching weight loading would raise an OSError instead.
+    with pytest.raises(ConfigError) as info:
+        get_model(model_id)(pretrained=str(tmp_path / "no-weights-here"), device="cpu", **args)
+    assert fragment in str(info.value)
+    assert model_id in str(info.value)
