@@ -1,0 +1,70 @@
+"""The real lmms-eval CLI, in a subprocess, on the tiny checkpoint and the mini datasets.
+
+The CLI can exit 0 after a crash, so every assertion is on the files it wrote.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sparsezip_lmms.demo.harness import HarnessError, lmms_eval_command, run_lmms_eval
+
+pytestmark = pytest.mark.e2e
+
+POPE_METRICS = {"pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio"}
+MME_METRICS = {"mme_perception_score", "mme_cognition_score"}
+
+
+def _run(tmp_path, mini_tasks, checkpoint, model, config, batch_size, tasks=("pope", "mme")):
+    include, names = mini_tasks
+    out = tmp_path / f"{model}_{config.split(',')[0]}_{batch_size}"  # no commas in paths: lmms-eval splits on them
+    cmd = lmms_eval_command(
+        model,
+        f"pretrained={checkpoint},config={config},dtype=float64",
+        [names[t] for t in tasks],
+        out,
+        include_path=include,
+        batch_size=batch_size,
+        extra=["--gen_kwargs", "max_new_tokens=4"],
+    )
+    return run_lmms_eval(cmd, out, timeout=1200)
+
+
+def _answers(run):
+    return {
+        task: {row["doc_id"]: row["filtered_resps"] for row in rows} for task, rows in sorted(run.samples.items())
+    }
+
+
+def _check_results(run, names, model):
+    results = run.results["results"]
+    assert set(results) == {names["pope"], names["mme"]}
+    assert POPE_METRICS <= {k.split(",")[0] for k in results[names["pope"]]}
+    assert MME_METRICS <= {k.split(",")[0] for k in results[names["mme"]]}
+    assert run.results["n-samples"][names["pope"]]["effective"] == 12
+    assert run.results["n-samples"][names["mme"]]["effective"] == 16
+    assert "sparsezip_lmms.models.llava" in run.results["config"]["model_backend"]
+    # every request reached the LLM with the compressed length reported to the harness
+    for rows in run.samples.values():
+        assert all(row["token_counts"][0]["input_tokens"] > 0 for row in rows)
+
+
+@pytest.mark.parametrize(
+    "model, config, max_visual",
+    [("llava_sparsezip", "sparsezip_64", 64), ("llava_visionzip", "visionzip_64", 64), ("llava_sparsevlm", "sparsevlm_64", 576)],
+)
+def test_cli_batch_1_and_4_agree(model, config, max_visual, tmp_path, mini_tasks, tiny_checkpoint):
+    _, names = mini_tasks
+    run1 = _run(tmp_path, mini_tasks, tiny_checkpoint, model, config, 1)
+    run4 = _run(tmp_path, mini_tasks, tiny_checkpoint, model, config, 4)
+    for run in (run1, run4):
+        _check_results(run, names, model)
+    assert _answers(run1) == _answers(run4)
+    assert run1.results["results"] == run4.results["results"]
+
+
+def test_cli_bad_model_args_name_the_key(tmp_path, mini_tasks, tiny_checkpoint):
+    with pytest.raises(HarnessError) as info:
+        _run(tmp_path, mini_tasks, tiny_checkpoint, "llava_sparsezip", "sparsezip_64,merging.contextual_nmu=3", 1, tasks=("pope",))
+    assert "unknown key 'merging.contextual_nmu'" in str(info.value)
+    assert not list(tmp_path.rglob("*_results.json"))
