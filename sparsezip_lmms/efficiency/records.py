@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 _RECORDS: dict[tuple[str, str, int], "EfficiencyRecord"] = {}
+_BY_UID: dict[str, "EfficiencyRecord"] = {}
 
 
 @dataclass
@@ -39,6 +40,13 @@ class EfficiencyRecord:
     input_tokens: int | None = None  # real LLM input length (compressed), padding excluded
     output_tokens: int | None = None
     visual_tokens: int | None = None  # visual tokens entering the LLM
+    visual_tokens_layer_avg: float | None = None  # mean over LLM layers (differs for SparseVLM)
+    visual_tokens_per_layer: list[int] | None = None  # SparseVLM: visual tokens each layer keeps
+    prefill_flops: int | None = None  # analytic: vision + compression + LLM prefill (see flops.py)
+    llm_prefill_flops: int | None = None
+    vision_flops: int | None = None  # CLIP layers run + projector
+    compression_flops: int | None = None
+    kv_cache_bytes: int | None = None  # keys + values held after generation
     warmup: bool = False  # excluded from timing aggregates
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -54,17 +62,35 @@ class EfficiencyRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """The record in reporting units (TFLOPs, MiB) for results files and log rows."""
+        out = self.to_dict()
+        out.pop("extra")
+        out["prefill_tflops"] = None if self.prefill_flops is None else self.prefill_flops / 1e12
+        out["kv_cache_mb"] = None if self.kv_cache_bytes is None else self.kv_cache_bytes / 2**20
+        out["peak_memory_mb"] = None if self.peak_memory_bytes is None else self.peak_memory_bytes / 2**20
+        out.update(self.extra)
+        return out
 
-def record_request(task: str, split: str, doc_id: int, record: EfficiencyRecord) -> None:
+
+def record_request(task: str, split: str, doc_id: int, record: EfficiencyRecord, uid: str | None = None) -> None:
+    """File ``record`` under the request's (task, split, doc_id) and, when the document has one, its key."""
     _RECORDS[(task, split, int(doc_id))] = record
+    if uid is not None:
+        _BY_UID[uid] = record
 
 
 def get_record(task: str, split: str, doc_id: int) -> EfficiencyRecord | None:
     return _RECORDS.get((task, split, int(doc_id)))
 
 
+def get_record_by_uid(uid: str | None) -> EfficiencyRecord | None:
+    return None if uid is None else _BY_UID.get(uid)
+
+
 def clear_records() -> None:
     _RECORDS.clear()
+    _BY_UID.clear()
 
 
 def reset_peak_memory(device: torch.device | str) -> None:

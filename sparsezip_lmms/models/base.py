@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,9 +28,11 @@ from lmms_eval.protocol import ChatMessages
 
 from ..config import CompressionConfig, ConfigError, config_to_dict, load_config
 from ..efficiency.clock import TokenClock, now
+from ..efficiency.flops import Dims, compression_flops, kv_cache_bytes, llm_prefill_flops, vision_flops
 from ..efficiency.records import EfficiencyRecord, peak_memory, record_request, reset_peak_memory
+from ..efficiency.task_hooks import UID_COLUMN
 from ..llava.features import image_tokens
-from ..llava.tokens import resize_image_placeholders, splice_image_features
+from ..llava.tokens import placeholder_runs, resize_image_placeholders, splice_image_features
 
 # Constructor arguments of the upstream adapter; everything else is ours or a config override.
 _PARENT_ARGS = frozenset(inspect.signature(_LlavaHfSimple.__init__).parameters) - {"self", "kwargs"}
@@ -67,6 +69,11 @@ class CompressedLlava(_LlavaHfChat):
         self._fix_data_parallel_ranks()
         self.model.eval()
         self._requests_seen = 0
+        self._text_aware = self.compression.method == "sparsezip" and self.compression.cross_beta > 0
+        self._dims = Dims.from_llava_config(self.model.config)  # compressing methods stop CLIP at the feature layer
+        self._stock_vision_dims = Dims.from_llava_config(
+            self.model.config, vision_layers_run=self.model.config.vision_config.num_hidden_layers
+        )  # the stock feature path runs every CLIP layer
         self.config_name = str(own_args.get("config") or self.default_config)
         eval_logger.info(
             f"{self.model_id}: config {self.config_name} -> {json.dumps(config_to_dict(self.compression), sort_keys=True)}"
@@ -118,30 +125,32 @@ class CompressedLlava(_LlavaHfChat):
         hf_messages = messages.model_dump()["messages"]
         return self._image_processor.apply_chat_template(hf_messages, tokenize=False, add_generation_prompt=True)
 
-    def _question_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_images: int):
-        """Per image: the embeddings of the prompt tokens that follow its placeholder run (the question).
-
-        Returns ([n_images, L_q, D], [n_images, L_q] bool) or (None, None) when there are no images.
-        """
-        if n_images == 0:
-            return None, None
+    def _question_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_images: int) -> torch.Tensor:
+        """[n_images, L] bool: for each image, the prompt tokens after its placeholder run (its question,
+        up to the assistant prompt; a later image's tokens excluded)."""
         image_id = self.model.config.image_token_id
         valid = attention_mask.bool()
         is_image = (input_ids == image_id) & valid  # [B, L]
-        # For every position, how many image runs end at or before it within the row.
         run_end = is_image & ~torch.nn.functional.pad(is_image[:, 1:], (0, 1), value=False)  # [B, L]
-        image_of_row = torch.cumsum(run_end.long(), dim=1)  # [B, L]: index of the last finished run in the row
+        runs_so_far = torch.cumsum(run_end.long(), dim=1)  # [B, L]: image runs finished at or before each position
         first_image_of_row = torch.cumsum(run_end.sum(1), 0) - run_end.sum(1)  # [B]
-        text_after = valid & ~is_image & (image_of_row > 0)  # [B, L]
-        owner = first_image_of_row[:, None] + image_of_row - 1  # [B, L] global image index per position
-        embeds = self.model.get_input_embeddings()(input_ids)  # [B, L, D]
-        length = input_ids.shape[1]
-        out = embeds.new_zeros((n_images, length, embeds.shape[-1]))
-        mask = torch.zeros((n_images, length), dtype=torch.bool, device=input_ids.device)
+        text_after = valid & ~is_image & (runs_so_far > 0)  # [B, L]
+        owner = first_image_of_row[:, None] + runs_so_far - 1  # [B, L] global index of the image a token follows
+        mask = torch.zeros((n_images, input_ids.shape[1]), dtype=torch.bool, device=input_ids.device)
         rows, cols = text_after.nonzero(as_tuple=True)
-        out[owner[rows, cols], cols] = embeds[rows, cols]
         mask[owner[rows, cols], cols] = True
-        return out, mask
+        return mask
+
+    def _question_embeddings(self, input_ids: torch.Tensor, question_mask: torch.Tensor) -> torch.Tensor:
+        """[n_images, L, D]: token embeddings of each image's question (zeros elsewhere)."""
+        embeds = self.model.get_input_embeddings()(input_ids)  # [B, L, D]
+        images, cols = question_mask.nonzero(as_tuple=True)
+        # the prompt row of each image: images are numbered row-major, so rows repeat per image count
+        runs = placeholder_runs(input_ids, torch.ones_like(input_ids), self.model.config.image_token_id)  # [B, L]
+        row_of_image = torch.repeat_interleave(torch.arange(input_ids.shape[0], device=input_ids.device), runs.sum(1))
+        out = embeds.new_zeros((question_mask.shape[0], input_ids.shape[1], embeds.shape[-1]))
+        out[images, cols] = embeds[row_of_image[images], cols]
+        return out
 
     # ------------------------------------------------------------------ generation
 
@@ -174,30 +183,28 @@ class CompressedLlava(_LlavaHfChat):
         return text
 
     @torch.no_grad()
-    def _generate_batch(self, texts: list[str], images: list, gen_kwargs: dict[str, Any]):
-        """Generate for one batch. Returns (texts, output token counts, input lengths, efficiency dict)."""
+    def _generate_batch(self, texts: list[str], images: list, gen_kwargs: dict[str, Any]) -> "BatchOutput":
+        """Generate for one batch of prompts (their images in prompt order)."""
         device = self.device
         reset_peak_memory(device)
         t_start = now(device)
-        inputs = self._image_processor(
-            images=images or None, text=texts, return_tensors="pt", padding=True
-        ).to(device)
+        inputs = self._image_processor(images=images or None, text=texts, return_tensors="pt", padding=True).to(device)
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         n_images = len(images)
-        model_dtype = self.model.dtype
+        image_id = self.model.config.image_token_id
+        images_per_row = placeholder_runs(input_ids, attention_mask, image_id).sum(dim=1)  # [B]
 
         t_vision = now(device)
+        question_mask = self._question_mask(input_ids, attention_mask, n_images)  # [n_images, L]
         if n_images:
-            question, question_mask = self._question_embeddings(input_ids, attention_mask, n_images)
-            visual = image_tokens(
-                self.model, inputs["pixel_values"].to(model_dtype), self.compression, question, question_mask
-            )
-            counts = visual.counts
+            question = self._question_embeddings(input_ids, question_mask) if self._text_aware else None
+            pixel_values = inputs["pixel_values"].to(self.model.dtype)
+            visual = image_tokens(self.model, pixel_values, self.compression, question, question_mask)
+            counts = visual.counts  # [n_images]
         else:
             visual, counts = None, torch.zeros(0, dtype=torch.long, device=device)
         t_vision_end = now(device)
 
-        image_id = self.model.config.image_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         prompt = resize_image_placeholders(input_ids, attention_mask, image_id, counts, pad_id)
         embeddings = self.model.get_input_embeddings()
@@ -207,77 +214,159 @@ class CompressedLlava(_LlavaHfChat):
             inputs_embeds = embeddings(prompt.input_ids)
 
         args = self._generation_args(gen_kwargs)
-        clock = TokenClock() if args["num_beams"] == 1 else None
         t_generate = now(device)
-        output = self.model.generate(
-            inputs_embeds=inputs_embeds, attention_mask=prompt.attention_mask, streamer=clock, **args
-        )  # [B, new] (no prompt ids when generating from embeddings)
+        if self._uses_pruning_decoder(prompt, images_per_row):
+            tokens, step_times, layer_stats = self._generate_sparsevlm(inputs_embeds, prompt, args)
+        else:
+            clock = TokenClock() if args["num_beams"] == 1 else None
+            tokens = self.model.generate(
+                inputs_embeds=inputs_embeds, attention_mask=prompt.attention_mask, streamer=clock, **args
+            )  # [B, new] (no prompt ids when generating from embeddings)
+            step_times, layer_stats = (clock.step_times if clock else []), None
         t_end = now(device)
 
-        out_texts, out_counts = [], []
-        for row in output:
-            ids = row.tolist()
-            n = len(ids)
-            for i, tok in enumerate(ids):
-                if tok == args["eos_token_id"] or tok == args["pad_token_id"]:
-                    n = i
-                    break
-            out_counts.append(n)
-            out_texts.append(self.tokenizer.decode(ids[:n], skip_special_tokens=True))
-
-        steps = clock.step_times if clock is not None else []
-        first_token_s = (steps[0] - t_vision) if steps else None
-        decode_steps = len(steps) - 1
+        out_texts, out_counts = self._decode(tokens, args)
+        decode_steps = len(step_times) - 1
         timing = {
             "batch_size": len(texts),
             "preprocess_s": t_vision - t_start,
             "vision_s": t_vision_end - t_vision,
-            "prefill_s": (steps[0] - t_generate) if steps else None,
-            "ttft_s": first_token_s,
-            "tpot_s": ((steps[-1] - steps[0]) / decode_steps) if decode_steps > 0 else None,
+            "prefill_s": (step_times[0] - t_generate) if step_times else None,
+            "ttft_s": (step_times[0] - t_vision) if step_times else None,
+            "tpot_s": ((step_times[-1] - step_times[0]) / decode_steps) if decode_steps > 0 else None,
             "e2e_s": t_end - t_start,
             "peak_memory_bytes": peak_memory(device),
         }
-        visual_tokens = self._visual_tokens_per_row(input_ids, attention_mask, counts)
-        return out_texts, out_counts, prompt.lengths.tolist(), visual_tokens, timing
+        row_of_image = torch.repeat_interleave(torch.arange(len(texts), device=device), images_per_row)
+        visual_per_row = torch.zeros(len(texts), dtype=torch.long, device=device).index_add_(0, row_of_image, counts)
+        text_per_image = question_mask.sum(dim=1)
+        text_per_row = torch.zeros(len(texts), dtype=torch.long, device=device).index_add_(0, row_of_image, text_per_image)
+        return BatchOutput(
+            texts=out_texts,
+            output_tokens=out_counts,
+            input_tokens=prompt.lengths.tolist(),
+            visual_tokens=visual_per_row.tolist(),
+            images=images_per_row.tolist(),
+            question_tokens=text_per_row.tolist(),
+            layer_stats=layer_stats,
+            timing=timing,
+        )
 
-    def _visual_tokens_per_row(self, input_ids, attention_mask, counts) -> list[int]:
-        """Number of visual tokens entering the LLM for each prompt row."""
+    def _decode(self, tokens: torch.Tensor, args: dict[str, Any]) -> tuple[list[str], list[int]]:
+        """Text and length of each generated row, cut at the first end-of-sequence or padding id."""
+        stops = {args["eos_token_id"], args["pad_token_id"]}
+        texts, counts = [], []
+        for row in tokens.tolist():
+            n = next((i for i, tok in enumerate(row) if tok in stops), len(row))
+            counts.append(n)
+            texts.append(self.tokenizer.decode(row[:n], skip_special_tokens=True))
+        return texts, counts
+
+    # ------------------------------------------------------------------ SparseVLM
+
+    def _uses_pruning_decoder(self, prompt, images_per_row: torch.Tensor) -> bool:
+        if self.compression.method != "sparsevlm":
+            return False
+        if bool((images_per_row == 1).all()):
+            return True
+        if not getattr(self, "_warned_unpruned", False):
+            eval_logger.warning(
+                f"{self.model_id}: SparseVLM prunes prompts with exactly one image; batches with prompts "
+                f"without an image or with several run unpruned (said once)"
+            )
+            self._warned_unpruned = True
+        return False
+
+    def _generate_sparsevlm(self, inputs_embeds, prompt, args):
+        from ..llava.sparsevlm import sparsevlm_generate
+
+        if args["num_beams"] != 1 or args["do_sample"]:
+            raise ValueError(f"{self.model_id}: the SparseVLM decoder generates greedily (num_beams=1, temperature=0)")
         image_id = self.model.config.image_token_id
-        is_image = (input_ids == image_id) & attention_mask.bool()
-        starts = is_image & ~torch.nn.functional.pad(is_image[:, :-1], (1, 0), value=False)
-        per_row = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-        if counts.numel():
-            row_of_image = starts.nonzero(as_tuple=True)[0]
-            per_row.index_add_(0, row_of_image, counts.to(per_row.device))
-        return per_row.tolist()
+        is_image = (prompt.input_ids == image_id) & prompt.attention_mask.bool()
+        image_start = is_image.long().argmax(dim=1)  # [B] first image position per row
+        clock = TokenClock()
+        out = sparsevlm_generate(
+            self.model,
+            inputs_embeds,
+            prompt.attention_mask,
+            image_start,
+            self.compression,
+            args["max_new_tokens"],
+            num_visual_tokens=int(is_image.sum(dim=1)[0]),
+            eos_token_id=args["eos_token_id"],
+            streamer=clock,
+        )
+        stats = {
+            "visual_tokens_per_layer": out.visual_tokens_per_layer.tolist(),
+            "equal_tokens": out.equal_tokens.tolist(),
+            "cache_lengths": out.cache_lengths.tolist(),
+        }
+        return out.sequences, clock.step_times, stats
+
+    # ------------------------------------------------------------------ accounting
+
+    def _record(self, out: "BatchOutput", row: int) -> EfficiencyRecord:
+        dims = self._dims
+        n_in, n_out, n_visual = out.input_tokens[row], out.output_tokens[row], out.visual_tokens[row]
+        layers = dims.llm_layers
+        if out.layer_stats is not None:
+            per_layer_visual = out.layer_stats["visual_tokens_per_layer"][row]
+            # tokens each layer processes in the prefill: its own KV length after the prefill
+            tokens_per_layer = out.layer_stats["cache_lengths"][row]
+            layer_avg = float(out.layer_stats["equal_tokens"][row])
+        else:
+            per_layer_visual, tokens_per_layer, layer_avg = None, [n_in] * layers, float(n_visual)
+        stock_vision = self.compression.method in ("none", "sparsevlm")
+        vision_dims = dims if not stock_vision else self._stock_vision_dims
+        vision = vision_flops(out.images[row], n_visual, vision_dims) if out.images[row] else 0
+        compression = compression_flops(self.compression, out.images[row], dims, out.question_tokens[row])
+        llm = llm_prefill_flops(tokens_per_layer, dims)
+        cache = [n + max(n_out - 1, 0) for n in tokens_per_layer]
+        return EfficiencyRecord(
+            model=self.model_id,
+            config=self.config_name,
+            **out.timing,
+            input_tokens=n_in,
+            output_tokens=n_out,
+            visual_tokens=n_visual,
+            visual_tokens_layer_avg=layer_avg,
+            visual_tokens_per_layer=per_layer_visual,
+            prefill_flops=vision + compression + llm,
+            llm_prefill_flops=llm,
+            vision_flops=vision,
+            compression_flops=compression,
+            kv_cache_bytes=kv_cache_bytes(cache, dims, self.model.dtype.itemsize),
+            warmup=self._requests_seen <= self.warmup,
+        )
+
+    # ------------------------------------------------------------------ lmms-eval entry point
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         results: list[GenerationResult | None] = [None] * len(requests)
         prepared = []
         for index, request in enumerate(requests):
             ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
-            messages = ChatMessages(messages=doc_to_messages(self.task_dict[task][split][doc_id]))
+            doc = self.task_dict[task][split][doc_id]
+            messages = ChatMessages(messages=doc_to_messages(doc))
             images, videos, _ = messages.extract_media()
             if videos:
                 raise ValueError(f"{self.model_id} handles images only; doc {doc_id} of {task} has a video")
             text = self._chat_text(messages)
             key = json.dumps(gen_kwargs, sort_keys=True, default=str)
-            prepared.append((key, -len(text), index, text, list(images), gen_kwargs, task, split, doc_id))
+            uid = doc.get(UID_COLUMN) if isinstance(doc, dict) else None
+            prepared.append(_Prepared(key, index, text, list(images), gen_kwargs, task, split, doc_id, uid))
 
         # Same generation settings in one batch; longest prompts first to pad little.
-        prepared.sort(key=lambda item: (item[0], item[1], item[2]))
+        prepared.sort(key=lambda item: (item.key, -len(item.text), item.index))
         batches = [prepared[i : i + self.batch_size] for i in range(0, len(prepared), self.batch_size)]
-        batches = list(self._regroup(batches))
         pbar = tqdm(total=len(requests), disable=(self.rank != 0), desc=f"{self.model_id} responding")
         failures = 0
-        for batch in batches:
-            outcome = self._run_batch(batch)
-            for item, (text, result_record) in zip(batch, outcome):
-                _, _, index, _, _, _, task, split, doc_id = item
-                results[index] = text
-                failures += result_record.error is not None
-                record_request(task, split, doc_id, result_record)
+        for batch in self._regroup(batches):
+            for item, (result, record) in zip(batch, self._run_batch(batch)):
+                results[item.index] = result
+                failures += record.error is not None
+                record_request(item.task, item.split, item.doc_id, record, uid=item.uid)
             pbar.update(len(batch))
         pbar.close()
         if failures:
@@ -290,42 +379,63 @@ class CompressedLlava(_LlavaHfChat):
         for batch in batches:
             start = 0
             for i in range(1, len(batch) + 1):
-                if i == len(batch) or batch[i][0] != batch[start][0]:
+                if i == len(batch) or batch[i].key != batch[start].key:
                     yield batch[start:i]
                     start = i
 
-    def _run_batch(self, batch) -> list[tuple[GenerationResult, EfficiencyRecord]]:
-        texts = [item[3] for item in batch]
-        images = [img for item in batch for img in item[4]]
-        gen_kwargs = batch[0][5]
+    def _run_batch(self, batch: list["_Prepared"]) -> list[tuple[GenerationResult, EfficiencyRecord]]:
+        texts = [item.text for item in batch]
+        images = [img for item in batch for img in item.images]
+        gen_kwargs = batch[0].gen_kwargs
         try:
-            out_texts, out_counts, input_lengths, visual_tokens, timing = self._generate_batch(texts, images, gen_kwargs)
+            out = self._generate_batch(texts, images, gen_kwargs)
         except Exception as err:  # noqa: BLE001 - one bad sample must not take the run down
             if len(batch) > 1:
                 eval_logger.warning(f"{self.model_id}: batch failed ({err!r}); retrying its {len(batch)} requests one by one")
                 return [pair for item in batch for pair in self._run_batch([item])]
-            _, _, _, _, _, _, task, split, doc_id = batch[0]
-            eval_logger.exception(f"{self.model_id}: request {task}/{split}/{doc_id} failed: {err!r}")
+            item = batch[0]
+            eval_logger.exception(f"{self.model_id}: request {item.task}/{item.split}/{item.doc_id} failed: {err!r}")
             record = EfficiencyRecord.failed(self.model_id, self.config_name, repr(err))
             return [(GenerationResult(text="", token_counts=None), record)]
 
         until = gen_kwargs.get("until")
         pairs = []
-        for text, n_out, n_in, n_visual in zip(out_texts, out_counts, input_lengths, visual_tokens):
+        for row, text in enumerate(out.texts):
             self._requests_seen += 1
-            record = EfficiencyRecord.from_batch(
-                model=self.model_id,
-                config=self.config_name,
-                timing=timing,
-                input_tokens=n_in,
-                output_tokens=n_out,
-                visual_tokens=n_visual,
-                warmup=self._requests_seen <= self.warmup,
-            )
+            record = self._record(out, row)
             result = GenerationResult(
                 text=self._apply_until(text, until),
-                token_counts=TokenCounts(input_tokens=n_in, output_tokens=n_out),
+                token_counts=TokenCounts(input_tokens=out.input_tokens[row], output_tokens=out.output_tokens[row]),
             )
-            self.cache_hook.add_partial("generate_until", (text, gen_kwargs), result.text)
+            self.cache_hook.add_partial("generate_until", (texts[row], gen_kwargs), result.text)
             pairs.append((result, record))
         return pairs
+
+
+@dataclass
+class _Prepared:
+    """One request, ready to batch."""
+
+    key: str  # generation settings (requests of a batch share them)
+    index: int  # position in the lmms-eval request list
+    text: str  # chat-templated prompt
+    images: list
+    gen_kwargs: dict[str, Any]
+    task: str
+    split: str
+    doc_id: int
+    uid: str | None  # the document's key from the *_eff tasks' process_docs
+
+
+@dataclass
+class BatchOutput:
+    """What one batch produced, per row."""
+
+    texts: list[str]
+    output_tokens: list[int]
+    input_tokens: list[int]  # real LLM input lengths (padding excluded)
+    visual_tokens: list[int]  # visual tokens entering the LLM
+    images: list[int]
+    question_tokens: list[int]
+    layer_stats: dict[str, list] | None  # SparseVLM per-layer figures
+    timing: dict[str, Any]
