@@ -1,4 +1,4 @@
-"""Command line: ``python -m sparsezip_lmms {demo,tasks-path,configs,show-config}``."""
+"""Command line: ``python -m sparsezip_lmms {demo,leaderboard,bench,tasks-path,configs,show-config}``."""
 
 from __future__ import annotations
 
@@ -18,10 +18,20 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("config")
     show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. merging.contextual_num=16")
 
-    if argv and argv[0] == "demo":  # the demo has its own options
+    sub.add_parser("leaderboard", help="merge results folders into a table (Markdown, CSV) and a Pareto plot", add_help=False)
+    sub.add_parser("bench", help="speed benchmark of every part (table + JSON)", add_help=False)
+    if argv and argv[0] == "demo":  # these have their own options
         from .demo.run import main as demo_main
 
         return demo_main(argv[1:])
+    if argv and argv[0] == "leaderboard":
+        from .leaderboard import main as leaderboard_main
+
+        return leaderboard_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "tasks-path":
         from .paths import tasks_path

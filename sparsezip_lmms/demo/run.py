@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..leaderboard import build as build_leaderboard
 from .harness import HarnessRun, lmms_eval_command, run_lmms_eval, write_local_tasks
 from .mini_datasets import MINI_BUILDERS
 from .tiny_checkpoint import build_tiny_llava
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms demo", description=__doc__)
     parser.add_argument("--out", default="demo_output", help="working folder (default: ./demo_output)")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="cap on generated tokens (keeps the demo short)")
     parser.add_argument("--runs", nargs="*", default=None, help="model:config pairs (default: all four model ids)")
     args = parser.parse_args(argv)
 
@@ -65,13 +67,20 @@ def main(argv: list[str] | None = None) -> int:
         result_dir = out / "results" / f"{model}__{config.replace('/', '_')}"
         cmd = lmms_eval_command(
             model,
-            f"pretrained={checkpoint},config={config},dtype=float32",
+            f"pretrained={checkpoint},config={config},dtype=float32,warmup={args.batch_size}",
             task_names,
             result_dir,
             include_path=task_dir,
             batch_size=args.batch_size,
+            extra=["--gen_kwargs", f"max_new_tokens={args.max_new_tokens}"],
         )
         rows.append((model, config, run_lmms_eval(cmd, result_dir)))
-    print("\nRandom weights: these numbers show the mechanics, not model quality.\n")
-    print(format_runs(rows))
+    print("\n" + format_runs(rows))
+    board = build_leaderboard(
+        [out / "results"],
+        out / "leaderboard",
+        title="Tiny checkpoint with RANDOM weights: the numbers show the mechanics, not model quality",
+    )
+    print("\n" + board)
+    print(f"\nleaderboard files: {out / 'leaderboard'}/leaderboard.{{md,csv}}, leaderboard_pareto.png")
     return 0

@@ -148,6 +148,7 @@ def build_tiny_llava(
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     _sharpen_attention(model)
+    _favour_answer_words(model, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -164,6 +165,19 @@ def _sharpen_attention(model) -> None:
     for name, module in model.named_modules():
         if name.endswith(("q_proj", "k_proj")) and hasattr(module, "weight"):
             module.weight.mul_(4.0)
+
+
+@torch.no_grad()
+def _favour_answer_words(model, tokenizer, scale: float = 20.0) -> None:
+    """Scale the output-embedding rows of " Yes", " No" and end-of-sequence up.
+
+    Their logits then dominate in magnitude, so which of them wins still depends on the image and
+    the question, but the model answers in words and stops: benchmark metrics move when compression
+    changes the visual tokens, and runs stay short.
+    """
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("\u0120Yes", "\u0120No", tokenizer.eos_token)]
+    ids = [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+    model.get_output_embeddings().weight[ids] *= scale
 
 
 def main(argv: list[str] | None = None) -> None:

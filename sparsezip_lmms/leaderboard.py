@@ -1,0 +1,283 @@
+"""Leaderboard: merge lmms-eval results files into one table (Markdown, CSV) and a Pareto plot.
+
+    python -m sparsezip_lmms leaderboard results/ more_results/ --out leaderboard/
+
+One row per (model id, config, checkpoint); the tasks of several runs merge into that row (the
+newest file wins a task measured twice). Accuracy retention and time-to-first-token speed-up are
+relative to the ``llava_hf_timed`` row of the same checkpoint. Missing cells print as ``—``; a
+results file that cannot be read becomes a row that says so, never a silently dropped row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BASELINE_MODEL = "llava_hf_timed"
+MISSING = "—"
+
+# task family -> (column label, metric key, is the retention metric)
+TASK_METRICS: dict[str, list[tuple[str, str, bool]]] = {
+    "pope": [("POPE acc", "pope_accuracy", True), ("POPE F1", "pope_f1_score", False)],
+    "mme": [
+        ("MME perception", "mme_perception_score", True),
+        ("MME cognition", "mme_cognition_score", False),
+        ("MME acc", "mme_accuracy", False),
+        ("MME acc+", "mme_accuracy_plus", False),
+    ],
+    "docvqa": [("DocVQA ANLS", "anls", True), ("DocVQA EM", "exact_match", False)],
+}
+TASK_LABEL = {"pope": "POPE", "mme": "MME", "docvqa": "DocVQA"}
+_ARG_KEYS_NOT_IN_LABEL = {"pretrained", "dtype", "device_map", "attn_implementation", "revision", "warmup"}
+
+
+def task_family(task: str) -> str | None:
+    for family in TASK_METRICS:
+        if task.startswith(family):
+            return family
+    return None
+
+
+@dataclass
+class Row:
+    model: str
+    config: str
+    checkpoint: str
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> metrics
+    sources: list[str] = field(default_factory=list)
+    versions: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.model, self.config, self.checkpoint)
+
+
+def _parse_model_args(model_args: Any) -> dict[str, str]:
+    if isinstance(model_args, dict):
+        return {str(k): str(v) for k, v in model_args.items()}
+    pairs = {}
+    for part in str(model_args or "").split(","):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _default_config(model: str) -> str:
+    try:
+        from .models.llava import LlavaHfTimed, LlavaSparseVLM, LlavaSparseZip, LlavaVisionZip
+
+        for cls in (LlavaHfTimed, LlavaSparseVLM, LlavaSparseZip, LlavaVisionZip):
+            if cls.model_id == model:
+                return cls.default_config
+    except Exception:  # noqa: BLE001 - the leaderboard must work without the model stack
+        pass
+    return "default"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def read_results(path: Path) -> tuple[Row | None, str | None]:
+    """(row with this file's tasks, problem) for one ``*_results.json``."""
+    try:
+        data = json.loads(path.read_text())
+        config = data["config"]
+        results = data["results"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"{path}: unreadable results file ({type(err).__name__}: {err})"
+    model = str(config.get("model", "?"))
+    args = _parse_model_args(config.get("model_args"))
+    label = args.get("config") or _default_config(model)
+    overrides = [f"{k}={v}" for k, v in args.items() if k != "config" and k not in _ARG_KEYS_NOT_IN_LABEL]
+    if overrides:
+        label += "," + ",".join(overrides)
+    row = Row(model=model, config=label, checkpoint=Path(args.get("pretrained", "?")).name or "?")
+    row.sources.append(str(path))
+    row.versions.add(str(data.get("lmms_eval_version", "unknown")))
+    for task, metrics in results.items():
+        family = task_family(task)
+        if family is None or not isinstance(metrics, dict):
+            continue
+        flat = {key.split(",")[0]: value for key, value in metrics.items()}
+        row.tasks[family] = flat
+    if not row.tasks:
+        row.problems.append(f"{path.name}: no POPE/MME/DocVQA results")
+    return row, None
+
+
+def collect(paths: list[str | Path]) -> list[Row]:
+    """Rows from results files found under ``paths`` (files or folders), oldest first so newer wins."""
+    files: list[Path] = []
+    problems: list[Row] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files.extend(p.rglob("*_results.json"))
+        else:
+            problems.append(Row("?", "?", "?", problems=[f"{p}: no such file or folder"]))
+    rows: dict[tuple[str, str, str], Row] = {}
+    for path in sorted(files, key=lambda f: f.stat().st_mtime):
+        row, problem = read_results(path)
+        if row is None:
+            problems.append(Row("?", "?", "?", sources=[str(path)], problems=[problem]))
+            continue
+        merged = rows.setdefault(row.key, Row(row.model, row.config, row.checkpoint))
+        merged.tasks.update(row.tasks)
+        merged.sources += row.sources
+        merged.versions |= row.versions
+        merged.problems += row.problems
+    return list(rows.values()) + problems
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names and one dict per row (numbers or None)."""
+    families = [f for f in TASK_METRICS if any(f in r.tasks for r in rows)] or list(TASK_METRICS)
+    baselines = {r.checkpoint: r for r in rows if r.model == baseline_model}
+    columns = ["model", "config", "checkpoint", "visual tokens", "prefill TFLOPs"]
+    for family in families:
+        columns += [label for label, _, _ in TASK_METRICS[family]]
+        columns += [f"{TASK_LABEL[family]} TTFT s", f"{TASK_LABEL[family]} retention %"]
+    columns += ["avg retention %", "TTFT speed-up", "notes"]
+
+    out = []
+    for row in rows:
+        base = baselines.get(row.checkpoint)
+        cells: dict[str, Any] = {"model": row.model, "config": row.config, "checkpoint": row.checkpoint}
+        cells["visual tokens"] = _mean([_number(row.tasks[f].get("eff_visual_tokens")) for f in families if f in row.tasks])
+        cells["prefill TFLOPs"] = _mean([_number(row.tasks[f].get("eff_prefill_tflops")) for f in families if f in row.tasks])
+        retentions, speedups = [], []
+        for family in families:
+            metrics = row.tasks.get(family, {})
+            base_metrics = base.tasks.get(family, {}) if base else {}
+            for label, key, is_main in TASK_METRICS[family]:
+                cells[label] = _number(metrics.get(key))
+                if is_main:
+                    ours, ref = cells[label], _number(base_metrics.get(key))
+                    retention = 100.0 * ours / ref if ours is not None and ref else None
+                    cells[f"{TASK_LABEL[family]} retention %"] = retention
+                    retentions.append(retention)
+            ttft = _number(metrics.get("eff_ttft_s"))
+            cells[f"{TASK_LABEL[family]} TTFT s"] = ttft
+            base_ttft = _number(base_metrics.get("eff_ttft_s"))
+            speedups.append(base_ttft / ttft if ttft and base_ttft else None)
+        cells["avg retention %"] = _mean(retentions)
+        cells["TTFT speed-up"] = _mean(speedups)
+        notes = list(row.problems)
+        if base is None and row.model != "?":
+            notes.append(f"no {baseline_model} row for this checkpoint")
+        missing = [TASK_LABEL[f] for f in families if f not in row.tasks and row.model != "?"]
+        if missing:
+            notes.append("missing: " + ", ".join(missing))
+        if len(row.versions) > 1:
+            notes.append("mixed lmms-eval versions: " + ", ".join(sorted(row.versions)))
+        cells["notes"] = "; ".join(notes)
+        out.append(cells)
+    out.sort(key=lambda c: (c["checkpoint"], c["model"] != baseline_model, c["model"], c["config"]))
+    return columns, out
+
+
+def _fmt(value: Any) -> str:
+    if value is None or value == "":
+        return MISSING if value is None else ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
+    return str(value).replace("|", "\\|")
+
+
+def to_markdown(columns: list[str], rows: list[dict[str, Any]], title: str | None = None) -> str:
+    lines = [f"**{title}**", ""] if title else []
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(columns: list[str], rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+
+
+def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy vs time to first token") -> Path:
+    """One panel per task: main accuracy metric against mean TTFT, one point per config, frontier drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = [f for f in TASK_METRICS if any(r.get(f"{TASK_LABEL[f]} TTFT s") is not None for r in rows)]
+    panels = max(1, len(families))
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    for ax, family in zip(axes[0], families or [None]):
+        if family is None:
+            ax.text(0.5, 0.5, "no timed results", ha="center", va="center")
+            continue
+        label = next(lbl for lbl, _, main in TASK_METRICS[family] if main)
+        points = [
+            (r[f"{TASK_LABEL[family]} TTFT s"], r[label], f"{r['model']}:{r['config']}")
+            for r in rows
+            if r.get(f"{TASK_LABEL[family]} TTFT s") is not None and r.get(label) is not None
+        ]
+        for x, y, name in points:
+            ax.scatter(x, y, s=30)
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        frontier, best = [], -math.inf
+        for x, y, _ in sorted(points):
+            if y > best:
+                frontier.append((x, y))
+                best = y
+        if len(frontier) > 1:
+            ax.plot(*zip(*frontier), linestyle="--", linewidth=1, color="grey")
+        ax.set_xlabel("time to first token (s, mean)")
+        ax.set_ylabel(label)
+        ax.set_title(TASK_LABEL[family])
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def build(paths: list[str | Path], out_dir: str | Path | None = None, title: str | None = None) -> str:
+    """Collect, tabulate, and (with ``out_dir``) write leaderboard.md/.csv/_pareto.png. Returns the Markdown."""
+    rows = collect(paths)
+    columns, cells = table(rows)
+    markdown = to_markdown(columns, cells, title)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "leaderboard.md").write_text(markdown + "\n")
+        write_csv(columns, cells, out / "leaderboard.csv")
+        pareto_plot(cells, out / "leaderboard_pareto.png", title or "accuracy vs time to first token")
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms leaderboard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="results folders or *_results.json files")
+    parser.add_argument("--out", default="leaderboard", help="folder for leaderboard.md, .csv and _pareto.png")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    print(build(args.paths, args.out, args.title))
+    print(f"\nwritten: {Path(args.out) / 'leaderboard.md'}, leaderboard.csv, leaderboard_pareto.png")
+    return 0

@@ -1,0 +1,96 @@
+"""Leaderboard over synthetic results files: merging, retention, bad inputs."""
+
+import json
+
+import pytest
+
+from sparsezip_lmms.leaderboard import build, collect, table
+
+
+def _write(path, model, model_args, results, version="0.7.3"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "results": results,
+                "config": {"model": model, "model_args": model_args},
+                "lmms_eval_version": version,
+            }
+        )
+    )
+    return path
+
+
+def _pope(acc, ttft, tokens, tflops):
+    return {
+        "pope_eff": {
+            "alias": "pope_eff",
+            "pope_accuracy,none": acc,
+            "pope_f1_score,none": acc,
+            "eff_ttft_s,none": ttft,
+            "eff_visual_tokens,none": tokens,
+            "eff_prefill_tflops,none": tflops,
+            "pope_accuracy_stderr,none": "N/A",
+        }
+    }
+
+
+def _mme(perc, ttft):
+    return {"mme_eff": {"mme_perception_score,none": perc, "mme_cognition_score,none": 50.0, "eff_ttft_s,none": ttft}}
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    _write(tmp_path / "a/base_results.json", "llava_hf_timed", "pretrained=org/llava-7b", _pope(0.8, 2.0, 576, 10.0))
+    _write(tmp_path / "b/base_mme_results.json", "llava_hf_timed", "pretrained=org/llava-7b", _mme(1500.0, 1.0))
+    _write(tmp_path / "c/sz_results.json", "llava_sparsezip", "pretrained=org/llava-7b,config=sparsezip_64", _pope(0.78, 0.5, 60, 2.0))
+    _write(tmp_path / "d/vz_results.json", "llava_visionzip", "pretrained=org/llava-7b,config=visionzip_64,dominant=50", _pope(0.7, 0.4, 64, 2.1), version="0.7.4")
+    _write(tmp_path / "d/vz2_results.json", "llava_visionzip", "pretrained=org/llava-7b,config=visionzip_64,dominant=50", _mme(1400.0, 0.3), version="0.7.3")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e/crashed_results.json").write_text("{ not json")
+    return tmp_path
+
+
+def test_rows_merge_tasks_and_compute_retention(results_dir):
+    columns, rows = table(collect([results_dir]))
+    by = {(r["model"], r["config"]): r for r in rows}
+    base = by[("llava_hf_timed", "keep_all")]
+    assert base["POPE acc"] == 0.8 and base["MME perception"] == 1500.0  # two files, one row
+    assert base["POPE retention %"] == pytest.approx(100.0) and base["TTFT speed-up"] == pytest.approx(1.0)
+    sz = by[("llava_sparsezip", "sparsezip_64")]
+    assert sz["POPE retention %"] == pytest.approx(97.5)
+    assert sz["visual tokens"] == 60 and sz["prefill TFLOPs"] == 2.0
+    assert sz["POPE TTFT s"] == 0.5 and sz["TTFT speed-up"] == pytest.approx(4.0)
+    assert sz["MME perception"] is None and "missing: MME" in sz["notes"]
+    vz = by[("llava_visionzip", "visionzip_64,dominant=50")]
+    assert vz["MME retention %"] == pytest.approx(100 * 1400 / 1500)
+    assert "mixed lmms-eval versions" in vz["notes"]
+    assert {"POPE acc", "POPE F1", "MME perception", "MME cognition", "MME acc", "MME acc+"} <= set(columns)
+
+
+def test_unreadable_and_missing_inputs_become_rows(results_dir, tmp_path):
+    _, rows = table(collect([results_dir, tmp_path / "does-not-exist"]))
+    notes = " ".join(r["notes"] for r in rows if r["model"] == "?")
+    assert "unreadable results file" in notes and "no such file or folder" in notes
+    assert len(rows) == 5  # 3 model rows + 2 problem rows, none dropped
+
+
+def test_no_baseline_is_noted(tmp_path):
+    _write(tmp_path / "x_results.json", "llava_sparsezip", "pretrained=a/b,config=sparsezip_64", _pope(0.5, 1.0, 64, 1.0))
+    _, rows = table(collect([tmp_path]))
+    assert rows[0]["POPE retention %"] is None and "no llava_hf_timed row" in rows[0]["notes"]
+
+
+def test_build_writes_markdown_csv_and_png(results_dir, tmp_path):
+    out = tmp_path / "lb"
+    markdown = build([results_dir], out, title="test")
+    assert "| llava_sparsezip | sparsezip_64 |" in markdown and "—" in markdown
+    csv_text = (out / "leaderboard.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("model,config,checkpoint")
+    png = (out / "leaderboard_pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_empty_input_still_gives_a_table(tmp_path):
+    markdown = build([tmp_path], tmp_path / "out")
+    assert markdown.startswith("| model |")
