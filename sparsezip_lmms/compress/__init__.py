@@ -1,0 +1,81 @@
+"""Training-free visual-token compression on CLIP feature-layer outputs (pure tensor code).
+
+Inputs of every method (see ``docs/ALGORITHMS.md``):
+
+* ``hidden``   ``[B, 1+N, C]``  CLIP layer −2 hidden states, CLS at position 0;
+* ``cls_attn`` ``[B, H, 1+N]``  that layer's CLS-row attention probabilities, per head;
+* ``keys``     ``[B, 1+N, Ck]`` that layer's key projections averaged over heads.
+
+Every method returns a :class:`Compressed` (``tokens`` [B, T, C], ``valid`` [B, T], ``index`` [B, T]).
+:func:`sparsezip_lmms.llava.scoring_inputs` captures the three inputs from a CLIP vision tower.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..config import KeepAllConfig, PoolConfig, RandomKeepConfig, SparseVLMConfig, SparseZipConfig, VisionZipConfig
+from .baselines import keep_all, pool, pool_grid, random_keep
+from .sparsezip import dynamic_k, fit_dynamic_k, hybrid_scores, hybrid_terms, sparsezip
+from .text import text_relevance, zscore
+from .types import Compressed
+from .visionzip import visionzip
+
+__all__ = [
+    "Compressed",
+    "compress",
+    "dynamic_k",
+    "fit_dynamic_k",
+    "hybrid_scores",
+    "hybrid_terms",
+    "keep_all",
+    "needs_scoring_inputs",
+    "needs_text",
+    "pool",
+    "pool_grid",
+    "random_keep",
+    "sparsezip",
+    "text_relevance",
+    "visionzip",
+    "zscore",
+]
+
+
+def needs_scoring_inputs(config: object) -> bool:
+    """True when :func:`compress` needs ``cls_attn`` and ``keys`` for this config."""
+    return isinstance(config, (VisionZipConfig, SparseZipConfig))
+
+
+def needs_text(config: object) -> bool:
+    """True when :func:`compress` uses ``text_relevance`` for this config."""
+    return isinstance(config, SparseZipConfig) and config.cross_beta > 0
+
+
+def compress(
+    hidden: Tensor,
+    cls_attn: Tensor | None,
+    keys: Tensor | None,
+    config: object,
+    text_relevance: Tensor | None = None,
+) -> Compressed:
+    """Apply the method a :func:`sparsezip_lmms.config.load_config` config selects.
+
+    ``none`` → the N patch tokens (no CLS), ``random``/``pool`` → ``keep`` patch-level tokens (no CLS);
+    ``visionzip``/``sparsezip`` → CLS + dominant patches + contextual tokens (CLS counted in
+    ``dominant``). ``cls_attn``/``keys`` may be None for methods that do not score
+    (:func:`needs_scoring_inputs`). ``sparsevlm`` prunes inside the LLM and is rejected here.
+    """
+    if isinstance(config, KeepAllConfig):
+        return keep_all(hidden)
+    if isinstance(config, VisionZipConfig):
+        return visionzip(hidden, cls_attn, keys, config.dominant, config.contextual)
+    if isinstance(config, SparseZipConfig):
+        return sparsezip(hidden, cls_attn, keys, config, text_relevance)
+    if isinstance(config, RandomKeepConfig):
+        return random_keep(hidden, config.keep, torch.Generator().manual_seed(config.seed))
+    if isinstance(config, PoolConfig):
+        return pool(hidden, config.keep)
+    if isinstance(config, SparseVLMConfig):
+        raise ValueError("config: method 'sparsevlm' prunes inside the LLM prefill, not on the vision tower output")
+    raise ValueError(f"config must be a compression config from load_config, got {type(config).__name__}")

@@ -1,0 +1,98 @@
+"""Question relevance of each patch, from the LLaVA projector's own weights (nothing learned here).
+
+LLaVA's projector maps a CLIP feature v to the LLM embedding space:
+``y = W2 · act(W1 · v + b1) + b2``. Two comparison spaces:
+
+* ``vision``: each question token embedding t is pulled back to CLIP space with the transposes,
+  ``q = W1ᵀ · W2ᵀ · (t − b2)``, and compared with the patch features v_n (cheap: Lt tokens).
+* ``llm``: the patches are pushed forward through the projector, ``p_n = projector(v_n)``, and
+  compared with t in the LLM embedding space (exact, costs one projector pass over N patches).
+
+relevance[b, n] = masked mean over question tokens t of cos(patch_n, token_t).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["text_relevance", "zscore"]
+
+_SPACES = ("vision", "llm")
+
+
+def zscore(x: Tensor, dim: int = -1, eps: float = 1e-6) -> Tensor:
+    """(x − mean) / std along ``dim`` (population std); a constant row maps to zeros."""
+    mean = x.mean(dim=dim, keepdim=True)
+    std = x.std(dim=dim, keepdim=True, unbiased=False) if x.shape[dim] > 1 else torch.zeros_like(mean)
+    return (x - mean) / std.clamp_min(eps)
+
+
+def _projector_linears(projector: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    l1, l2 = getattr(projector, "linear_1", None), getattr(projector, "linear_2", None)
+    if not isinstance(l1, nn.Linear) or not isinstance(l2, nn.Linear):
+        raise ValueError(
+            "projector must be a LLaVA multi-modal projector with nn.Linear linear_1 and linear_2, "
+            f"got {type(projector).__name__}"
+        )
+    return l1, l2
+
+
+def _pull_back(text_embeds: Tensor, l1: nn.Linear, l2: nn.Linear) -> Tensor:
+    """[B, Lt, D] LLM embeddings → [B, Lt, C] CLIP space via W2ᵀ then W1ᵀ (adjoint of the projector)."""
+    t = text_embeds.to(l2.weight.dtype)
+    if l2.bias is not None:
+        t = t - l2.bias
+    u = t @ l2.weight  # [B, Lt, Dh]  (W2ᵀ t)
+    return u.to(l1.weight.dtype) @ l1.weight  # [B, Lt, C]  (W1ᵀ u)
+
+
+@torch.no_grad()
+def text_relevance(
+    patch_hidden: Tensor,
+    text_embeds: Tensor,
+    text_mask: Tensor,
+    projector: nn.Module,
+    space: str = "vision",
+) -> Tensor:
+    """Relevance of each patch to the question, ``[B, N]`` (float32, or float64 for float64 inputs).
+
+    patch_hidden [B, N, C]: CLIP feature-layer patch states (the projector's input, CLS excluded);
+    text_embeds [B, Lt, D]: the LLM input embeddings of the question tokens (padded);
+    text_mask [B, Lt] bool: True for question tokens to use. An image without any gets zeros.
+    """
+    if space not in _SPACES:
+        raise ValueError(f"space must be one of {_SPACES}, got {space!r}")
+    for name, t, nd in (("patch_hidden", patch_hidden, 3), ("text_embeds", text_embeds, 3), ("text_mask", text_mask, 2)):
+        if not isinstance(t, Tensor) or t.dim() != nd:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a {nd}-D tensor, got {got}")
+    if text_mask.dtype != torch.bool:
+        raise ValueError(f"text_mask must be a bool tensor, got {text_mask.dtype}")
+    b, _, c = patch_hidden.shape
+    if text_embeds.shape[0] != b or tuple(text_mask.shape) != tuple(text_embeds.shape[:2]):
+        raise ValueError(
+            f"text_embeds [B, Lt, D] and text_mask [B, Lt] must match patch_hidden's B={b}, "
+            f"got {tuple(text_embeds.shape)} and {tuple(text_mask.shape)}"
+        )
+    l1, l2 = _projector_linears(projector)
+    if l1.in_features != c or l2.out_features != text_embeds.shape[-1]:
+        raise ValueError(
+            f"projector maps {l1.in_features} -> {l2.out_features}, but patch_hidden has C={c} "
+            f"and text_embeds D={text_embeds.shape[-1]}"
+        )
+    work = torch.promote_types(torch.float32, torch.promote_types(patch_hidden.dtype, text_embeds.dtype))
+
+    if space == "vision":
+        patches = patch_hidden.to(work)  # [B, N, C]
+        query = _pull_back(text_embeds, l1, l2).to(work)  # [B, Lt, C]
+    else:
+        patches = projector(patch_hidden.to(l1.weight.dtype)).to(work)  # [B, N, D]
+        query = text_embeds.to(work)  # [B, Lt, D]
+
+    # mean of cosines = unit patch · mean of unit question tokens
+    weights = text_mask.to(work)  # [B, Lt]
+    unit_q = F.normalize(query, dim=-1) * weights.unsqueeze(-1)  # [B, Lt, E]
+    mean_q = unit_q.sum(1) / weights.sum(1, keepdim=True).clamp_min(1)  # [B, E]
+    return (F.normalize(patches, dim=-1) @ mean_q.unsqueeze(-1)).squeeze(-1)  # [B, N]
