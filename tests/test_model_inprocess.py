@@ -51,7 +51,7 @@ def stock_answers(llava_pair):
     return _stock_answers(model, processor, _docs(), GEN["max_new_tokens"])
 
 
-@pytest.mark.parametrize("model_id", ["llava_hf_timed", "llava_sparsezip", "llava_visionzip"])
+@pytest.mark.parametrize("model_id", ["llava_hf_timed", "llava_sparsezip", "llava_visionzip", "llava_sparsevlm"])
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_keep_all_reproduces_plain_llava(model_id, batch_size, tiny_checkpoint, stock_answers):
     lmm = _model(model_id, tiny_checkpoint, batch_size=batch_size, config="keep_all")
@@ -96,3 +96,101 @@ def test_one_bad_request_does_not_sink_its_batch(tiny_checkpoint):
     assert results[1].text == "" and get_record("unit_bad", "test", 1).error
     good = _answers(_model("llava_hf_timed", tiny_checkpoint, batch_size=1), [docs[0], docs[2]])
     assert [results[0].text, results[2].text] == good
+
+
+@pytest.mark.parametrize(
+    "model_id, config, check",
+    [
+        ("llava_sparsezip", "sparsezip_64", lambda r: r.visual_tokens <= 64 and r.compression_flops > 0),
+        ("llava_sparsezip", "ablations/text_space_llm", lambda r: r.visual_tokens <= 64),
+        ("llava_sparsezip", "pool_64", lambda r: r.visual_tokens == 64),
+        ("llava_sparsezip", "random_64", lambda r: r.visual_tokens == 64),
+        ("llava_visionzip", "visionzip_64", lambda r: r.visual_tokens == 64),
+        ("llava_sparsevlm", "sparsevlm_64", lambda r: r.visual_tokens == 576 and r.visual_tokens_layer_avg < 576),
+    ],
+)
+def test_compressing_models_handle_awkward_images(model_id, config, check, tiny_checkpoint):
+    """Grayscale, RGBA, 10x10 and extreme aspect ratios, an empty question, batch of 3."""
+    from PIL import Image
+
+    from sparsezip_lmms.efficiency import get_record
+
+    rng = random.Random(1)
+    gray = _scene(rng, (300, 200)).convert("L")
+    rgba = _scene(rng, (200, 300)).convert("RGBA")
+    tiny = _scene(rng, (10, 10))
+    strip = Image.new("RGB", (600, 4), (10, 200, 30))
+    docs = [([gray], "Is it gray?"), ([rgba], ""), ([tiny], "Tiny?"), ([strip], "A strip?")]
+    lmm = _model(model_id, tiny_checkpoint, batch_size=3, config=config)
+    task = f"unit_awkward_{model_id}_{config.replace('/', '_')}"
+    results = lmm.generate_until(make_requests(lmm, docs, GEN, task=task))
+    assert len(results) == 4
+    for i in range(4):
+        record = get_record(task, "test", i)
+        assert record.error is None, record.error
+        assert check(record), record
+
+
+def test_compressed_answers_do_not_depend_on_batch_size(tiny_checkpoint):
+    docs = _docs()
+    one = _answers(_model("llava_sparsezip", tiny_checkpoint, batch_size=1), docs)
+    four = _answers(_model("llava_sparsezip", tiny_checkpoint, batch_size=4), docs)
+    assert one == four
+
+
+def test_loading_our_models_leaves_plain_llava_untouched(llava_pair, stock_answers, tiny_checkpoint):
+    """Isolation: after our models ran in this process, plain transformers LLaVA answers the same,
+    and no transformers class or module instance carries anything of ours."""
+    import transformers.models.clip.modeling_clip as clip
+    import transformers.models.llama.modeling_llama as llama
+
+    before = {
+        name: dict(vars(cls))
+        for name, cls in (("clip_attn", clip.CLIPAttention), ("clip_layer", clip.CLIPEncoderLayer), ("llama_layer", llama.LlamaDecoderLayer))
+    }
+    for model_id, config in (("llava_sparsezip", "sparsezip_64"), ("llava_visionzip", "visionzip_64"), ("llava_sparsevlm", "sparsevlm_64")):
+        lmm = _model(model_id, tiny_checkpoint, batch_size=2, config=config)
+        _answers(lmm, _docs()[:2])
+        for module in lmm.model.modules():  # transformers installs its own output-capturing hooks
+            hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+            assert not [h for h in hooks if getattr(h, "__module__", "").startswith("sparsezip_lmms")]
+    after = {
+        name: dict(vars(cls))
+        for name, cls in (("clip_attn", clip.CLIPAttention), ("clip_layer", clip.CLIPEncoderLayer), ("llama_layer", llama.LlamaDecoderLayer))
+    }
+    assert before == after
+    model, processor = llava_pair
+    assert _stock_answers(model, processor, _docs(), GEN["max_new_tokens"]) == stock_answers
+
+
+def test_question_mask_covers_the_tokens_after_each_image(tiny_checkpoint):
+    lmm = _model("llava_hf_timed", tiny_checkpoint)
+    ids = torch.tensor([[0, 0, 5, 9, 9, 6, 7, 9, 9, 8], [5, 9, 9, 6, 6, 6, 6, 6, 6, 6]])
+    lmm.model.config.image_token_id = 9
+    mask = lmm._question_mask(ids, (ids != 0).long(), n_images=3)
+    assert mask.tolist() == [
+        [False] * 5 + [True, True, False, False, False],  # image 0: tokens up to the next image
+        [False] * 9 + [True],  # image 1
+        [False] * 3 + [True] * 7,  # image 2 (second row)
+    ]
+
+
+def test_text_relevance_changes_which_patches_are_kept(llava_pair):
+    """With a strong text term, two questions about one image keep different patches."""
+    from sparsezip_lmms.config import load_config
+    from sparsezip_lmms.llava.features import image_tokens
+
+    model, processor = llava_pair
+    image = _scene(random.Random(5), (336, 336))
+    pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"].to(torch.float64)
+    config = load_config("sparsezip_64", {"cross_beta": 5.0})
+    embed = model.get_input_embeddings()
+    kept = []
+    for question in ("Is there a red square?", "What is the total amount in dollars?"):
+        ids = processor.tokenizer(question, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        text = embed(ids)  # [1, L, D]
+        out = image_tokens(model, pixels, config, text, torch.ones(ids.shape, dtype=torch.bool))
+        kept.append(set(out.source_index[out.valid & (out.source_index >= 0)].tolist()))
+    assert kept[0] != kept[1]
+    neutral = image_tokens(model, pixels, load_config("sparsezip_64", {"cross_beta": 0.0}))
+    assert neutral.counts.item() <= 64

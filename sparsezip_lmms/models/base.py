@@ -69,6 +69,7 @@ class CompressedLlava(_LlavaHfChat):
         self._fix_data_parallel_ranks()
         self.model.eval()
         self._requests_seen = 0
+        self._effective_config = config_to_dict(self.compression)
         self._text_aware = self.compression.method == "sparsezip" and self.compression.cross_beta > 0
         self._dims = Dims.from_llava_config(self.model.config)  # compressing methods stop CLIP at the feature layer
         self._stock_vision_dims = Dims.from_llava_config(
@@ -338,6 +339,7 @@ class CompressedLlava(_LlavaHfChat):
             compression_flops=compression,
             kv_cache_bytes=kv_cache_bytes(cache, dims, self.model.dtype.itemsize),
             warmup=self._requests_seen <= self.warmup,
+            extra={"effective_config": self._effective_config},
         )
 
     # ------------------------------------------------------------------ lmms-eval entry point
