@@ -226,7 +226,10 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
 
     families = [f for f in TASK_METRICS if any(r.get(f"{TASK_LABEL[f]} TTFT s") is not None for r in rows)]
     panels = max(1, len(families))
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    names = sorted({f"{r['model']}:{r['config']}" for r in rows})
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
+    markers = {name: "os^Dv<>pPX"[(i // 10) % 10] for i, name in enumerate(names)}
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.6), squeeze=False)
     for ax, family in zip(axes[0], families or [None]):
         if family is None:
             ax.text(0.5, 0.5, "no timed results", ha="center", va="center")
@@ -238,8 +241,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
             if r.get(f"{TASK_LABEL[family]} TTFT s") is not None and r.get(label) is not None
         ]
         for x, y, name in points:
-            ax.scatter(x, y, s=30)
-            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter(x, y, s=40, color=colors[name], marker=markers[name], label=name)
         frontier, best = [], -math.inf
         for x, y, _ in sorted(points):
             if y > best:
@@ -252,7 +254,11 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
         ax.set_title(TASK_LABEL[family])
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
+    handles = [
+        plt.Line2D([], [], linestyle="", marker=markers[n], color=colors[n], label=n) for n in names
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, max(1, len(names))), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * (len(names) // 4), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..leaderboard import build as build_leaderboard
-from .harness import HarnessRun, lmms_eval_command, run_lmms_eval, write_local_tasks
+from .harness import lmms_eval_command, run_lmms_eval, write_local_tasks
 from .mini_datasets import MINI_BUILDERS
 from .tiny_checkpoint import build_tiny_llava
 
@@ -28,27 +28,6 @@ def prepare(out_dir: Path, tasks: tuple[str, ...] = ("pope", "mme", "docvqa_val"
     return checkpoint, task_dir, names
 
 
-def headline_metrics(run: HarnessRun) -> dict[str, dict[str, float]]:
-    """task -> {metric: value} for the numeric metrics of a results file (stderr entries dropped)."""
-    table = {}
-    for task, metrics in run.results.get("results", {}).items():
-        table[task] = {
-            key.split(",")[0]: value
-            for key, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and "_stderr" not in key
-        }
-    return table
-
-
-def format_runs(rows: list[tuple[str, str, HarnessRun]]) -> str:
-    lines = ["| model | config | task | metric | value |", "|---|---|---|---|---|"]
-    for model, config, run in rows:
-        for task, metrics in headline_metrics(run).items():
-            for metric, value in metrics.items():
-                lines.append(f"| {model} | {config} | {task} | {metric} | {value:.4g} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms demo", description=__doc__)
     parser.add_argument("--out", default="demo_output", help="working folder (default: ./demo_output)")
@@ -61,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     runs = [tuple(r.split(":", 1)) for r in args.runs] if args.runs else list(DEMO_RUNS)
     print(f"building the tiny random-weight checkpoint and mini datasets under {out} ...", flush=True)
     checkpoint, task_dir, task_names = prepare(out)
-    rows = []
     for model, config in runs:
         print(f"lmms-eval --model {model} --model_args pretrained=<tiny>,config={config} ...", flush=True)
         result_dir = out / "results" / f"{model}__{config.replace('/', '_')}"
@@ -74,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             extra=["--gen_kwargs", f"max_new_tokens={args.max_new_tokens}"],
         )
-        rows.append((model, config, run_lmms_eval(cmd, result_dir)))
-    print("\n" + format_runs(rows))
+        run = run_lmms_eval(cmd, result_dir)
+        print(f"  results: {run.results_path}", flush=True)
     board = build_leaderboard(
         [out / "results"],
         out / "leaderboard",

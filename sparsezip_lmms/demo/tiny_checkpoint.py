@@ -148,7 +148,7 @@ def build_tiny_llava(
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     _sharpen_attention(model)
-    _favour_answer_words(model, tokenizer)
+    _answer_yes_or_no(model, processor, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -168,16 +168,58 @@ def _sharpen_attention(model) -> None:
 
 
 @torch.no_grad()
-def _favour_answer_words(model, tokenizer, scale: float = 20.0) -> None:
-    """Scale the output-embedding rows of " Yes", " No" and end-of-sequence up.
+def _answer_yes_or_no(model, processor, seed: int, answer_gain: float = 50.0, stop_gain: float = 10.0) -> None:
+    """Make the random model answer " Yes" or " No" and then stop, like an instruction-tuned one.
 
-    Their logits then dominate in magnitude, so which of them wins still depends on the image and
-    the question, but the model answers in words and stops: benchmark metrics move when compression
-    changes the visual tokens, and runs stay short.
+    The output rows of " Yes" and " No" get a large component along a random direction ``u`` of
+    opposite sign, so the sign of the final hidden state along ``u`` — a function of the image and
+    the question — picks the answer. The input embeddings of both words point along a second
+    direction ``v`` (orthogonal to ``u``) that the end-of-sequence row also gets, so the step after
+    an answer ends the sequence. Everything else stays random: accuracy is chance level, and
+    compressing the visual tokens changes some answers, which is what the demo and tests need.
+    Both directions are taken orthogonal to the mean final hidden state of a few calibration
+    prompts, so that " Yes" and " No" are about equally likely.
     """
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("\u0120Yes", "\u0120No", tokenizer.eos_token)]
-    ids = [i for i in ids if i is not None and i != tokenizer.unk_token_id]
-    model.get_output_embeddings().weight[ids] *= scale
+    tokenizer = processor.tokenizer
+    yes, no = (tokenizer.convert_tokens_to_ids(t) for t in ("\u0120Yes", "\u0120No"))
+    if tokenizer.unk_token_id in (yes, no):
+        raise ValueError("the tiny tokenizer lacks the ' Yes' / ' No' tokens")
+    generator = torch.Generator().manual_seed(seed + 1)
+    mean_hidden = _mean_answer_state(model, processor, generator)  # [d]
+    basis = torch.cat([mean_hidden[:, None], torch.randn(mean_hidden.numel(), 2, generator=generator)], dim=1)
+    u, v = torch.linalg.qr(basis)[0][:, 1:].T  # orthonormal, both orthogonal to the mean state
+    head = model.get_output_embeddings().weight  # [V, d]
+    head[yes] += answer_gain * u
+    head[no] -= answer_gain * u
+    head[tokenizer.eos_token_id] = stop_gain * v
+    embeddings = model.get_input_embeddings().weight  # [V, d]
+    embeddings[yes] = embeddings[no] = 4.0 * v
+
+
+def _mean_answer_state(model, processor, generator: torch.Generator) -> torch.Tensor:
+    """Mean final (normed) hidden state at the answer position over benchmark-like prompts."""
+    from .mini_datasets import docvqa_rows, mme_rows, pope_rows
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    rows = pope_rows(4, seed) + mme_rows(2, seed) + docvqa_rows(2, seed)
+    prompts, images = [], []
+    for row in rows:
+        question = row["question"] + "\nAnswer the question using a single word or phrase."
+        prompts.append(
+            processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+        )
+        images.append(row["image"].convert("RGB"))
+    side, processor.tokenizer.padding_side = processor.tokenizer.padding_side, "left"
+    try:
+        inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    finally:
+        processor.tokenizer.padding_side = side
+    states = model.model(**inputs).last_hidden_state[:, -1]  # [n, d] (left padding: last = answer position)
+    return states.mean(dim=0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,10 +52,6 @@ class EfficiencyRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_batch(cls, *, model: str, config: str, timing: dict[str, Any], **fields: Any) -> "EfficiencyRecord":
-        return cls(model=model, config=config, **timing, **fields)
-
-    @classmethod
     def failed(cls, model: str, config: str, error: str) -> "EfficiencyRecord":
         return cls(model=model, config=config, error=error)
 
