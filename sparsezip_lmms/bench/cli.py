@@ -1,0 +1,343 @@
+"""``python -m sparsezip_lmms bench``: speed of every part, random weights at real dimensions.
+
+Sections (``--sections``, default all):
+
+1. ``vision``    CLIP-L/336 forward: LLaVA's plain SDPA call vs ``scoring_inputs`` vs the official
+                 VisionZip capture (eager, ``output_attentions=True``), batch 1 and 8;
+2. ``ops``       every compression config's op relative to the CLIP forward of the same batch;
+3. ``prefill``   LLaVA-shaped LLM prefill, 576 visual tokens vs each config's budget, against the
+                 FLOPs bound (32 LLaMA-7B layers on a GPU, fewer on a CPU);
+4. ``sparsevlm`` our SparseVLM pruning decoder vs the eager (official-style) computation;
+5. ``harness``   the lmms-eval CLI on the tiny checkpoint, samples/s at batch 1 vs batch 8.
+
+Prints Markdown tables to stdout and writes everything (every sample time) to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .models import LLAMA_7B, LlamaDims, build_llama
+from .report import evaluate_targets, render
+
+__all__ = ["Settings", "main", "run"]
+
+SECTIONS = ("vision", "ops", "prefill", "sparsevlm", "harness")
+# --quick times the prefill at these configs only (one per budget); the full run does every config.
+QUICK_PREFILL_CONFIGS = ("keep_all", "visionzip_64", "visionzip_128", "visionzip_192", "sparsezip_64")
+
+
+@dataclass
+class Settings:
+    device: str
+    dtype: str
+    quick: bool
+    sections: list[str]
+    batches: list[int]  # sections 1-2
+    prefill_batches: list[int]  # section 3
+    repeats: int  # vision (section 1)
+    warmup: int
+    ops_repeats: int
+    ops_warmup: int
+    llm_repeats: int  # sections 3 and 4
+    llm_warmup: int
+    llm_layers: int
+    sparsevlm_layers: int
+    sparsevlm_dims: dict
+    sparsevlm_budgets: list[int]
+    sparsevlm_plain: bool
+    sparsevlm_batch: int
+    harness_model: str
+    harness_config: str
+    harness_batches: list[int]
+    harness_tasks: list[str]
+    harness_limit: int | None
+    max_new_tokens: int
+    workdir: str | None = None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sparsezip_lmms bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--quick", action="store_true", help="smoke-test sizes: ~2 minutes on a 2-core CPU")
+    p.add_argument("--json", default="bench_results.json", help="where to write the JSON (default: %(default)s)")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="model dtype (default: float32 on CPU, float16 on CUDA)")  # fmt: skip
+    p.add_argument("--batches", default=None, help="batch sizes of sections 1-2 (default: 1,8; quick: 1)")
+    p.add_argument("--prefill-batches", default=None, help="batch sizes of section 3 (default: 1,8 on GPU; 1 on CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats of sections 1, 3, 4")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds of sections 1, 3, 4")
+    p.add_argument("--llm-layers", type=int, default=None, help="LLaMA layers in section 3 (default: 32 GPU, 2 CPU, 1 quick)")
+    p.add_argument("--sparsevlm-layers", type=int, default=None, help="LLaMA layers in section 4 (default 16 CPU, 32 GPU)")
+    p.add_argument("--sparsevlm-width", type=int, default=None, help="LLaMA width in section 4 (default 4096; quick 1024)")
+    p.add_argument("--sparsevlm-budgets", default=None, help="SparseVLM budgets of section 4 (default: 64,128,192 GPU; 64 CPU)")
+    p.add_argument("--sparsevlm-plain", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time the unpruned prefill in section 4 (default: on, off with --quick)")  # fmt: skip
+    p.add_argument("--sparsevlm-batch", type=int, default=None,
+                   help="also time ours at this batch against the eager reference run prompt by prompt "
+                   "(default: 8 on GPU, off on CPU)")  # fmt: skip
+    p.add_argument("--harness-model", default="llava_sparsezip")
+    p.add_argument("--harness-config", default="sparsezip_64")
+    p.add_argument("--harness-batch", type=int, default=8, help="batch size compared with batch 1 (default 8)")
+    p.add_argument("--harness-tasks", default=None, help="mini tasks (default pope,mme; quick pope)")
+    p.add_argument("--harness-limit", type=int, default=None, help="lmms-eval --limit per task")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="harness generation length (default 4; quick 1)")
+    p.add_argument("--workdir", default=None, help="folder for the harness checkpoint/data/results (default: temporary)")
+    return p
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but torch.cuda.is_available() is False")
+    gpu, quick = device == "cuda", args.quick
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"error: unknown section(s) {unknown}; choose from {','.join(SECTIONS)}")
+    if quick:
+        repeats, warmup, ops, llm = (3, 1, (5, 1), (3, 1)) if gpu else (1, 0, (3, 1), (1, 0))
+    elif gpu:
+        repeats, warmup, ops, llm = 20, 3, (50, 5), (10, 3)
+    else:
+        repeats, warmup, ops, llm = 3, 1, (20, 2), (3, 1)
+    repeats = args.repeats if args.repeats is not None else repeats
+    warmup = args.warmup if args.warmup is not None else warmup
+    llm = (args.repeats, llm[1]) if args.repeats is not None else llm
+    llm = (llm[0], args.warmup) if args.warmup is not None else llm
+    width = args.sparsevlm_width or (1024 if quick and not gpu else 4096)
+    svlm_dims = LLAMA_7B if width == 4096 else LlamaDims(width, _mlp_for(width), max(1, width // 128), max(1, width // 128))
+    return Settings(
+        device=device,
+        dtype=args.dtype or ("float16" if gpu else "float32"),
+        quick=quick,
+        sections=sections,
+        batches=_ints(args.batches) if args.batches else ([1] if quick else [1, 8]),
+        prefill_batches=_ints(args.prefill_batches) if args.prefill_batches else ([1, 8] if gpu else [1]),
+        repeats=repeats,
+        warmup=warmup,
+        ops_repeats=ops[0],
+        ops_warmup=ops[1],
+        llm_repeats=llm[0],
+        llm_warmup=llm[1],
+        llm_layers=args.llm_layers or (32 if gpu else 1 if quick else 2),
+        sparsevlm_layers=args.sparsevlm_layers or (32 if gpu else 16),
+        sparsevlm_dims=asdict(svlm_dims),
+        sparsevlm_budgets=_ints(args.sparsevlm_budgets) if args.sparsevlm_budgets else ([64, 128, 192] if gpu else [64]),
+        sparsevlm_plain=args.sparsevlm_plain if args.sparsevlm_plain is not None else not quick,
+        sparsevlm_batch=args.sparsevlm_batch or (8 if gpu else 1),
+        harness_model=args.harness_model,
+        harness_config=args.harness_config,
+        harness_batches=[1, args.harness_batch],
+        harness_tasks=(args.harness_tasks or ("pope" if quick else "pope,mme")).split(","),
+        harness_limit=args.harness_limit,
+        max_new_tokens=args.max_new_tokens or (1 if quick else 4),
+        workdir=args.workdir,
+    )
+
+
+def _mlp_for(width: int) -> int:
+    """LLaMA's MLP width for a model width: 8/3 · d rounded up to a multiple of 256 (4096 -> 11008)."""
+    return 256 * -(-int(8 * width / 3) // 256)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _meta(s: Settings, argv: list[str]) -> dict:
+    import transformers
+
+    cuda = s.device == "cuda"
+    return {
+        "command": "python -m sparsezip_lmms bench " + " ".join(argv),
+        "device": s.device,
+        "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "dtype": s.dtype,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "quick": s.quick,
+        "settings": {
+            "repeats": s.repeats,
+            "warmup": s.warmup,
+            "ops_repeats": s.ops_repeats,
+            "ops_warmup": s.ops_warmup,
+            "llm_repeats": s.llm_repeats,
+            "llm_warmup": s.llm_warmup,
+            **asdict(s),
+        },
+        "load_average_start": _loadavg(),
+    }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+_T0 = time.perf_counter()
+_EVENTS: list[dict] = []  # (time, 1-minute load average, message) of every step, saved in the JSON
+
+
+def _log(msg: str) -> None:
+    elapsed = time.perf_counter() - _T0
+    load = _loadavg()
+    _EVENTS.append({"t_s": round(elapsed, 1), "load_1min": load[0] if load else None, "step": msg})
+    print(f"[bench {elapsed:7.1f} s, load {load[0] if load else float('nan'):.2f}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(s: Settings, argv: list[str]) -> dict:
+    """Run the selected sections and return the report (also the JSON content)."""
+    from .timing import DeviceTimer
+
+    device, dtype = torch.device(s.device), getattr(torch, s.dtype)
+    timer = DeviceTimer(device)
+    report: dict = {"meta": _meta(s, argv)}
+    started = time.perf_counter()
+    _EVENTS.clear()
+    torch.manual_seed(0)
+
+    needs_vision = any(x in s.sections for x in ("vision", "ops", "prefill"))
+    compressed = None
+    if needs_vision:
+        from .timing import measure
+        from .vision import (
+            VisionBench,
+            compression_section,
+            plain_forward,
+            vision_section,
+        )
+
+        _log("building CLIP-L/336 + projector (random weights)")
+        vb = VisionBench.build(device, dtype, LLAMA_7B.width)
+        clip_times: dict[int, float] = {}
+        captured = None
+        if "vision" in s.sections:
+            _log(f"section 1: vision, batches {s.batches}")
+            report["vision"], captured = vision_section(vb, s.batches, s.repeats, s.warmup, timer)
+            clip_times = {int(b): e["times"]["plain"]["median_s"] for b, e in report["vision"]["batches"].items()}
+        op_batches = sorted(set(s.batches) | (set(s.prefill_batches) if "prefill" in s.sections else set()))
+        if "ops" in s.sections or "prefill" in s.sections:
+            for b in op_batches:
+                if b not in clip_times:  # section 1 not run: time the plain forward here
+                    pixels = vb.pixels(b)
+                    case = {"plain": lambda px=pixels: plain_forward(vb.clip, px)}
+                    with torch.no_grad():
+                        clip_times[b] = measure(case, timer, s.repeats, s.warmup)["plain"].median
+            _log("section 2: compression ops")
+            ops, compressed = compression_section(
+                vb, op_batches, clip_times, s.ops_repeats, s.ops_warmup, timer, captured=captured
+            )
+            if "ops" in s.sections:
+                report["compression"] = ops
+        if "prefill" in s.sections:
+            from .prefill import prefill_section
+
+            _log(f"section 3: prefill, {s.llm_layers} LLaMA layers")
+            llm = build_llama(s.llm_layers, LLAMA_7B, device, dtype)
+            with_svlm = s.llm_layers > max(load_pruning_layers())
+            report["prefill"] = prefill_section(
+                llm,
+                vb.projector,
+                {b: compressed[b] for b in s.prefill_batches},
+                LLAMA_7B,
+                s.llm_repeats,
+                s.llm_warmup,
+                timer,
+                with_svlm,
+                configs=QUICK_PREFILL_CONFIGS if s.quick else None,
+            )
+            if not with_svlm:
+                report["prefill"]["note"] = (
+                    f"SparseVLM rows need more than {max(load_pruning_layers())} layers (its pruning layers); "
+                    "see section 4"
+                )
+            del llm
+        del vb, compressed, captured
+        gc.collect()
+
+    if "sparsevlm" in s.sections:
+        from .sparsevlm_section import sparsevlm_section
+
+        dims = LlamaDims(**s.sparsevlm_dims)
+        _log(f"section 4: SparseVLM, {s.sparsevlm_layers} layers, {dims.describe()}")
+        llm = build_llama(s.sparsevlm_layers, dims, device, dtype)
+        report["sparsevlm"] = sparsevlm_section(
+            llm, dims, s.sparsevlm_budgets, s.llm_repeats, s.llm_warmup, timer, s.sparsevlm_plain, s.sparsevlm_batch
+        )
+        del llm
+        gc.collect()
+
+    if "harness" in s.sections:
+        from .harness_section import harness_section
+
+        _log(f"section 5: lmms-eval, {s.harness_model} {s.harness_config}, batches {s.harness_batches}")
+        report["harness"] = harness_section(
+            s.harness_model,
+            s.harness_config,
+            s.harness_batches,
+            tuple(s.harness_tasks),
+            s.harness_limit,
+            s.max_new_tokens,
+            s.device,
+            Path(s.workdir) if s.workdir else None,
+        )
+
+    _log("done")
+    report["meta"]["steps"] = list(_EVENTS)
+    report["targets"] = evaluate_targets(report)
+    report["meta"]["duration_s"] = time.perf_counter() - started
+    report["meta"]["load_average_end"] = _loadavg()
+    return report
+
+
+def load_pruning_layers() -> list[int]:
+    from ..config import load_config
+
+    return list(load_config("sparsevlm_64").pruning_layers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    settings = settings_from_args(args)
+    report = run(settings, argv)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(render(report))
+    print(f"JSON: {args.json} ({report['meta']['duration_s']:.0f} s)")
+    svlm = report.get("sparsevlm")
+    if svlm and not all(e["check"]["kept_identical"] for e in svlm["budgets"].values()):
+        # in half precision near-ties may legitimately resolve differently (different rounding of the scores)
+        exact = settings.dtype == "float32"
+        _log(f"{'ERROR' if exact else 'warning'}: the eager SparseVLM reference kept different tokens than ours")
+        return 1 if exact else 0
+    return 0

@@ -1,0 +1,193 @@
+"""Markdown tables and target verdicts from the benchmark's JSON (so a saved JSON can be re-rendered)."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["TARGETS", "evaluate_targets", "render"]
+
+# (name, description, threshold, "<=" or ">=")
+TARGETS = (
+    ("scoring_capture", "scoring capture time / plain CLIP forward (LLaVA's SDPA call)", 1.05, "<="),
+    ("sparsezip_op", "sparsezip_64 op (text relevance + compress) / plain CLIP forward", 0.02, "<="),
+    ("prefill_64", "prefill speed-up at 64 visual tokens / FLOPs-bound speed-up", 0.90, ">="),
+    ("sparsevlm_vs_eager", "eager SparseVLM prefill time / ours (budget 64)", 1.5, ">="),
+)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}" if seconds < 10 else f"{seconds * 1e3:.0f}"
+
+
+def _x(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f} %"
+
+
+def evaluate_targets(report: dict) -> list[dict]:
+    """Each target with the measured value (worst case over the batch sizes run) and met / not met."""
+    measured: dict[str, tuple[float, str] | None] = {name: None for name, *_ in TARGETS}
+    vision = report.get("vision")
+    if vision:
+        worst = max(vision["batches"].items(), key=lambda kv: kv[1]["ratios"]["scoring_vs_plain"])
+        measured["scoring_capture"] = (worst[1]["ratios"]["scoring_vs_plain"], f"batch {worst[0]}")
+    ops = report.get("compression")
+    if ops:
+        values = [
+            (row["ratio_to_clip"], f"batch {batch}")
+            for batch, entry in ops["batches"].items()
+            for row in entry["rows"]
+            if row["config"] == "sparsezip_64"
+        ]
+        measured["sparsezip_op"] = max(values) if values else None
+    prefill = report.get("prefill")
+    if prefill:
+        values = [
+            (row["efficiency_ratio"], f"batch {batch}, visionzip_64")
+            for batch, entry in prefill["batches"].items()
+            for row in entry["rows"]
+            if row["config"] == "visionzip_64"
+        ]
+        measured["prefill_64"] = min(values) if values else None
+    svlm = report.get("sparsevlm")
+    if svlm and "64" in svlm["budgets"]:
+        measured["sparsevlm_vs_eager"] = (svlm["budgets"]["64"]["ratios"]["eager_vs_ours"], "budget 64, batch 1")
+    verdicts = []
+    for name, text, threshold, op in TARGETS:
+        got = measured[name]
+        entry = {"name": name, "description": text, "threshold": threshold, "op": op}
+        if got is None:
+            entry.update(measured=None, where=None, met=None)
+        else:
+            value, where = got
+            met = value <= threshold if op == "<=" else value >= threshold
+            entry.update(measured=value, where=where, met=bool(met))
+        verdicts.append(entry)
+    return verdicts
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render(report: dict) -> str:
+    parts = []
+    meta = report["meta"]
+    parts.append(
+        f"sparsezip-lmms bench — device {meta['device']} ({meta['device_name']}), {meta['dtype']}, "
+        f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['threads']} threads"
+        f"{', quick' if meta['quick'] else ''}; medians over {meta['settings']['repeats']} timed repeats "
+        f"(vision), after {meta['settings']['warmup']} warm-up"
+    )
+    if "vision" in report:
+        rows = []
+        for batch, e in report["vision"]["batches"].items():
+            t, r = e["times"], e["ratios"]
+            rows.append(
+                [batch, _ms(t["plain"]["median_s"]), _ms(t["plain_to_m2"]["median_s"]), _ms(t["scoring"]["median_s"]),
+                 _ms(t["official"]["median_s"]), _x(r["scoring_vs_plain"]), _x(r["scoring_vs_plain_to_m2"]),
+                 _x(r["official_vs_plain"]), _x(r["official_vs_scoring"])]
+            )  # fmt: skip
+        parts.append(
+            "### 1. CLIP-L/336 vision tower (ms)\n\n"
+            + _table(
+                ["batch", "plain (LLaVA, 24 layers)", "plain to −2 (23)", "scoring_inputs", "official capture (eager)",
+                 "scoring / plain", "scoring / plain to −2", "official / plain", "official / scoring"],
+                rows,
+            )
+        )
+    if "compression" in report:
+        for batch, e in report["compression"]["batches"].items():
+            rows = [
+                [r["config"], r["method"], f"{r['tokens_mean']:.1f}", _ms(r["op"]["median_s"]),
+                 _ms(r["text_relevance_s"]), _pct(r["ratio_to_clip"]), _pct(r["flops_share_of_clip"])]
+                for r in e["rows"]
+            ]  # fmt: skip
+            parts.append(
+                f"### 2. Compression ops, batch {batch} (CLIP forward {_ms(e['clip_forward_s'])} ms)\n\n"
+                + _table(["config", "method", "tokens (mean)", "op ms", "of which text ms", "op / CLIP forward",
+                         "op FLOPs / CLIP FLOPs"], rows)
+            )
+    if "prefill" in report:
+        p = report["prefill"]
+        for batch, e in p["batches"].items():
+            rows = [
+                [r["config"], f"{r['visual_tokens']:.1f}" if isinstance(r["visual_tokens"], float) else str(r["visual_tokens"]),
+                 _ms(r["prefill"]["median_s"]), _x(r["speedup_measured"]), _x(r["speedup_bound"]),
+                 _x(r["efficiency_ratio"]), _x(r["gemm_rate_vs_full"]) if "gemm_rate_vs_full" in r else "—",
+                 _x(r["efficiency_ratio_vs_gemm_bound"]) if "efficiency_ratio_vs_gemm_bound" in r else "—"]
+                for r in e["rows"]
+            ]  # fmt: skip
+            parts.append(
+                f"### 3. LLM prefill, {p['layers']} LLaMA layers ({p['dims']}), batch {batch}, "
+                f"+{p['prompt_text_tokens']} text tokens\n\n"
+                + _table(["config", "visual tokens", "prefill ms", "speed-up", "FLOPs bound", "speed-up / bound",
+                         "MLP GEMM rate vs 576", "speed-up / (bound × GEMM rate)"], rows)
+            )
+    if "sparsevlm" in report:
+        s = report["sparsevlm"]
+        batch = s.get("batch", 1)
+        rows = []
+        for budget, e in s["budgets"].items():
+            t, r, c = e["times"], e["ratios"], e["check"]
+            row = [budget, _ms(t["ours"]["median_s"]), _ms(t["eager"]["median_s"]), _x(r["eager_vs_ours"]),
+                   "yes" if c["kept_identical"] else "NO", f"{c['equal_tokens']:.2f}",
+                   _x(r["speedup_vs_plain"]) if "speedup_vs_plain" in r else "—",
+                   _x(r["efficiency_ratio"]) if "efficiency_ratio" in r else "—"]  # fmt: skip
+            if batch > 1:
+                row.append(_x(r[f"eager_x{batch}_vs_ours_b{batch}"]))
+            rows.append(row)
+        header = ["budget", "ours ms", "eager ms", "eager / ours", "same kept tokens", "equal tokens",
+                  "speed-up vs unpruned", "speed-up / bound"]  # fmt: skip
+        if batch > 1:
+            header.append(f"{batch} × eager / ours at batch {batch}")
+        first = next(iter(s["budgets"].values()))
+        full = str(max(int(n) for n in first["attention_cores"]))
+        core = first["attention_cores"][full]
+        models = ", ".join(f"budget {b}: {_x(e['ratios']['eager_vs_ours_attention_model'])}" for b, e in s["budgets"].items())
+        parts.append(
+            f"### 4. SparseVLM prefill (max_new_tokens=1, batch 1), {s['layers']} layers ({s['dims']}), "
+            f"pruning layers {first['pruning_layers']}, {s['prompt_tokens']}-token prompt\n\n"
+            + _table(header, rows)
+            + f"\n\nAttention core alone, one layer at {full} tokens: SDPA "
+            f"{_ms(core['sdpa']['median_s'])} ms, eager {_ms(core['eager']['median_s'])} ms "
+            f"(eager / SDPA {_x(core['eager_core_vs_sdpa_core'])}). eager / ours if only the attention cores "
+            f"differed (1 + Σ_layers (eager − SDPA core at the layer's length) / ours): {models}"
+        )
+    if "harness" in report:
+        h = report["harness"]
+        if h.get("skipped"):
+            parts.append(f"### 5. lmms-eval end to end: skipped ({h['skipped']})")
+        else:
+            rows = [
+                [b, str(e["samples"]), str(e["timed_samples"]), f"{e['samples_per_s']:.2f}", f"{e['wall_s']:.1f}",
+                 f"{e['wall_samples_per_s']:.2f}"]
+                for b, e in h["batches"].items()
+            ]  # fmt: skip
+            ratios = ", ".join(f"{k} = {_x(v)}" for k, v in h["ratios"].items())
+            parts.append(
+                f"### 5. lmms-eval end to end, tiny checkpoint, {h['model']} {h['config']}, tasks {','.join(h['tasks'])}, "
+                f"max_new_tokens={h['max_new_tokens']}\n\n"
+                + _table(["batch", "samples", "timed", "samples/s (model)", "CLI wall s", "samples/s (wall)"], rows)
+                + f"\n\n{ratios}"
+            )
+    verdicts = report.get("targets") or evaluate_targets(report)
+    rows = []
+    for v in verdicts:
+        limit = _pct(v["threshold"]) if v["name"] == "sparsezip_op" else str(v["threshold"])
+        if v["measured"] is None:
+            rows.append([v["description"], f"{v['op']} {limit}", "—", "not measured"])
+        else:
+            shown = _pct(v["measured"]) if v["name"] == "sparsezip_op" else _x(v["measured"])
+            rows.append([v["description"], f"{v['op']} {limit}", f"{shown} ({v['where']})", "met" if v["met"] else "NOT met"])
+    parts.append("### Targets\n\n" + _table(["target", "threshold", "measured", "verdict"], rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def finite_positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
