@@ -56,7 +56,7 @@ def image_tokens(
     if uses_stock_features(config):
         return stock_image_tokens(model, pixel_values)
 
-    from ..compress import compress, text_relevance
+    from ..compress import compress, needs_text, text_relevance
     from .scoring import scoring_inputs
 
     vision_tower, projector, llava_config = _llava_parts(model)
@@ -71,7 +71,7 @@ def image_tokens(
 
     inputs = scoring_inputs(vision_tower, pixel_values, layer=layer)  # hidden [n, 1+N, C]
     relevance = None
-    if config.method == "sparsezip" and config.cross_beta > 0 and text_embeds is not None:
+    if needs_text(config) and text_embeds is not None:
         relevance = text_relevance(
             inputs.hidden[:, 1:], text_embeds, text_mask, projector, space=config.text_space
         )  # [n, N]

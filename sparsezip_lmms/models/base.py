@@ -31,7 +31,8 @@ from ..efficiency.clock import TokenClock, now
 from ..efficiency.flops import Dims, compression_flops, kv_cache_bytes, llm_prefill_flops, vision_flops
 from ..efficiency.records import EfficiencyRecord, peak_memory, record_request, reset_peak_memory
 from ..efficiency.task_hooks import UID_COLUMN
-from ..llava.features import image_tokens
+from ..compress import needs_text
+from ..llava.features import image_tokens, uses_stock_features
 from ..llava.tokens import placeholder_runs, resize_image_placeholders, splice_image_features
 
 # Constructor arguments of the upstream adapter; everything else is ours or a config override.
@@ -70,7 +71,7 @@ class CompressedLlava(_LlavaHfChat):
         self.model.eval()
         self._requests_seen = 0
         self._effective_config = config_to_dict(self.compression)
-        self._text_aware = self.compression.method == "sparsezip" and self.compression.cross_beta > 0
+        self._text_aware = needs_text(self.compression)
         self._dims = Dims.from_llava_config(self.model.config)  # compressing methods stop CLIP at the feature layer
         self._stock_vision_dims = Dims.from_llava_config(
             self.model.config, vision_layers_run=self.model.config.vision_config.num_hidden_layers
@@ -132,9 +133,9 @@ class CompressedLlava(_LlavaHfChat):
         image_id = self.model.config.image_token_id
         valid = attention_mask.bool()
         is_image = (input_ids == image_id) & valid  # [B, L]
-        run_end = is_image & ~torch.nn.functional.pad(is_image[:, 1:], (0, 1), value=False)  # [B, L]
-        runs_so_far = torch.cumsum(run_end.long(), dim=1)  # [B, L]: image runs finished at or before each position
-        first_image_of_row = torch.cumsum(run_end.sum(1), 0) - run_end.sum(1)  # [B]
+        starts = placeholder_runs(input_ids, attention_mask, image_id)  # [B, L]
+        runs_so_far = torch.cumsum(starts.long(), dim=1)  # [B, L]: image runs begun at or before each position
+        first_image_of_row = torch.cumsum(starts.sum(1), 0) - starts.sum(1)  # [B]
         text_after = valid & ~is_image & (runs_so_far > 0)  # [B, L]
         owner = first_image_of_row[:, None] + runs_so_far - 1  # [B, L] global index of the image a token follows
         mask = torch.zeros((n_images, input_ids.shape[1]), dtype=torch.bool, device=input_ids.device)
@@ -142,13 +143,12 @@ class CompressedLlava(_LlavaHfChat):
         mask[owner[rows, cols], cols] = True
         return mask
 
-    def _question_embeddings(self, input_ids: torch.Tensor, question_mask: torch.Tensor) -> torch.Tensor:
+    def _question_embeddings(
+        self, input_ids: torch.Tensor, question_mask: torch.Tensor, row_of_image: torch.Tensor
+    ) -> torch.Tensor:
         """[n_images, L, D]: token embeddings of each image's question (zeros elsewhere)."""
         embeds = self.model.get_input_embeddings()(input_ids)  # [B, L, D]
         images, cols = question_mask.nonzero(as_tuple=True)
-        # the prompt row of each image: images are numbered row-major, so rows repeat per image count
-        runs = placeholder_runs(input_ids, torch.ones_like(input_ids), self.model.config.image_token_id)  # [B, L]
-        row_of_image = torch.repeat_interleave(torch.arange(input_ids.shape[0], device=input_ids.device), runs.sum(1))
         out = embeds.new_zeros((question_mask.shape[0], input_ids.shape[1], embeds.shape[-1]))
         out[images, cols] = embeds[row_of_image[images], cols]
         return out
@@ -194,11 +194,13 @@ class CompressedLlava(_LlavaHfChat):
         n_images = len(images)
         image_id = self.model.config.image_token_id
         images_per_row = placeholder_runs(input_ids, attention_mask, image_id).sum(dim=1)  # [B]
+        # images are numbered in prompt order, row by row
+        row_of_image = torch.repeat_interleave(torch.arange(len(texts), device=device), images_per_row)  # [n_images]
 
         t_vision = now(device)
         question_mask = self._question_mask(input_ids, attention_mask, n_images)  # [n_images, L]
         if n_images:
-            question = self._question_embeddings(input_ids, question_mask) if self._text_aware else None
+            question = self._question_embeddings(input_ids, question_mask, row_of_image) if self._text_aware else None
             pixel_values = inputs["pixel_values"].to(self.model.dtype)
             visual = image_tokens(self.model, pixel_values, self.compression, question, question_mask)
             counts = visual.counts  # [n_images]
@@ -216,7 +218,7 @@ class CompressedLlava(_LlavaHfChat):
 
         args = self._generation_args(gen_kwargs)
         t_generate = now(device)
-        if self._uses_pruning_decoder(prompt, images_per_row):
+        if self._uses_pruning_decoder(images_per_row):
             tokens, step_times, layer_stats = self._generate_sparsevlm(inputs_embeds, prompt, args)
         else:
             clock = TokenClock() if args["num_beams"] == 1 else None
@@ -238,7 +240,6 @@ class CompressedLlava(_LlavaHfChat):
             "e2e_s": t_end - t_start,
             "peak_memory_bytes": peak_memory(device),
         }
-        row_of_image = torch.repeat_interleave(torch.arange(len(texts), device=device), images_per_row)
         visual_per_row = torch.zeros(len(texts), dtype=torch.long, device=device).index_add_(0, row_of_image, counts)
         text_per_image = question_mask.sum(dim=1)
         text_per_row = torch.zeros(len(texts), dtype=torch.long, device=device).index_add_(0, row_of_image, text_per_image)
@@ -265,7 +266,7 @@ class CompressedLlava(_LlavaHfChat):
 
     # ------------------------------------------------------------------ SparseVLM
 
-    def _uses_pruning_decoder(self, prompt, images_per_row: torch.Tensor) -> bool:
+    def _uses_pruning_decoder(self, images_per_row: torch.Tensor) -> bool:
         if self.compression.method != "sparsevlm":
             return False
         if bool((images_per_row == 1).all()):
@@ -318,8 +319,7 @@ class CompressedLlava(_LlavaHfChat):
             layer_avg = float(out.layer_stats["equal_tokens"][row])
         else:
             per_layer_visual, tokens_per_layer, layer_avg = None, [n_in] * layers, float(n_visual)
-        stock_vision = self.compression.method in ("none", "sparsevlm")
-        vision_dims = dims if not stock_vision else self._stock_vision_dims
+        vision_dims = self._stock_vision_dims if uses_stock_features(self.compression) else dims
         vision = vision_flops(out.images[row], n_visual, vision_dims) if out.images[row] else 0
         compression = compression_flops(self.compression, out.images[row], dims, out.question_tokens[row])
         llm = llm_prefill_flops(tokens_per_layer, dims)
