@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsezip_lmms.compress import text_relevance, zscore
+from sparsezip_lmms.compress import projector_pull_back, text_relevance, zscore
 
 
 class Projector(nn.Module):
@@ -115,6 +115,27 @@ def test_half_precision(dtype):
         assert torch.allclose(rel.double(), ref, atol=0.05)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_folded_pull_back_equals_the_two_transposes(bias):
+    proj = Projector(8, 16, bias=bias).double()
+    patches, text, mask = _inputs()
+    pull_back = projector_pull_back(proj)
+    assert pull_back.matrix.shape == (16, 8) and pull_back.matrix.dtype == torch.float64
+    folded = text_relevance(patches, text, mask, proj, "vision", pull_back=pull_back)
+    assert torch.allclose(folded, text_relevance(patches, text, mask, proj, "vision"), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_folded_pull_back_in_half_precision_is_float32(dtype):
+    proj = Projector(8, 16).to(dtype)
+    patches, text, mask = _inputs()
+    pull_back = projector_pull_back(proj)
+    assert pull_back.matrix.dtype == torch.float32
+    rel = text_relevance(patches.to(dtype), text.to(dtype), mask, proj, "vision", pull_back=pull_back)
+    ref = text_relevance(patches, text, mask, proj.double(), "vision")
+    assert rel.dtype == torch.float32 and torch.allclose(rel.double(), ref, atol=0.02)
+
+
 def test_bad_inputs():
     proj = Projector(8, 16).double()
     patches, text, mask = _inputs()
@@ -130,6 +151,10 @@ def test_bad_inputs():
         text_relevance(patches, text, mask, nn.Linear(8, 16))
     with pytest.raises(ValueError, match="projector"):
         text_relevance(patches[..., :4], text, mask, proj)
+    with pytest.raises(ValueError, match="pull_back"):
+        text_relevance(patches, text, mask, proj, "llm", pull_back=projector_pull_back(proj))
+    with pytest.raises(ValueError, match="pull_back"):
+        text_relevance(patches, text, mask, proj, "vision", pull_back=projector_pull_back(Projector(4, 16).double()))
 
 
 def test_zscore():

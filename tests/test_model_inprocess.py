@@ -194,3 +194,25 @@ def test_text_relevance_changes_which_patches_are_kept(llava_pair):
     assert kept[0] != kept[1]
     neutral = image_tokens(model, pixels, load_config("sparsezip_64", {"cross_beta": 0.0}))
     assert neutral.counts.item() <= 64
+
+
+def test_model_folds_the_projector_pull_back_once(tiny_checkpoint, llava_pair):
+    """text_space vision: the model keeps one folded pull-back and keeps the same patches with it."""
+    from sparsezip_lmms.config import load_config
+    from sparsezip_lmms.llava.features import image_tokens, text_pull_back
+
+    assert _model("llava_sparsezip", tiny_checkpoint, config="sparsezip_64")._pull_back is not None
+    for config in ("ablations/text_space_llm", "ablations/text_off"):
+        assert _model("llava_sparsezip", tiny_checkpoint, config=config)._pull_back is None
+    assert _model("llava_visionzip", tiny_checkpoint, config="visionzip_64")._pull_back is None
+
+    model, processor = llava_pair
+    pixels = processor.image_processor(images=[_scene(random.Random(6), (336, 336))], return_tensors="pt")
+    pixels = pixels["pixel_values"].to(torch.float64)
+    ids = processor.tokenizer("Is there a red square?", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    text, mask = model.get_input_embeddings()(ids), torch.ones(ids.shape, dtype=torch.bool)
+    config = load_config("sparsezip_64", {"cross_beta": 5.0})
+    folded = image_tokens(model, pixels, config, text, mask, pull_back=text_pull_back(model, config))
+    direct = image_tokens(model, pixels, config, text, mask)
+    assert torch.equal(folded.source_index, direct.source_index)
+    assert torch.allclose(folded.features, direct.features, atol=1e-10)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..compress import compress, needs_scoring_inputs, needs_text, text_relevance
+from ..compress import PullBack, compress, needs_scoring_inputs, needs_text, projector_pull_back, text_relevance
 from ..config import load_config
 from ..efficiency.flops import Dims, clip_layer_flops, compression_flops
 from ..llava.scoring import ScoringInputs, scoring_inputs
@@ -59,13 +59,14 @@ class VisionBench:
     clip_eager: nn.Module  # same weights, eager attention
     projector: nn.Module
     llm_width: int
+    pull_back: PullBack  # the projector's folded pull-back, made once as the model class does
 
     @classmethod
     def build(cls, device: torch.device, dtype: torch.dtype, llm_width: int) -> VisionBench:
         clip = build_clip(device, dtype)
         eager = clip_sharing_weights(clip, "eager")
         projector = build_projector(clip.config.hidden_size, llm_width, device, dtype)
-        return cls(device, dtype, clip, eager, projector, llm_width)
+        return cls(device, dtype, clip, eager, projector, llm_width, projector_pull_back(projector))
 
     def pixels(self, batch: int, seed: int = 0) -> torch.Tensor:
         """[B, 3, 336, 336] normalised-image-like pixels (smooth random fields, not white noise)."""
@@ -182,7 +183,7 @@ def compression_case(bench: VisionBench, inputs: ScoringInputs, config, question
         relevance = None
         if use_text:
             relevance = text_relevance(
-                inputs.hidden[:, 1:], text_embeds, text_mask, bench.projector, space=config.text_space
+                inputs.hidden[:, 1:], text_embeds, text_mask, bench.projector, config.text_space, _pull_back(bench, config)
             )  # [B, N]
         return compress(inputs.hidden, cls_attn, keys, config, text_relevance=relevance)
 
@@ -208,7 +209,12 @@ def _dims(bench: VisionBench) -> Dims:
 
 def text_case(bench: VisionBench, inputs: ScoringInputs, config, question) -> Callable[[], object]:
     text_embeds, text_mask = question
-    return lambda: text_relevance(inputs.hidden[:, 1:], text_embeds, text_mask, bench.projector, space=config.text_space)
+    pull_back = _pull_back(bench, config)
+    return lambda: text_relevance(inputs.hidden[:, 1:], text_embeds, text_mask, bench.projector, config.text_space, pull_back)
+
+
+def _pull_back(bench: VisionBench, config) -> PullBack | None:
+    return bench.pull_back if config.text_space == "vision" else None
 
 
 @torch.no_grad()

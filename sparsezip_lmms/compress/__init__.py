@@ -18,7 +18,7 @@ from torch import Tensor
 from ..config import KeepAllConfig, PoolConfig, RandomKeepConfig, SparseVLMConfig, SparseZipConfig, VisionZipConfig
 from .baselines import keep_all, pool, pool_grid, random_keep
 from .sparsezip import dynamic_k, fit_dynamic_k, hybrid_scores, hybrid_terms, sparsezip
-from .text import text_relevance, zscore
+from .text import PullBack, projector_pull_back, text_relevance, zscore
 from .types import Compressed
 from .visionzip import visionzip
 
@@ -37,6 +37,8 @@ __all__ = [
     "random_keep",
     "sparsezip",
     "text_relevance",
+    "PullBack",
+    "projector_pull_back",
     "visionzip",
     "zscore",
 ]

@@ -4,7 +4,10 @@ LLaVA's projector maps a CLIP feature v to the LLM embedding space:
 ``y = W2 · act(W1 · v + b1) + b2``. Two comparison spaces:
 
 * ``vision``: each question token embedding t is pulled back to CLIP space with the transposes,
-  ``q = W1ᵀ · W2ᵀ · (t − b2)``, and compared with the patch features v_n (cheap: Lt tokens).
+  ``q = W1ᵀ · W2ᵀ · (t − b2)``, and compared with the patch features v_n (cheap: Lt tokens). The
+  product ``(W2 · W1)ᵀ`` depends only on the projector: :func:`projector_pull_back` folds it once
+  (a ``[D, C]`` matrix) and a caller that keeps it pays ``D · C`` per question token instead of
+  ``D · Dh + Dh · C``.
 * ``llm``: the patches are pushed forward through the projector, ``p_n = projector(v_n)``, and
   compared with t in the LLM embedding space (exact, costs one projector pass over N patches).
 
@@ -13,11 +16,13 @@ relevance[b, n] = masked mean over question tokens t of cos(patch_n, token_t).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["text_relevance", "zscore"]
+__all__ = ["PullBack", "projector_pull_back", "text_relevance", "zscore"]
 
 _SPACES = ("vision", "llm")
 
@@ -39,6 +44,32 @@ def _projector_linears(projector: nn.Module) -> tuple[nn.Linear, nn.Linear]:
     return l1, l2
 
 
+@dataclass(frozen=True)
+class PullBack:
+    """The projector's linear part folded for question pull-back: ``q = t · matrix − offset``.
+
+    matrix [D, C] = ``W2 · W1`` (row-vector form of ``W1ᵀ W2ᵀ``); offset [C] = ``b2 · matrix``
+    (zeros without a bias). Float32, or float64 for a float64 projector.
+    """
+
+    matrix: Tensor  # [D, C]
+    offset: Tensor  # [C]
+
+    def __call__(self, text_embeds: Tensor) -> Tensor:
+        """[B, Lt, D] LLM embeddings → [B, Lt, C] CLIP space."""
+        return text_embeds.to(self.matrix.dtype) @ self.matrix - self.offset
+
+
+@torch.no_grad()
+def projector_pull_back(projector: nn.Module) -> PullBack:
+    """Fold a LLaVA projector's ``W2 · W1`` (and bias) once, for :func:`text_relevance`'s ``pull_back``."""
+    l1, l2 = _projector_linears(projector)
+    work = torch.promote_types(torch.float32, l1.weight.dtype)
+    matrix = l2.weight.to(work) @ l1.weight.to(work)  # [D, Dh] @ [Dh, C] -> [D, C]
+    offset = l2.bias.to(work) @ matrix if l2.bias is not None else matrix.new_zeros(matrix.shape[1])  # [C]
+    return PullBack(matrix, offset)
+
+
 def _pull_back(text_embeds: Tensor, l1: nn.Linear, l2: nn.Linear) -> Tensor:
     """[B, Lt, D] LLM embeddings → [B, Lt, C] CLIP space via W2ᵀ then W1ᵀ (adjoint of the projector)."""
     t = text_embeds.to(l2.weight.dtype)
@@ -55,12 +86,15 @@ def text_relevance(
     text_mask: Tensor,
     projector: nn.Module,
     space: str = "vision",
+    pull_back: PullBack | None = None,
 ) -> Tensor:
     """Relevance of each patch to the question, ``[B, N]`` (float32, or float64 for float64 inputs).
 
     patch_hidden [B, N, C]: CLIP feature-layer patch states (the projector's input, CLS excluded);
     text_embeds [B, Lt, D]: the LLM input embeddings of the question tokens (padded);
     text_mask [B, Lt] bool: True for question tokens to use. An image without any gets zeros.
+    pull_back: ``projector_pull_back(projector)``, kept by the caller across requests (``vision``
+    space only; without it the two transposes are applied per call).
     """
     if space not in _SPACES:
         raise ValueError(f"space must be one of {_SPACES}, got {space!r}")
@@ -82,11 +116,16 @@ def text_relevance(
             f"projector maps {l1.in_features} -> {l2.out_features}, but patch_hidden has C={c} "
             f"and text_embeds D={text_embeds.shape[-1]}"
         )
+    if pull_back is not None and (space != "vision" or tuple(pull_back.matrix.shape) != (l2.out_features, c)):
+        raise ValueError(
+            f"pull_back is for space='vision' with a [{l2.out_features}, {c}] matrix, "
+            f"got space={space!r} and {tuple(pull_back.matrix.shape)}"
+        )
     work = torch.promote_types(torch.float32, torch.promote_types(patch_hidden.dtype, text_embeds.dtype))
 
     if space == "vision":
         patches = patch_hidden.to(work)  # [B, N, C]
-        query = _pull_back(text_embeds, l1, l2).to(work)  # [B, Lt, C]
+        query = (pull_back(text_embeds) if pull_back is not None else _pull_back(text_embeds, l1, l2)).to(work)  # [B, Lt, C]
     else:
         patches = projector(patch_hidden.to(l1.weight.dtype)).to(work)  # [B, N, D]
         query = text_embeds.to(work)  # [B, Lt, D]

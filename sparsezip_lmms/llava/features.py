@@ -45,12 +45,23 @@ def stock_image_tokens(model, pixel_values: torch.Tensor) -> ImageTokens:
     return ImageTokens(features, valid, None)
 
 
+def text_pull_back(model, config: CompressionConfig):
+    """The folded question pull-back (``compress.PullBack``) of ``model``'s projector when ``config``
+    compares the question with the patches in CLIP space; None otherwise. Made once per model."""
+    from ..compress import needs_text, projector_pull_back
+
+    if not needs_text(config) or getattr(config, "text_space", None) != "vision":
+        return None
+    return projector_pull_back(_llava_parts(model)[1])
+
+
 def image_tokens(
     model,
     pixel_values: torch.Tensor,  # [n_images, 3, H, W]
     config: CompressionConfig,
     text_embeds: torch.Tensor | None = None,  # [n_images, L_text, D_llm] question embeddings per image
     text_mask: torch.Tensor | None = None,  # [n_images, L_text] bool
+    pull_back=None,  # compress.PullBack of this model's projector (text_space "vision"), made once by the caller
 ) -> ImageTokens:
     """Visual tokens entering the LLM for each image under ``config``."""
     if uses_stock_features(config):
@@ -73,7 +84,7 @@ def image_tokens(
     relevance = None
     if needs_text(config) and text_embeds is not None:
         relevance = text_relevance(
-            inputs.hidden[:, 1:], text_embeds, text_mask, projector, space=config.text_space
+            inputs.hidden[:, 1:], text_embeds, text_mask, projector, space=config.text_space, pull_back=pull_back
         )  # [n, N]
     compressed = compress(inputs.hidden, inputs.cls_attn, inputs.keys, config, text_relevance=relevance)
     features = projector(compressed.tokens)  # [n, T_max, D_llm]

@@ -32,7 +32,7 @@ from ..efficiency.flops import Dims, compression_flops, kv_cache_bytes, llm_pref
 from ..efficiency.records import EfficiencyRecord, peak_memory, record_request, reset_peak_memory
 from ..efficiency.task_hooks import UID_COLUMN
 from ..compress import needs_text
-from ..llava.features import image_tokens, uses_stock_features
+from ..llava.features import image_tokens, text_pull_back, uses_stock_features
 from ..llava.tokens import placeholder_runs, resize_image_placeholders, splice_image_features
 
 # Constructor arguments of the upstream adapter; everything else is ours or a config override.
@@ -72,6 +72,8 @@ class CompressedLlava(_LlavaHfChat):
         self._requests_seen = 0
         self._effective_config = config_to_dict(self.compression)
         self._text_aware = needs_text(self.compression)
+        # the projector's folded pull-back (question tokens -> CLIP space), made once per model
+        self._pull_back = text_pull_back(self.model, self.compression)
         self._dims = Dims.from_llava_config(self.model.config)  # compressing methods stop CLIP at the feature layer
         self._stock_vision_dims = Dims.from_llava_config(
             self.model.config, vision_layers_run=self.model.config.vision_config.num_hidden_layers
@@ -202,7 +204,9 @@ class CompressedLlava(_LlavaHfChat):
         if n_images:
             question = self._question_embeddings(input_ids, question_mask, row_of_image) if self._text_aware else None
             pixel_values = inputs["pixel_values"].to(self.model.dtype)
-            visual = image_tokens(self.model, pixel_values, self.compression, question, question_mask)
+            visual = image_tokens(
+                self.model, pixel_values, self.compression, question, question_mask, pull_back=self._pull_back
+            )
             counts = visual.counts  # [n_images]
         else:
             visual, counts = None, torch.zeros(0, dtype=torch.long, device=device)
