@@ -236,6 +236,34 @@ def test_scores_equal_the_layers_attention_probabilities_gqa():
     assert out.cache_lengths[0].tolist() == [36, 36, 23, 18]
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_pruning_layer_on_needed_rows_equals_the_whole_layer(attn, monkeypatch):
+    """The pruning layer computed only at the rows the pruning keeps (system, kept, recycling inputs,
+    text) gives what running the whole layer and pruning its output gives: a left-padded batch of two
+    lengths, GQA, pruning at consecutive layers (a one-layer stage)."""
+    import sparsezip_lmms.llava.sparsevlm as svlm
+
+    model = _tiny_gqa_model(attn)
+    gen = torch.Generator().manual_seed(3)
+    n_vis = 24
+    embeds = torch.randn(2, 5 + n_vis + 9, 32, generator=gen, dtype=torch.float64)
+    mask = torch.ones(2, embeds.shape[1], dtype=torch.long)
+    mask[1, :3] = 0  # row 1: 2 system tokens after 3 padding rows
+    config = load_config("sparsevlm_64", {"pruning_layers": [0, 1, 2], "schedule": [14, 8, 4]})
+    starts = torch.tensor([5, 5])
+    split = sparsevlm_generate(model, embeds, mask, starts, config, 4, num_visual_tokens=n_vis)
+    assert svlm._splits_rows(model.model.layers[1])
+    monkeypatch.setattr(svlm, "_splits_rows", lambda layer: False)
+    whole = sparsevlm_generate(model, embeds, mask, starts, config, 4, num_visual_tokens=n_vis)
+    assert split.sequences.equal(whole.sequences)
+    assert all(a.equal(b) for a, b in zip(split.kept, whole.kept, strict=True))
+    assert split.visual_tokens_per_layer.equal(whole.visual_tokens_per_layer)
+    assert split.cache_lengths.equal(whole.cache_lengths)
+    torch.testing.assert_close(split.prefill_logits, whole.prefill_logits, rtol=1e-10, atol=1e-10)
+    for a, b in zip(split.scores, whole.scores, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, equal_nan=True)
+
+
 def test_llava_model_uses_its_language_model_and_head():
     text = LlamaConfig(
         hidden_size=32,

@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="also time the unpruned prefill in section 4 (default: on, off with --quick)")  # fmt: skip
     p.add_argument("--sparsevlm-batch", type=int, default=None,
                    help="also time ours at this batch against the eager reference run prompt by prompt "
-                   "(default: 8 on GPU, off on CPU)")  # fmt: skip
+                   "(default: 8; off with --quick)")  # fmt: skip
     p.add_argument("--harness-model", default="llava_sparsezip")
     p.add_argument("--harness-config", default="sparsezip_64")
     p.add_argument("--harness-batch", type=int, default=8, help="batch size compared with batch 1 (default 8)")
@@ -141,7 +141,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         sparsevlm_dims=asdict(svlm_dims),
         sparsevlm_budgets=_ints(args.sparsevlm_budgets) if args.sparsevlm_budgets else ([64, 128, 192] if gpu else [64]),
         sparsevlm_plain=args.sparsevlm_plain if args.sparsevlm_plain is not None else not quick,
-        sparsevlm_batch=args.sparsevlm_batch or (8 if gpu else 1),
+        sparsevlm_batch=args.sparsevlm_batch or (1 if quick else 8),
         harness_model=args.harness_model,
         harness_config=args.harness_config,
         harness_batches=[1, args.harness_batch],

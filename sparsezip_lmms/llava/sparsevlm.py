@@ -12,7 +12,11 @@ The decoder layers are called one by one (no patching of transformers classes):
   its new token at its own cache length of that stage.
 
 Every layer keeps its configured attention implementation (sdpa by default): the rater scores are
-computed from a handful of rows, never from an L x L attention matrix. A single ``DynamicCache`` holds
+computed from a handful of rows, never from an L x L attention matrix. A LLaMA pruning layer is run
+in two halves: keys and values of every row (its cache), the rater scores from them, and only then
+queries, attention output and MLP for the rows the pruning keeps (system, kept and to-be-recycled
+visual, text); the dropped rows' outputs, which the official code computes and discards, are never
+computed. Row-wise operations make this exact (same values as the whole layer, up to float rounding). A single ``DynamicCache`` holds
 every layer; layers of different stages simply hold different lengths, and masks are built per stage
 with ``create_causal_mask(..., layer_idx=first layer of the stage)``.
 
@@ -35,7 +39,14 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
-from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.models.llama.modeling_llama import (
+    LlamaDecoderLayer,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+    repeat_kv,
+    rotate_half,
+)
 
 from ..compress.sparsevlm_recycle import density_peak_merge, keep_count, recycle_sizes, select_raters, topk_keep
 from ..config import ConfigError
@@ -109,6 +120,15 @@ class _DecodeGroup:
     last: int
     key_valid: torch.Tensor  # [B, L_s] bool, grows by one column per decoded token
     lengths: torch.Tensor  # [B] valid cache length of each sample in this stage
+
+
+@dataclass
+class _Selection:
+    """One sample's pruning decision at a stage (span positions, 0-based within the visual span)."""
+
+    kept: torch.Tensor  # [k] ascending
+    recycle_in: torch.Tensor  # [n_in] deleted tokens fed to the recycling, descending score ([0] without)
+    clusters: int  # recycled tokens to make (0 without recycling)
 
 
 # --------------------------------------------------------------------------- setup
@@ -339,48 +359,115 @@ def _noise(
     return draws.to(device=like.device, dtype=like.dtype)
 
 
-def _recycle(
-    deleted: torch.Tensor,  # [n_del, d] layer-output states of the deleted tokens (sequence order)
-    deleted_scores: torch.Tensor,  # [n_del]
-    config: Any,
-    noise_fn,
-) -> torch.Tensor:
-    """Recycled tokens [cluster_num, d] from the best-scored deleted tokens."""
-    n_in, clusters = recycle_sizes(deleted.shape[0], config.recycle_ratio, config.cluster_divisor)
-    order = torch.topk(deleted_scores, n_in).indices  # [n_in] descending score
-    x = deleted[order].to(_compute_dtype(deleted.dtype))  # [n_in, d]
-    merged = density_peak_merge(x, clusters, noise_fn(n_in, x)).merged  # [clusters, d]
-    return merged.to(deleted.dtype)
-
-
-def _prune_sample(
-    sample: _Sample,
-    b: int,
-    out_rows: torch.Tensor,  # [n, d] output of the pruning layer for this sample (unpadded)
-    scores: torch.Tensor,  # [v_num]
-    stage: int,
-    config: Any,
-    recycle_noise: Sequence[torch.Tensor] | None,
-) -> torch.Tensor:
-    """Keep the best visual tokens in order, append the recycled ones; returns the kept identities [k]."""
+def _select(sample: _Sample, scores: torch.Tensor, stage: int, config: Any) -> _Selection:
+    """Kept span positions (best ``min(schedule, n_visual - 1)``, in order) and the recycling's inputs:
+    the best ``recycle_ratio`` of the deleted ones, descending score."""
     k = keep_count(config.schedule[stage], sample.v_num)
     kept, deleted = topk_keep(scores, k)  # [k], [n_del] ascending span positions
-    visual = out_rows[sample.v_start : sample.text_start]  # [v_num, d]
-    kept_ids = sample.span_ids[kept]  # [k]
-    parts, ids = [out_rows[: sample.v_start], visual[kept]], [kept_ids]
+    recycle_in, clusters = deleted[:0], 0
     if config.recycle and deleted.numel() > 0:
+        n_in, clusters = recycle_sizes(deleted.numel(), config.recycle_ratio, config.cluster_divisor)
+        recycle_in = deleted[torch.topk(scores[deleted], n_in).indices]  # [n_in] descending score
+    return _Selection(kept, recycle_in, clusters)
 
-        def noise_fn(count: int, like: torch.Tensor) -> torch.Tensor:
-            return _noise(sample, b, stage, count, recycle_noise, like)
 
-        merged = _recycle(visual[deleted], scores[deleted], config, noise_fn)  # [c, d]
+def _needed_rows(sample: _Sample, selection: _Selection) -> torch.Tensor:
+    """Rows of the pruning layer's output that the pruning uses, [n_needed] (unpadded indices):
+    system, kept visual (in order), recycling inputs (descending score), text."""
+    device = sample.span_ids.device
+    return torch.cat(
+        [
+            torch.arange(sample.v_start, device=device),
+            sample.v_start + selection.kept,
+            sample.v_start + selection.recycle_in,
+            torch.arange(sample.text_start, sample.length, device=device),
+        ]
+    )
+
+
+def _apply_pruning(
+    sample: _Sample,
+    b: int,
+    out_rows: torch.Tensor,  # [n_needed, d] the pruning layer's output at ``_needed_rows`` (that order)
+    selection: _Selection,
+    stage: int,
+    recycle_noise: Sequence[torch.Tensor] | None,
+) -> torch.Tensor:
+    """New sequence [system | kept | recycled | text]; returns the kept identities [k]."""
+    k, n_in = selection.kept.numel(), selection.recycle_in.numel()
+    kept_end = sample.v_start + k
+    kept_ids = sample.span_ids[selection.kept]  # [k]
+    parts, ids = [out_rows[:kept_end]], [kept_ids]
+    if selection.clusters > 0:
+        x = out_rows[kept_end : kept_end + n_in]  # [n_in, d]
+        work = x.to(_compute_dtype(x.dtype))
+        noise = _noise(sample, b, stage, n_in, recycle_noise, work)
+        merged = density_peak_merge(work, selection.clusters, noise).merged.to(x.dtype)  # [clusters, d]
         parts.append(merged)
         ids.append(RECYCLED_ID_BASE * (stage + 1) + torch.arange(merged.shape[0], device=kept_ids.device))
-    parts.append(out_rows[sample.text_start :])
+    parts.append(out_rows[kept_end + n_in :])
     sample.hidden = torch.cat(parts, dim=0)  # [n', d]
     sample.span_ids = torch.cat(ids)  # [v_num']
     sample.v_num = sample.span_ids.numel()
     return kept_ids
+
+
+# --------------------------------------------------------------------------- the pruning layer
+
+
+def _splits_rows(layer: nn.Module) -> bool:
+    """Whether the pruning layer can run on a subset of its rows: a transformers LLaMA decoder layer."""
+    return isinstance(layer, LlamaDecoderLayer)
+
+
+def _keys_and_values(
+    layer: nn.Module,
+    cache: DynamicCache,
+    normed: torch.Tensor,  # [B, L, d] input_layernorm output
+    cos_sin: tuple[torch.Tensor, torch.Tensor],  # [B, L, hd] each
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's post-RoPE keys and values of every row, stored in its cache: ([B, H_kv, L, hd] x 2)."""
+    attn = layer.self_attn
+    batch, length, _ = normed.shape
+    keys = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, L, hd]
+    values = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, L, hd]
+    keys = keys * cos_sin[0][:, None] + rotate_half(keys) * cos_sin[1][:, None]
+    return cache.update(keys, values, attn.layer_idx)
+
+
+def _layer_rows(
+    layer: nn.Module,
+    hidden: torch.Tensor,  # [B, L, d] layer input
+    normed: torch.Tensor,  # [B, L, d] input_layernorm(hidden)
+    cos_sin: tuple[torch.Tensor, torch.Tensor],  # [B, L, hd] each
+    keys: torch.Tensor,  # [B, H_kv, L, hd]
+    values: torch.Tensor,  # [B, H_kv, L, hd]
+    key_valid: torch.Tensor,  # [B, L] bool
+    rows: torch.Tensor,  # [B, M] padded-row indices to compute
+) -> torch.Tensor:
+    """The decoder layer's output at ``rows`` only: [B, M, d] (each row attends causally to all keys)."""
+    attn = layer.self_attn
+    batch, count = rows.shape
+    query = attn.q_proj(_gather_rows(normed, rows)).view(batch, count, -1, attn.head_dim).transpose(1, 2)
+    cos, sin = _gather_rows(cos_sin[0], rows), _gather_rows(cos_sin[1], rows)  # [B, M, hd]
+    query, _ = apply_rotary_pos_emb(query, query, cos, sin)  # [B, H, M, hd]
+    positions = torch.arange(keys.shape[-2], device=keys.device)  # [L]
+    allowed = (key_valid[:, None, :] & (positions[None, None, :] <= rows[..., None]))[:, None]  # [B, 1, M, L]
+    if attn.config._attn_implementation == "eager":
+        mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(query.dtype).min)
+        context, _ = eager_attention_forward(attn, query, keys, values, mask, scaling=attn.scaling)
+    else:  # sdpa, and the flash kernels (which take no per-row mask) through sdpa
+        context, _ = sdpa_attention_forward(attn, query, keys, values, allowed, scaling=attn.scaling, is_causal=False)
+    hidden = _gather_rows(hidden, rows) + attn.o_proj(context.reshape(batch, count, -1))  # [B, M, d]
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+
+def _needed_padded_rows(needed: Sequence[torch.Tensor], pad: Sequence[int]) -> torch.Tensor:
+    """[B, M] padded-row indices; a sample with fewer rows repeats its last one (computed, then ignored)."""
+    width = max(r.numel() for r in needed)
+    out = torch.stack([torch.cat([r, r[-1:].expand(width - r.numel())]) for r in needed])  # [B, M]
+    return out + torch.tensor(pad, device=out.device)[:, None]
 
 
 def _pad_stack(rows: Sequence[torch.Tensor], fill: float) -> torch.Tensor:
@@ -390,6 +477,49 @@ def _pad_stack(rows: Sequence[torch.Tensor], fill: float) -> torch.Tensor:
     for b, r in enumerate(rows):
         out[b, : r.numel()] = r
     return out
+
+
+def _pruning_stage(
+    decoder: nn.Module, cache: DynamicCache, samples: Sequence[_Sample], padded: _Padded, stage: _Stage, config: Any
+) -> tuple[list[torch.Tensor], list[_Selection], list[torch.Tensor]]:
+    """Run a pruning stage's layers and score its visual spans.
+
+    Returns per sample: span scores [v_num], the selection, and the pruning layer's output at
+    ``_needed_rows`` [n_needed, d] (in that order).
+    """
+    pruning = decoder.layers[stage.last]
+    rater_rows = _rater_rows(samples, padded)  # [B, R]
+    if not _splits_rows(pruning):  # any other layer type: run it whole, prune its output
+        out, rows_in, cos_sin = _run_layers(
+            decoder, cache, padded.hidden, padded.valid, padded.position_ids, stage.first, stage.last, rater_rows
+        )
+        keys = cache.layers[stage.last].keys
+        probs = _rater_attention(pruning, rows_in, cos_sin, keys, rater_rows, padded.valid)  # [B, R, L]
+        scores = _span_scores(probs, samples, padded)
+        selections = [_select(s, sc, stage.prune, config) for s, sc in zip(samples, scores, strict=True)]
+        needed = [
+            out[b, padded.pad[b] :][_needed_rows(s, sel)] for b, (s, sel) in enumerate(zip(samples, selections))
+        ]
+        return scores, selections, needed
+
+    hidden = padded.hidden  # [B, L, d]
+    if stage.first < stage.last:
+        hidden, _, _ = _run_layers(
+            decoder, cache, hidden, padded.valid, padded.position_ids, stage.first, stage.last - 1
+        )
+    cos_sin = decoder.rotary_emb(hidden, position_ids=padded.position_ids)  # ([B, L, hd], [B, L, hd])
+    normed = pruning.input_layernorm(hidden)  # [B, L, d]
+    keys, values = _keys_and_values(pruning, cache, normed, cos_sin)  # [B, H_kv, L, hd] x 2
+    probs = _rater_attention(
+        pruning, _gather_rows(hidden, rater_rows), cos_sin, keys, rater_rows, padded.valid
+    )  # [B, R, L]
+    scores = _span_scores(probs, samples, padded)
+    selections = [_select(s, sc, stage.prune, config) for s, sc in zip(samples, scores, strict=True)]
+    rows = [_needed_rows(s, sel) for s, sel in zip(samples, selections, strict=True)]
+    out = _layer_rows(
+        pruning, hidden, normed, cos_sin, keys, values, padded.valid, _needed_padded_rows(rows, padded.pad)
+    )  # [B, M, d]
+    return scores, selections, [out[b, : r.numel()] for b, r in enumerate(rows)]
 
 
 # --------------------------------------------------------------------------- main loop
@@ -468,23 +598,19 @@ def sparsevlm_generate(
 
     for stage in _stages(config.pruning_layers, depth):
         padded = _pad_left(samples)
-        rater_rows = _rater_rows(samples, padded) if stage.prune is not None else None
-        out, rows_in, cos_sin = _run_layers(
-            decoder, cache, padded.hidden, padded.valid, padded.position_ids, stage.first, stage.last, rater_rows
-        )
         groups.append(_DecodeGroup(stage.first, stage.last, padded.valid, torch.tensor(padded.lengths)))
         cache_lengths[:, stage.first : stage.last + 1] = torch.tensor(padded.lengths)[:, None]
         visual_counts[:, stage.first : stage.last + 1] = torch.tensor([s.v_num for s in samples])[:, None]
-        for b, sample in enumerate(samples):
-            sample.hidden = out[b, padded.pad[b] :]  # [n_b, d]
         if stage.prune is None:
+            out, _, _ = _run_layers(
+                decoder, cache, padded.hidden, padded.valid, padded.position_ids, stage.first, stage.last
+            )
+            for b, sample in enumerate(samples):
+                sample.hidden = out[b, padded.pad[b] :]  # [n_b, d]
             continue
-        probs = _rater_attention(
-            decoder.layers[stage.last], rows_in, cos_sin, cache.layers[stage.last].keys, rater_rows, padded.valid
-        )  # [B, R, L]
-        span_scores = _span_scores(probs, samples, padded)
+        span_scores, selections, needed_out = _pruning_stage(decoder, cache, samples, padded, stage, config)
         stage_kept = [
-            _prune_sample(sample, b, sample.hidden, span_scores[b], stage.prune, config, recycle_noise)
+            _apply_pruning(sample, b, needed_out[b], selections[b], stage.prune, recycle_noise)
             for b, sample in enumerate(samples)
         ]
         visual_counts[:, stage.last] = torch.tensor([s.v_num for s in samples])
