@@ -94,8 +94,8 @@ def compression_flops(config, n_images: int, dims: Dims, text_tokens: int = 0) -
         per_image += n * n * ck  # cosine similarities for the mutual-information term
     if config.cross_beta > 0 and text_tokens:
         if config.text_space == "vision":
-            # question -> CLIP space through W2ᵀ, W1ᵀ, then cosine with every patch
-            per_image += text_tokens * (dims.llm_width * dims.llm_width + dims.llm_width * c) + text_tokens * n * c
+            # question -> CLIP space through the folded (W2·W1)ᵀ (made once per model), then cosine with every patch
+            per_image += text_tokens * dims.llm_width * c + text_tokens * n * c
         else:
             # every patch -> LLM space through the projector, then cosine with the question
             per_image += n * (c * dims.llm_width + dims.llm_width * dims.llm_width) + text_tokens * n * dims.llm_width
