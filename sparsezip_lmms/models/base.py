@@ -64,6 +64,7 @@ class CompressedLlava(_LlavaHfChat):
         self.warmup = int(own_args.get("warmup", 0))
         if self.warmup < 0:
             raise ValueError(f"{self.model_id}: warmup must be >= 0, got {self.warmup}")
+        self._check_architecture(pretrained, parent_args)
 
         parent_args = self._placement(parent_args)
         super().__init__(pretrained=pretrained, **parent_args)
@@ -100,6 +101,26 @@ class CompressedLlava(_LlavaHfChat):
                 f"{cls.model_id} accepts {', '.join(cls.accepted_methods)}"
             )
         return config
+
+    @classmethod
+    def _check_architecture(cls, pretrained: str, parent_args: dict[str, Any]) -> None:
+        """Only LLaVA-1.5-style checkpoints (one 24x24 CLIP grid per image, ``model_type`` "llava"): the
+        token budget, the placeholder resizing and SparseVLM's visual span assume it. Read from the
+        checkpoint's config.json before any weight is loaded."""
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(
+            pretrained,
+            revision=parent_args.get("revision", "main"),
+            trust_remote_code=bool(parent_args.get("trust_remote_code", False)),
+        )
+        model_type = getattr(config, "model_type", None)
+        if model_type != "llava":
+            raise ValueError(
+                f"{cls.model_id}: {pretrained} is a {model_type!r} checkpoint; this model supports LLaVA-1.5-style "
+                "checkpoints (model_type 'llava', e.g. llava-hf/llava-1.5-7b-hf). LLaVA-NeXT's any-resolution "
+                "tiles and video models are not supported."
+            )
 
     @staticmethod
     def _placement(parent_args: dict[str, Any]) -> dict[str, Any]:
