@@ -45,6 +45,50 @@ def test_random_keep_seeded_sorted_unique():
     assert torch.equal(x.index, y.index) and x.tokens.shape == (3, 64, 64)
 
 
+def test_keyed_random_keep_depends_only_on_seed_key_and_position():
+    from sparsezip_lmms.compress import image_keys
+
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(4, 3, 336, 336, generator=g)  # [4 images]
+    keys = image_keys(pixels)
+    assert keys.dtype == torch.int64 and len(set(keys.tolist())) == 4
+    assert ((keys >= 0) & (keys < 2**32)).all()
+    # the same image has the same key alone, in another batch, at another position
+    assert image_keys(pixels[2:3]).item() == keys[2].item()
+    assert torch.equal(image_keys(pixels.flip(0)), keys.flip(0))
+    # a one-level change in one pixel changes the key
+    nudged = pixels[:1].clone()
+    nudged[0, 1, 100, 200] += 2 / 1024
+    assert image_keys(nudged).item() != keys[0].item()
+
+    hidden, _, _ = synthetic_inputs(b=4, n=576)
+    out = random_keep(hidden, 64, keys=keys, seed=7)
+    assert (out.index[:, 1:] > out.index[:, :-1]).all() and (out.index >= 1).all() and (out.index <= 576).all()
+    alone = random_keep(hidden[1:2], 64, keys=keys[1:2], seed=7)
+    assert torch.equal(alone.index[0], out.index[1]) and torch.equal(alone.tokens[0], out.tokens[1])
+    assert not torch.equal(random_keep(hidden, 64, keys=keys, seed=8).index, out.index)  # the seed matters
+    assert len({tuple(row) for row in out.index.tolist()}) == 4  # different images, different draws
+    via = compress(hidden, None, None, load_config("random_64"), image_keys=keys.flip(0))
+    assert torch.equal(via.index, random_keep(hidden, 64, keys=keys.flip(0), seed=load_config("random_64").seed).index)
+    with pytest.raises(ValueError, match="keys"):
+        random_keep(hidden, 64, keys=keys[:2])
+    with pytest.raises(ValueError, match="pixel_values"):
+        image_keys(torch.full((1, 3, 4, 4), float("nan")))
+
+
+def test_keyed_random_keep_is_uniform():
+    """Over 4000 keys every patch is kept about k/N of the time (binomial, 4000 * 64/576 = 444 expected)."""
+    hidden = torch.zeros(4000, 577, 2)
+    keys = torch.arange(4000, dtype=torch.int64) * 7919
+    counts = torch.zeros(577)
+    index = random_keep(hidden, 64, keys=keys, seed=0).index  # [4000, 64]
+    counts.index_add_(0, index.flatten(), torch.ones(index.numel()))
+    freq = counts[1:] / 4000  # [576]
+    assert abs(float(freq.mean()) - 64 / 576) < 1e-9
+    sd = (64 / 576 * (1 - 64 / 576) / 4000) ** 0.5  # ~0.005
+    assert float((freq - 64 / 576).abs().max()) < 5 * sd
+
+
 @pytest.mark.parametrize(
     "k,grid", [(64, (8, 8)), (128, (8, 16)), (192, (12, 16)), (576, (24, 24)), (61, (7, 7)), (3, (1, 1)), (2, (1, 2))]
 )

@@ -131,11 +131,40 @@ def test_compressing_models_handle_awkward_images(model_id, config, check, tiny_
         assert check(record), record
 
 
-def test_compressed_answers_do_not_depend_on_batch_size(tiny_checkpoint):
+def _visual_tokens(lmm, docs, monkeypatch):
+    """Answers and, per image, (source index [T], visual tokens [T, D]) of its valid tokens as they
+    entered the LLM (``image_tokens`` wrapped for this test only)."""
+    import sparsezip_lmms.models.base as base
+
+    seen, original = [], base.image_tokens
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        for valid, index, features in zip(out.valid, out.source_index, out.features):
+            seen.append((index[valid], features[valid]))
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(base, "image_tokens", recording)
+        answers = _answers(lmm, docs)
+    return answers, seen
+
+
+@pytest.mark.parametrize("config", ["sparsezip_64", "random_64"])
+def test_compressed_tokens_do_not_depend_on_batch_size(config, tiny_checkpoint, monkeypatch):
+    """Every image enters the LLM with the same tokens at batch 1 and 4 (random_64: keyed draws)."""
     docs = _docs()
-    one = _answers(_model("llava_sparsezip", tiny_checkpoint, batch_size=1), docs)
-    four = _answers(_model("llava_sparsezip", tiny_checkpoint, batch_size=4), docs)
+    lmm_one = _model("llava_sparsezip", tiny_checkpoint, batch_size=1, config=config)
+    lmm_four = _model("llava_sparsezip", tiny_checkpoint, batch_size=4, config=config)
+    one, tokens_one = _visual_tokens(lmm_one, docs, monkeypatch)
+    four, tokens_four = _visual_tokens(lmm_four, docs, monkeypatch)
     assert one == four
+    assert len(tokens_one) == len(tokens_four) == len(docs)
+    for index, features in tokens_one:  # batches reorder requests: match each image in the other run
+        matches = [
+            f for i, f in tokens_four if torch.equal(i, index) and torch.allclose(f, features, atol=1e-10)
+        ]
+        assert len(matches) == 1
 
 
 def test_loading_our_models_leaves_plain_llava_untouched(llava_pair, stock_answers, tiny_checkpoint):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..compress import PullBack, compress, needs_scoring_inputs, needs_text, projector_pull_back, text_relevance
+from ..compress import PullBack, compress, image_keys, needs_scoring_inputs, needs_text, projector_pull_back, text_relevance
 from ..config import load_config
 from ..efficiency.flops import Dims, clip_layer_flops, compression_flops
 from ..llava.scoring import ScoringInputs, scoring_inputs
@@ -178,6 +178,8 @@ def compression_case(bench: VisionBench, inputs: ScoringInputs, config, question
     use_text = needs_text(config)
     scored = needs_scoring_inputs(config)
     cls_attn, keys = (inputs.cls_attn, inputs.keys) if scored else (None, None)
+    # the random baseline keys its draws on the float32 pixels, as the model class does
+    pixels = bench.pixels(inputs.hidden.shape[0]).float() if config.method == "random" else None
 
     def run():
         relevance = None
@@ -185,7 +187,8 @@ def compression_case(bench: VisionBench, inputs: ScoringInputs, config, question
             relevance = text_relevance(
                 inputs.hidden[:, 1:], text_embeds, text_mask, bench.projector, config.text_space, _pull_back(bench, config)
             )  # [B, N]
-        return compress(inputs.hidden, cls_attn, keys, config, text_relevance=relevance)
+        fingerprints = image_keys(pixels) if pixels is not None else None
+        return compress(inputs.hidden, cls_attn, keys, config, text_relevance=relevance, image_keys=fingerprints)
 
     return run
 

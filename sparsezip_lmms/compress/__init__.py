@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..config import KeepAllConfig, PoolConfig, RandomKeepConfig, SparseVLMConfig, SparseZipConfig, VisionZipConfig
-from .baselines import keep_all, pool, pool_grid, random_keep
+from .baselines import image_keys, keep_all, pool, pool_grid, random_keep
 from .sparsezip import dynamic_k, fit_dynamic_k, hybrid_scores, hybrid_terms, sparsezip
 from .text import PullBack, projector_pull_back, text_relevance, zscore
 from .types import Compressed
@@ -29,6 +29,7 @@ __all__ = [
     "fit_dynamic_k",
     "hybrid_scores",
     "hybrid_terms",
+    "image_keys",
     "keep_all",
     "needs_scoring_inputs",
     "needs_text",
@@ -60,8 +61,12 @@ def compress(
     keys: Tensor | None,
     config: object,
     text_relevance: Tensor | None = None,
+    image_keys: Tensor | None = None,
 ) -> Compressed:
     """Apply the method a :func:`sparsezip_lmms.config.load_config` config selects.
+
+    ``image_keys`` [B] (``image_keys(pixel_values)``): with ``random``, each image's draw depends only on
+    the config's seed and its key (batch-invariant); without, one seeded draw for the whole batch.
 
     ``none`` → the N patch tokens (no CLS), ``random``/``pool`` → ``keep`` patch-level tokens (no CLS);
     ``visionzip``/``sparsezip`` → CLS + dominant patches + contextual tokens (CLS counted in
@@ -75,6 +80,8 @@ def compress(
     if isinstance(config, SparseZipConfig):
         return sparsezip(hidden, cls_attn, keys, config, text_relevance)
     if isinstance(config, RandomKeepConfig):
+        if image_keys is not None:
+            return random_keep(hidden, config.keep, keys=image_keys, seed=config.seed)
         return random_keep(hidden, config.keep, torch.Generator().manual_seed(config.seed))
     if isinstance(config, PoolConfig):
         return pool(hidden, config.keep)

@@ -10,7 +10,50 @@ from torch import Tensor
 
 from .types import Compressed, check_finite, check_hidden, check_int, score_dtype
 
-__all__ = ["keep_all", "pool", "pool_grid", "random_keep"]
+__all__ = ["image_keys", "keep_all", "pool", "pool_grid", "random_keep"]
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """32-bit integer hash (xor-shift / multiply rounds) of int64 values, result in [0, 2^32).
+
+    Operands stay below 2^32 and the multipliers below 2^31, so no product reaches 2^63: the same
+    integers come out on every device.
+    """
+    x = x & _MASK32
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & _MASK32
+    x = ((x ^ (x >> 15)) * 0x5BD1E995) & _MASK32
+    return x ^ (x >> 16)
+
+
+def image_keys(pixel_values: Tensor) -> Tensor:
+    """[B] int64 fingerprint of each image, from its processed float32 pixels ``[B, ...]``.
+
+    Pixels are quantised to 1/1024 (clamped to ±8) and summed with fixed per-position integer
+    weights below 2^20. Every term and partial sum is an integer below 2^53, so the float64 product
+    is exact in any summation order: one image gets one key in any batch, process or on any device.
+    Pass the processor's float32 output: half-precision copies round differently.
+    """
+    if pixel_values.dim() < 2 or pixel_values.shape[0] == 0:
+        raise ValueError(f"pixel_values must be [B, ...] with B >= 1, got {tuple(pixel_values.shape)}")
+    flat = pixel_values.detach().flatten(1)  # [B, P]
+    if flat.shape[1] > 2**19:
+        raise ValueError(f"image_keys takes up to 2^19 values per image, got {flat.shape[1]}")
+    if not torch.isfinite(flat).all():
+        raise ValueError("pixel_values contain NaN or inf")
+    levels = (flat.to(torch.float64) * 1024).round().clamp(-(2**13), 2**13)  # [B, P] integers
+    positions = torch.arange(flat.shape[1], device=flat.device)  # [P]
+    weights = (((positions * 0x9E3779B1) >> 12) & 0xFFFFF).to(torch.float64)  # [P] integers < 2^20
+    sums = (levels @ weights).to(torch.int64)  # [B], exact: |sum| < 2^19 * 2^33 = 2^52
+    return _mix32(sums & _MASK32)
+
+
+def keyed_uniform(keys: Tensor, n: int, seed: int) -> Tensor:
+    """[B, n] integers in [0, 2^32) that depend only on (seed, key of the row, column)."""
+    salted = _mix32(keys ^ _mix32(torch.tensor(int(seed) & _MASK32, device=keys.device)))  # [B]
+    columns = torch.arange(n, device=keys.device) * 0x9E3779B1  # [n] (< 2^42)
+    return _mix32(_mix32(salted[:, None] + columns[None, :]))  # [B, n]
 
 
 def _patches(hidden: Tensor) -> tuple[int, int, int]:
@@ -33,18 +76,31 @@ def keep_all(hidden: Tensor) -> Compressed:
     return Compressed(tokens=hidden[:, 1:], valid=torch.ones(b, n, dtype=torch.bool, device=hidden.device), index=positions)
 
 
-def random_keep(hidden: Tensor, k: int, generator: torch.Generator | None = None) -> Compressed:
+def random_keep(
+    hidden: Tensor,
+    k: int,
+    generator: torch.Generator | None = None,
+    keys: Tensor | None = None,
+    seed: int = 0,
+) -> Compressed:
     """``k`` patches per image drawn uniformly without replacement, in ascending source order.
 
-    The draw happens on ``generator``'s device (CPU when None, using the global RNG) and is moved to
-    ``hidden``'s device, so a seeded CPU generator selects the same patches everywhere.
+    With ``keys`` ([B] int64, e.g. :func:`image_keys`) the draw of each image is a hash of
+    (``seed``, its key, patch position): the same image keeps the same patches in any batch, at any
+    position, in any data-parallel shard and on any device. Without, one draw of ``[B, N]`` uniforms
+    on ``generator``'s device (CPU when None, using the global RNG), moved to ``hidden``'s device.
     """
     b, n, _ = _patches(hidden)
     check_int("k", k, 1)
     if k > n:
         raise ValueError(f"k ({k}) exceeds the N={n} patches of hidden")
-    device = generator.device if generator is not None else torch.device("cpu")
-    noise = torch.rand(b, n, generator=generator, device=device)  # [B, N]
+    if keys is not None:
+        if tuple(keys.shape) != (b,) or keys.dtype != torch.int64:
+            raise ValueError(f"keys must be an int64 tensor [{b}], got {keys.dtype} {tuple(keys.shape)}")
+        noise = keyed_uniform(keys.to(hidden.device), n, seed)  # [B, N]
+    else:
+        device = generator.device if generator is not None else torch.device("cpu")
+        noise = torch.rand(b, n, generator=generator, device=device)  # [B, N]
     pick = noise.topk(k, dim=1).indices.sort(dim=1).values + 1  # [B, k] ascending positions 1..N
     return _kept(hidden, pick.to(hidden.device))
 

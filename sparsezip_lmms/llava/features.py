@@ -62,6 +62,7 @@ def image_tokens(
     text_embeds: torch.Tensor | None = None,  # [n_images, L_text, D_llm] question embeddings per image
     text_mask: torch.Tensor | None = None,  # [n_images, L_text] bool
     pull_back=None,  # compress.PullBack of this model's projector (text_space "vision"), made once by the caller
+    image_keys: torch.Tensor | None = None,  # [n_images] compress.image_keys of the float32 pixels (random)
 ) -> ImageTokens:
     """Visual tokens entering the LLM for each image under ``config``."""
     if uses_stock_features(config):
@@ -86,6 +87,8 @@ def image_tokens(
         relevance = text_relevance(
             inputs.hidden[:, 1:], text_embeds, text_mask, projector, space=config.text_space, pull_back=pull_back
         )  # [n, N]
-    compressed = compress(inputs.hidden, inputs.cls_attn, inputs.keys, config, text_relevance=relevance)
+    compressed = compress(
+        inputs.hidden, inputs.cls_attn, inputs.keys, config, text_relevance=relevance, image_keys=image_keys
+    )
     features = projector(compressed.tokens)  # [n, T_max, D_llm]
     return ImageTokens(features, compressed.valid, compressed.index)

@@ -31,7 +31,7 @@ from ..efficiency.clock import TokenClock, now
 from ..efficiency.flops import Dims, compression_flops, kv_cache_bytes, llm_prefill_flops, vision_flops
 from ..efficiency.records import EfficiencyRecord, peak_memory, record_request, reset_peak_memory
 from ..efficiency.task_hooks import UID_COLUMN
-from ..compress import needs_text
+from ..compress import image_keys, needs_text
 from ..llava.features import image_tokens, text_pull_back, uses_stock_features
 from ..llava.tokens import placeholder_runs, resize_image_placeholders, splice_image_features
 
@@ -224,9 +224,17 @@ class CompressedLlava(_LlavaHfChat):
         question_mask = self._question_mask(input_ids, attention_mask, n_images)  # [n_images, L]
         if n_images:
             question = self._question_embeddings(input_ids, question_mask, row_of_image) if self._text_aware else None
+            # random baseline: one key per image from the processor's float32 pixels (batch-invariant draws)
+            keys = image_keys(inputs["pixel_values"]) if self.compression.method == "random" else None
             pixel_values = inputs["pixel_values"].to(self.model.dtype)
             visual = image_tokens(
-                self.model, pixel_values, self.compression, question, question_mask, pull_back=self._pull_back
+                self.model,
+                pixel_values,
+                self.compression,
+                question,
+                question_mask,
+                pull_back=self._pull_back,
+                image_keys=keys,
             )
             counts = visual.counts  # [n_images]
         else:
