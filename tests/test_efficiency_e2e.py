@@ -54,6 +54,11 @@ def test_every_sample_carries_its_figures(runs):
             for stat in ("eff_ttft_s", "eff_ttft_s_p50", "eff_ttft_s_p90", "eff_e2e_s", "eff_prefill_tflops"):
                 assert metrics[f"{stat},none"] > 0, (model, task, stat)
             assert metrics["eff_ttft_s_p50,none"] <= metrics["eff_ttft_s_p90,none"]
+        # lmms-eval's own throughput block, filled the way its llava_hf fills it
+        throughput = run.results["throughput"]
+        generated = sum(row["eff_record"]["output_tokens"] for rows in run.samples.values() for row in rows)
+        assert throughput["total_gen_tokens"] == generated > 0
+        assert throughput["total_elapsed_time"] > 0 and throughput["avg_latency"] > 0
 
 
 def test_leaderboard_from_real_runs(runs, tmp_path):

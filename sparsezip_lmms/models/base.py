@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from loguru import logger as eval_logger
 from tqdm import tqdm
 
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from lmms_eval.models.chat.llava_hf import LlavaHf as _LlavaHfChat
 from lmms_eval.models.simple.llava_hf import LlavaHf as _LlavaHfSimple
 from lmms_eval.protocol import ChatMessages
@@ -396,14 +398,25 @@ class CompressedLlava(_LlavaHfChat):
         prepared.sort(key=lambda item: (item.key, -len(item.text), item.index))
         batches = [prepared[i : i + self.batch_size] for i in range(0, len(prepared), self.batch_size)]
         pbar = tqdm(total=len(requests), disable=(self.rank != 0), desc=f"{self.model_id} responding")
-        failures = 0
+        failures, elapsed_s, gen_tokens = 0, 0.0, 0
         for batch in self._regroup(batches):
-            for item, (result, record) in zip(batch, self._run_batch(batch)):
+            started = time.perf_counter()
+            outcomes = self._run_batch(batch)  # ends with the answers on the host
+            elapsed_s += time.perf_counter() - started
+            for item, (result, record) in zip(batch, outcomes):
                 results[item.index] = result
                 failures += record.error is not None
+                gen_tokens += record.output_tokens or 0
                 record_request(item.task, item.split, item.doc_id, record, uid=item.uid)
             pbar.update(len(batch))
         pbar.close()
+        # lmms-eval's own throughput block (results["throughput"]), as its llava_hf reports it
+        log_metrics(
+            total_elapsed_time=elapsed_s,
+            total_gen_tokens=gen_tokens,
+            avg_speed=gen_tokens / elapsed_s if elapsed_s > 0 else 0.0,
+            additional_metrics={"rank": self.rank, "total_requests": len(requests)},
+        )
         if failures:
             eval_logger.error(f"{self.model_id}: {failures} of {len(requests)} requests failed (empty answers, see errors above)")
         return results  # type: ignore[return-value]
