@@ -42,7 +42,6 @@ from transformers.masking_utils import create_causal_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
-    apply_rotary_pos_emb,
     eager_attention_forward,
     repeat_kv,
     rotate_half,
@@ -303,6 +302,29 @@ def _rater_rows(samples: Sequence[_Sample], padded: _Padded) -> torch.Tensor:
     return rows
 
 
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, n, hd] rotated with per-row tables cos, sin [B, n, hd]."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+def _row_queries(
+    attn: nn.Module,
+    normed_rows: torch.Tensor,  # [B, M, d] input_layernorm output at ``rows``
+    cos_sin: tuple[torch.Tensor, torch.Tensor],  # [B, L, hd] each
+    rows: torch.Tensor,  # [B, M] padded-row indices
+) -> torch.Tensor:
+    """Post-RoPE queries of the given rows: [B, H, M, hd]."""
+    batch, count, _ = normed_rows.shape
+    query = attn.q_proj(normed_rows).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # [B, H, M, hd]
+    return _rope(query, _gather_rows(cos_sin[0], rows), _gather_rows(cos_sin[1], rows))
+
+
+def _row_causal_mask(key_valid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[B, M, L] bool: row ``rows[b, m]`` may attend to key j (valid and not after it)."""
+    positions = torch.arange(key_valid.shape[1], device=key_valid.device)  # [L]
+    return key_valid[:, None, :] & (positions[None, None, :] <= rows[..., None])
+
+
 def _rater_attention(
     layer: nn.Module,
     rows_in: torch.Tensor,  # [B, R, d] input of the layer at the rater rows
@@ -313,18 +335,11 @@ def _rater_attention(
 ) -> torch.Tensor:
     """Head-mean attention probabilities of the rater rows over all keys (causal): [B, R, L]."""
     attn = layer.self_attn
-    batch, count, _ = rows_in.shape
-    query = attn.q_proj(layer.input_layernorm(rows_in))  # [B, R, H * hd]
-    query = query.view(batch, count, -1, attn.head_dim).transpose(1, 2)  # [B, H, R, hd]
-    cos = _gather_rows(cos_sin[0], rater_rows)[:, None]  # [B, 1, R, hd]
-    sin = _gather_rows(cos_sin[1], rater_rows)[:, None]  # [B, 1, R, hd]
-    query = query * cos + rotate_half(query) * sin  # [B, H, R, hd] post-RoPE
+    query = _row_queries(attn, layer.input_layernorm(rows_in), cos_sin, rater_rows)  # [B, H, R, hd]
     dtype = _compute_dtype(query.dtype)
     keys = repeat_kv(keys, attn.num_key_value_groups).to(dtype)  # [B, H, L, hd]
     logits = (query.to(dtype) @ keys.transpose(-1, -2)) * attn.scaling  # [B, H, R, L]
-    positions = torch.arange(keys.shape[-2], device=keys.device)  # [L]
-    allowed = key_valid[:, None, :] & (positions[None, None, :] <= rater_rows[..., None])  # [B, R, L]
-    logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    logits = logits.masked_fill(~_row_causal_mask(key_valid, rater_rows)[:, None], float("-inf"))
     return logits.softmax(dim=-1).mean(dim=1)  # [B, R, L]
 
 
@@ -431,8 +446,7 @@ def _keys_and_values(
     batch, length, _ = normed.shape
     keys = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, L, hd]
     values = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, L, hd]
-    keys = keys * cos_sin[0][:, None] + rotate_half(keys) * cos_sin[1][:, None]
-    return cache.update(keys, values, attn.layer_idx)
+    return cache.update(_rope(keys, *cos_sin), values, attn.layer_idx)
 
 
 def _layer_rows(
@@ -448,11 +462,8 @@ def _layer_rows(
     """The decoder layer's output at ``rows`` only: [B, M, d] (each row attends causally to all keys)."""
     attn = layer.self_attn
     batch, count = rows.shape
-    query = attn.q_proj(_gather_rows(normed, rows)).view(batch, count, -1, attn.head_dim).transpose(1, 2)
-    cos, sin = _gather_rows(cos_sin[0], rows), _gather_rows(cos_sin[1], rows)  # [B, M, hd]
-    query, _ = apply_rotary_pos_emb(query, query, cos, sin)  # [B, H, M, hd]
-    positions = torch.arange(keys.shape[-2], device=keys.device)  # [L]
-    allowed = (key_valid[:, None, :] & (positions[None, None, :] <= rows[..., None]))[:, None]  # [B, 1, M, L]
+    query = _row_queries(attn, _gather_rows(normed, rows), cos_sin, rows)  # [B, H, M, hd]
+    allowed = _row_causal_mask(key_valid, rows)[:, None]  # [B, 1, M, L]
     if attn.config._attn_implementation == "eager":
         mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
         mask = mask.masked_fill(~allowed, torch.finfo(query.dtype).min)
@@ -489,33 +500,28 @@ def _pruning_stage(
     """
     pruning = decoder.layers[stage.last]
     rater_rows = _rater_rows(samples, padded)  # [B, R]
-    if not _splits_rows(pruning):  # any other layer type: run it whole, prune its output
+    split = _splits_rows(pruning)  # a LLaMA layer runs on the needed rows; any other type runs whole
+    if split:
+        hidden = padded.hidden  # [B, L, d]
+        if stage.first < stage.last:
+            hidden, _, _ = _run_layers(
+                decoder, cache, hidden, padded.valid, padded.position_ids, stage.first, stage.last - 1
+            )
+        cos_sin = decoder.rotary_emb(hidden, position_ids=padded.position_ids)  # ([B, L, hd], [B, L, hd])
+        normed = pruning.input_layernorm(hidden)  # [B, L, d]
+        keys, values = _keys_and_values(pruning, cache, normed, cos_sin)  # [B, H_kv, L, hd] x 2
+        rows_in = _gather_rows(hidden, rater_rows)  # [B, R, d]
+    else:
         out, rows_in, cos_sin = _run_layers(
             decoder, cache, padded.hidden, padded.valid, padded.position_ids, stage.first, stage.last, rater_rows
         )
         keys = cache.layers[stage.last].keys
-        probs = _rater_attention(pruning, rows_in, cos_sin, keys, rater_rows, padded.valid)  # [B, R, L]
-        scores = _span_scores(probs, samples, padded)
-        selections = [_select(s, sc, stage.prune, config) for s, sc in zip(samples, scores, strict=True)]
-        needed = [
-            out[b, padded.pad[b] :][_needed_rows(s, sel)] for b, (s, sel) in enumerate(zip(samples, selections))
-        ]
-        return scores, selections, needed
-
-    hidden = padded.hidden  # [B, L, d]
-    if stage.first < stage.last:
-        hidden, _, _ = _run_layers(
-            decoder, cache, hidden, padded.valid, padded.position_ids, stage.first, stage.last - 1
-        )
-    cos_sin = decoder.rotary_emb(hidden, position_ids=padded.position_ids)  # ([B, L, hd], [B, L, hd])
-    normed = pruning.input_layernorm(hidden)  # [B, L, d]
-    keys, values = _keys_and_values(pruning, cache, normed, cos_sin)  # [B, H_kv, L, hd] x 2
-    probs = _rater_attention(
-        pruning, _gather_rows(hidden, rater_rows), cos_sin, keys, rater_rows, padded.valid
-    )  # [B, R, L]
+    probs = _rater_attention(pruning, rows_in, cos_sin, keys, rater_rows, padded.valid)  # [B, R, L]
     scores = _span_scores(probs, samples, padded)
     selections = [_select(s, sc, stage.prune, config) for s, sc in zip(samples, scores, strict=True)]
     rows = [_needed_rows(s, sel) for s, sel in zip(samples, selections, strict=True)]
+    if not split:
+        return scores, selections, [out[b, padded.pad[b] :][r] for b, r in enumerate(rows)]
     out = _layer_rows(
         pruning, hidden, normed, cos_sin, keys, values, padded.valid, _needed_padded_rows(rows, padded.pad)
     )  # [B, M, d]
