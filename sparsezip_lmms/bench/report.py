@@ -27,6 +27,18 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f} %"
 
 
+def _config_values(section: dict | None, config: str, key: str, label: str) -> list[tuple[float, str]]:
+    """(row[key], "batch B<label>") for every batch of a section's rows of ``config``."""
+    if not section:
+        return []
+    return [
+        (row[key], f"batch {batch}{label}")
+        for batch, entry in section["batches"].items()
+        for row in entry["rows"]
+        if row["config"] == config
+    ]
+
+
 def evaluate_targets(report: dict) -> list[dict]:
     """Each target with the measured value (worst case over the batch sizes run) and met / not met."""
     measured: dict[str, tuple[float, str] | None] = {name: None for name, *_ in TARGETS}
@@ -34,24 +46,10 @@ def evaluate_targets(report: dict) -> list[dict]:
     if vision:
         worst = max(vision["batches"].items(), key=lambda kv: kv[1]["ratios"]["scoring_vs_plain"])
         measured["scoring_capture"] = (worst[1]["ratios"]["scoring_vs_plain"], f"batch {worst[0]}")
-    ops = report.get("compression")
-    if ops:
-        values = [
-            (row["ratio_to_clip"], f"batch {batch}")
-            for batch, entry in ops["batches"].items()
-            for row in entry["rows"]
-            if row["config"] == "sparsezip_64"
-        ]
-        measured["sparsezip_op"] = max(values) if values else None
-    prefill = report.get("prefill")
-    if prefill:
-        values = [
-            (row["efficiency_ratio"], f"batch {batch}, visionzip_64")
-            for batch, entry in prefill["batches"].items()
-            for row in entry["rows"]
-            if row["config"] == "visionzip_64"
-        ]
-        measured["prefill_64"] = min(values) if values else None
+    ops = _config_values(report.get("compression"), "sparsezip_64", "ratio_to_clip", "")
+    measured["sparsezip_op"] = max(ops) if ops else None
+    prefill = _config_values(report.get("prefill"), "visionzip_64", "efficiency_ratio", ", visionzip_64")
+    measured["prefill_64"] = min(prefill) if prefill else None
     svlm = report.get("sparsevlm")
     if svlm and "64" in svlm["budgets"]:
         measured["sparsevlm_vs_eager"] = (svlm["budgets"]["64"]["ratios"]["eager_vs_ours"], "budget 64, batch 1")

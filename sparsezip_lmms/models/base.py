@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -400,9 +399,9 @@ class CompressedLlava(_LlavaHfChat):
         pbar = tqdm(total=len(requests), disable=(self.rank != 0), desc=f"{self.model_id} responding")
         failures, elapsed_s, gen_tokens = 0, 0.0, 0
         for batch in self._regroup(batches):
-            started = time.perf_counter()
-            outcomes = self._run_batch(batch)  # ends with the answers on the host
-            elapsed_s += time.perf_counter() - started
+            started = now(self.device)
+            outcomes = self._run_batch(batch)
+            elapsed_s += now(self.device) - started
             for item, (result, record) in zip(batch, outcomes):
                 results[item.index] = result
                 failures += record.error is not None
