@@ -24,6 +24,7 @@ from transformers.cache_utils import DynamicCache
 from ..config import load_config
 from ..efficiency.flops import llm_layer_flops
 from ..llava import sparsevlm_generate
+from ..llava.compat import cache_kwargs
 from .timing import DeviceTimer, measure, paired_ratio
 
 __all__ = ["PROMPT_AFTER", "PROMPT_BEFORE", "llava_prompt", "llm_prefill", "mlp_rates", "prefill_section"]
@@ -51,7 +52,7 @@ def llava_prompt(visual: torch.Tensor, valid: torch.Tensor, seed: int = 3) -> tu
 def llm_prefill(llm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor | None):
     """The prefill as ``generate`` runs it: every layer, KV cache written, logits of the last position."""
     cache = DynamicCache(config=llm.config)
-    return llm(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return llm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1, **cache_kwargs(type(llm).forward, cache))
 
 
 def _bound(n_full: int, n: list[int], layers: int, dims) -> float:

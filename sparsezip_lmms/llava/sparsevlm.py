@@ -49,6 +49,7 @@ from transformers.models.llama.modeling_llama import (
 
 from ..compress.sparsevlm_recycle import density_peak_merge, keep_count, recycle_sizes, select_raters, topk_keep
 from ..config import ConfigError
+from .compat import cache_kwargs
 
 __all__ = ["RECYCLED_ID_BASE", "SparseVLMOutput", "sparsevlm_generate"]
 
@@ -263,22 +264,23 @@ def _run_layers(
         config=decoder.config,
         inputs_embeds=hidden,
         attention_mask=key_valid,
-        past_key_values=cache,
         position_ids=position_ids,
         layer_idx=first,
+        **cache_kwargs(create_causal_mask, cache),
     )
     cos_sin = decoder.rotary_emb(hidden, position_ids=position_ids)  # ([B, q, hd], [B, q, hd])
     captured = None
     for index in range(first, last + 1):
         if index == last and capture is not None:
             captured = _gather_rows(hidden, capture)  # [B, R, d]
-        hidden = decoder.layers[index](
+        layer = decoder.layers[index]
+        hidden = layer(
             hidden,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             position_embeddings=cos_sin,
+            **cache_kwargs(type(layer).forward, cache),
         )
     return hidden, captured, cos_sin
 
