@@ -1,12 +1,14 @@
-# make demo : install into .venv, then run the offline demo (tiny random LLaVA + mini POPE/MME/DocVQA)
-# make test : install into .venv, then run the whole offline test suite
+# make demo : install into .venv (pinned to constraints/lock.txt), then run the offline demo
+# make test : install into .venv (pinned to constraints/lock.txt), then run the whole offline test suite
+# make lock : re-resolve today's newest versions into constraints/lock.txt (then run make test)
+# make doctor : environment check (versions against the lock, torch build, lmms-eval, model ids, tasks)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench lock doctor
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints/cpu.txt scripts/install.sh
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt constraints/lock.txt scripts/install.sh
 	VENV=$(VENV) bash scripts/install.sh
 	touch $@
 
@@ -18,3 +20,9 @@ test: install
 
 bench: install
 	$(PY) -m sparsezip_lmms bench --quick
+
+doctor: install
+	$(PY) -m sparsezip_lmms doctor
+
+lock:
+	bash scripts/lock.sh
