@@ -1,4 +1,4 @@
-"""Command line: ``python -m sparsezip_lmms {demo,leaderboard,bench,tasks-path,configs,show-config}``."""
+"""Command line: ``python -m sparsezip_lmms {demo,doctor,leaderboard,bench,tasks-path,configs,show-config}``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,35 @@ import json
 import sys
 
 
+# sub-commands with their own options: name -> (module, function)
+_WITH_OWN_OPTIONS = {
+    "demo": ("sparsezip_lmms.demo.run", "main"),
+    "doctor": ("sparsezip_lmms.doctor", "main"),
+    "leaderboard": ("sparsezip_lmms.leaderboard", "main"),
+    "bench": ("sparsezip_lmms.bench", "main"),
+}
+
+
+def _run_with_own_options(command: str, argv: list[str]) -> int:
+    """Run a sub-command; an lmms-eval run that failed ends it with exit code 1 and the failure shown."""
+    import importlib
+
+    from .demo.harness import HarnessError
+
+    module, function = _WITH_OWN_OPTIONS[command]
+    try:
+        return int(getattr(importlib.import_module(module), function)(argv) or 0)
+    except HarnessError as err:
+        print(f"error: {command}: {err}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="offline demo: tiny random LLaVA + mini POPE/MME/DocVQA through lmms-eval", add_help=False)
+    sub.add_parser("doctor", help="environment check: versions against the lock, torch build, lmms-eval, model ids, tasks", add_help=False)
     sub.add_parser("tasks-path", help="print the folder to pass to lmms-eval --include_path")
     sub.add_parser("configs", help="list the named compression configs")
     show = sub.add_parser("show-config", help="print the effective config (name or path, plus key=value overrides)")
@@ -20,18 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("leaderboard", help="merge results folders into a table (Markdown, CSV) and a Pareto plot", add_help=False)
     sub.add_parser("bench", help="speed benchmark of every part (table + JSON)", add_help=False)
-    if argv and argv[0] == "demo":  # these have their own options
-        from .demo.run import main as demo_main
-
-        return demo_main(argv[1:])
-    if argv and argv[0] == "leaderboard":
-        from .leaderboard import main as leaderboard_main
-
-        return leaderboard_main(argv[1:])
-    if argv and argv[0] == "bench":
-        from .bench import main as bench_main
-
-        return bench_main(argv[1:])
+    if argv and argv[0] in _WITH_OWN_OPTIONS:
+        return _run_with_own_options(argv[0], argv[1:])
     args = parser.parse_args(argv)
     if args.command == "tasks-path":
         from .paths import tasks_path

@@ -1,4 +1,4 @@
-"""The wheel ships the task YAMLs and model configs inside the package, where the code finds them."""
+"""The wheel ships the task YAMLs, model configs and the lock inside the package, where the code finds them."""
 
 import importlib.util
 import subprocess
@@ -24,6 +24,7 @@ def test_wheel_contains_tasks_configs_and_entry_point(tmp_path):
         assert f"sparsezip_lmms/tasks/{task}.yaml" in names
     for config in ("sparsezip_64", "visionzip_64", "sparsevlm_64", "keep_all", "ablations/merge_off"):
         assert f"sparsezip_lmms/model_configs/{config}.yaml" in names
+    assert "sparsezip_lmms/constraints/lock.txt" in names  # doctor compares with it
     assert "[lmms_eval.models]" in entry_points and "sparsezip_lmms.models.manifest:manifests" in entry_points
 
     # In an installed wheel the locator finds the folders inside the package.
@@ -32,6 +33,7 @@ def test_wheel_contains_tasks_configs_and_entry_point(tmp_path):
     spec.loader.exec_module(paths)
     assert paths.tasks_path() == tmp_path / "site/sparsezip_lmms/tasks"
     assert paths.model_configs_path() == tmp_path / "site/sparsezip_lmms/model_configs"
+    assert paths.lock_path() == tmp_path / "site/sparsezip_lmms/constraints/lock.txt"
 
 
 def test_shipped_tasks_mirror_upstream(tmp_path):

@@ -1,13 +1,16 @@
 """Run the real lmms-eval CLI in a subprocess and read back what it wrote.
 
 The lmms-eval CLI can print a traceback and still exit 0 (a model that fails to load, a dataset
-that cannot be read), so success is judged by the results file, never by the exit code alone.
+that cannot be read, a request that fails), so success is judged by the results file and the log,
+never by the exit code alone: a run that wrote no results, or logged an error or a traceback, raises
+:class:`HarnessError` with those lines.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +29,21 @@ OFFLINE_ENV = {
 
 
 class HarnessError(RuntimeError):
-    """lmms-eval did not produce a usable results file."""
+    """lmms-eval did not produce a usable results file, or logged an error while producing it."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# lmms-eval's loguru format: "<time> | <LEVEL> | <module>:<function>:<line> - <message>"
+_ERROR_LINE = re.compile(r"^\S+ \S+ \| (ERROR|CRITICAL)\s*\|")
+
+
+def error_lines(log: str) -> list[str]:
+    """The lines of an lmms-eval log that report a failure: ERROR/CRITICAL records and tracebacks."""
+    found = []
+    for line in _ANSI.sub("", log).splitlines():
+        if _ERROR_LINE.match(line) or line.startswith("Traceback (most recent call last)"):
+            found.append(line.rstrip())
+    return found
 
 
 @dataclass
@@ -100,10 +117,18 @@ def run_lmms_eval(cmd: list[str], output_path: str | Path, *, timeout: float = 1
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
     log = proc.stdout + proc.stderr
     candidates = [p for p in output_path.rglob("*_results.json") if p.stat().st_mtime >= started - 1]
-    if proc.returncode != 0 or not candidates:
+    errors = error_lines(log)
+    if proc.returncode != 0 or not candidates or errors:
+        if proc.returncode != 0:
+            what = f"exited with {proc.returncode}"
+        elif not candidates:
+            what = "wrote no results file"
+        else:
+            what = f"wrote {candidates[0].name} but logged {len(errors)} error line(s)"
+        shown = "\n".join(errors[:20]) + (f"\n... ({len(errors) - 20} more)" if len(errors) > 20 else "")
         raise HarnessError(
-            f"lmms-eval {'exited with ' + str(proc.returncode) if proc.returncode else 'wrote no results file'}"
-            f"\ncommand: {' '.join(cmd)}\n--- output (last 6000 chars) ---\n{log[-6000:]}"
+            f"lmms-eval {what}" + (f":\n{shown}" if errors else "")
+            + f"\ncommand: {' '.join(cmd)}\n--- output (last 6000 chars) ---\n{log[-6000:]}"
         )
     results_path = max(candidates, key=lambda p: p.stat().st_mtime)
     results = json.loads(results_path.read_text())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from ..doctor import FAIL, format_table, run_checks
 from ..leaderboard import build as build_leaderboard
 from .harness import lmms_eval_command, run_lmms_eval, write_local_tasks
 from .mini_datasets import MINI_BUILDERS
@@ -36,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="*", default=None, help="model:config pairs (default: all four model ids)")
     args = parser.parse_args(argv)
 
+    checks = run_checks()
+    if any(check.status == FAIL for check in checks):
+        print(format_table(checks))
+        print("\nthe environment cannot run the demo (rows marked FAIL above); fix them and run it again", file=sys.stderr)
+        return 1
+    print(format_table(checks).splitlines()[-1], "(python -m sparsezip_lmms doctor for the table)", flush=True)
     out = Path(args.out).resolve()
     runs = [tuple(r.split(":", 1)) for r in args.runs] if args.runs else list(DEMO_RUNS)
     print(f"building the tiny random-weight checkpoint and mini datasets under {out} ...", flush=True)
