@@ -299,7 +299,7 @@ def run(s: Settings, argv: list[str]) -> dict:
     if "harness" in s.sections:
         from .harness_section import harness_section
 
-        _log(f"section 5: lmms-eval, {s.harness_model} {s.harness_config}, batches {s.harness_batches}")
+        _log(f"section 5: lmms-eval, {s.harness_model} {s.harness_config} in {s.dtype}, batches {s.harness_batches}")
         report["harness"] = harness_section(
             s.harness_model,
             s.harness_config,
@@ -309,6 +309,7 @@ def run(s: Settings, argv: list[str]) -> dict:
             s.max_new_tokens,
             s.device,
             Path(s.workdir) if s.workdir else None,
+            dtype=s.dtype,
         )
 
     _log("done")

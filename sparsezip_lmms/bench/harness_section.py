@@ -38,6 +38,7 @@ def harness_section(
     max_new_tokens: int,
     device: str,
     workdir: Path | None = None,
+    dtype: str = "float32",
 ) -> dict:
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sparsezip_bench_"))
     checkpoint, task_dir, names = prepare(root, tasks=tasks)
@@ -47,6 +48,7 @@ def harness_section(
         "tasks": names,
         "limit": limit,
         "max_new_tokens": max_new_tokens,
+        "dtype": dtype,
         "workdir": str(root),
         "batches": {},
     }
@@ -57,7 +59,7 @@ def harness_section(
             extra += ["--limit", str(limit)]
         cmd = lmms_eval_command(
             model,
-            f"pretrained={checkpoint},config={config},dtype=float32,warmup={batch}",
+            f"pretrained={checkpoint},config={config},dtype={dtype},warmup={batch}",
             names,
             result_dir,
             include_path=task_dir,
