@@ -15,11 +15,18 @@ is how the ablations in ``model_configs/ablations/`` are written.
     >>> cfg = load_config("sparsezip_64", {"merging.contextual_num": 16, "cross_beta": 0.3})
 
 Every problem raises :class:`ConfigError` (a ``ValueError``) whose message names the offending key.
+
+Files and overrides are read by one YAML dialect (:func:`parse_value`) without YAML 1.1's
+surprises: integers are decimal (``054`` is 54, not octal 44), ``1:30`` stays a string instead of
+becoming 5400, booleans are ``true``/``false`` only, and ``1e-1`` is a float. ``--model_args`` reach
+the model classes as the raw string (:func:`split_args_string`), so ``show-config`` and lmms-eval
+read every override the same way. Floats must be finite.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
@@ -42,6 +49,9 @@ __all__ = [
     "load_config",
     "parse_config",
     "config_to_dict",
+    "load_yaml",
+    "parse_value",
+    "split_args_string",
 ]
 
 
@@ -50,8 +60,94 @@ class ConfigError(ValueError):
 
 
 class _Schema(BaseModel):
-    # strict: no silent str->int or float->int coercion; extra: unknown keys are errors.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # strict: no silent str->int or float->int coercion; extra: unknown keys are errors;
+    # allow_inf_nan: inf and nan are refused for every float key.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+# --------------------------------------------------------------------------- the YAML dialect
+
+_INT, _FLOAT, _BOOL = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with decimal-only integers, no sexagesimal numbers, true/false booleans
+    only, and floats as Python writes them (``1e-1``, ``.5``, ``inf``, ``.nan``)."""
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT, _BOOL)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_StrictLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.?(?:inf|Inf|INF)$|^\.?(?:nan|NaN|NAN)$"),
+    list("-+0123456789.iInN"),
+)
+_StrictLoader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node), 10))
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    text = loader.construct_scalar(node).lower()
+    if text.lstrip("+-") in (".inf", ".nan"):  # YAML spells them with a dot, Python without
+        text = text.replace(".", "", 1)
+    return float(text)
+
+
+_StrictLoader.add_constructor(_FLOAT, _construct_float)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text in this package's dialect (see the module docstring)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_value(value: Any) -> Any:
+    """An override value as given on a command line (a string) -> the value it denotes.
+
+    ``54`` / ``054`` -> 54, ``-3`` -> -3, ``1e-1`` -> 0.1, ``true`` -> True, ``[66,30,17]`` -> a list,
+    ``kmeans`` / ``1:30`` / ``yes`` -> the string itself; non-strings are returned unchanged.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return value
+    try:
+        return load_yaml(value)
+    except yaml.YAMLError:
+        return value
+
+
+def split_args_string(text: str) -> dict[str, str]:
+    """``key=value,key2=[1,2],...`` -> {key: raw value}: commas inside brackets or quotes do not split.
+
+    The one reader of ``--model_args`` strings (model classes, leaderboard); values stay strings.
+    """
+    items, current, depth, quote = [], [], 0, None
+    for char in text.strip():
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    items.append("".join(current))
+    out = {}
+    for item in (part.strip() for part in items):
+        if not item:
+            continue
+        if "=" not in item:
+            raise ConfigError(f"model_args entry {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
 
 
 # --------------------------------------------------------------------------- methods
@@ -101,10 +197,15 @@ class DynamicKConfig(_Schema):
     scale: float = Field(11.0, ge=0, description="multiplies log(Var + eps); 1.0 is the original formula")
 
 
+# Weights of score terms whose z-scores are O(1): beyond this the other terms fall below float32
+# rounding, and at 1e308 the scores overflow to inf.
+_MAX_WEIGHT = 1e4
+
+
 class HybridWeights(_Schema):
-    attn: float = 1.0
-    entropy: float = 0.6
-    mutual: float = 0.8
+    attn: float = Field(1.0, ge=-_MAX_WEIGHT, le=_MAX_WEIGHT)
+    entropy: float = Field(0.6, ge=-_MAX_WEIGHT, le=_MAX_WEIGHT)
+    mutual: float = Field(0.8, ge=-_MAX_WEIGHT, le=_MAX_WEIGHT)
 
 
 class MergingConfig(_Schema):
@@ -125,7 +226,7 @@ class SparseZipConfig(_Schema):
     alphas: HybridWeights = HybridWeights()
     tau_feat: float = Field(0.15, gt=0)
     tau_sim: float = Field(0.08, gt=0)
-    cross_beta: float = Field(0.0, ge=0, description="weight of the text-relevance z-score")
+    cross_beta: float = Field(0.0, ge=0, le=_MAX_WEIGHT, description="weight of the text-relevance z-score")
     text_space: Literal["vision", "llm"] = "vision"
     merge: Literal["kmeans", "visionzip"] = "kmeans"
     merging: MergingConfig = MergingConfig()
@@ -155,6 +256,8 @@ class SparseVLMConfig(_Schema):
 
     @model_validator(mode="after")
     def _check_schedule(self) -> "SparseVLMConfig":
+        if not self.pruning_layers:
+            raise ValueError("pruning_layers is empty: nothing is pruned (for no pruning use config keep_all)")
         if len(self.pruning_layers) != len(self.schedule):
             raise ValueError(
                 f"pruning_layers ({self.pruning_layers}) and schedule ({self.schedule}) must have the same length"
@@ -165,6 +268,11 @@ class SparseVLMConfig(_Schema):
             raise ValueError(f"pruning_layers must be >= 0, got {self.pruning_layers}")
         if any(k < 1 for k in self.schedule):
             raise ValueError(f"schedule entries must be >= 1, got {self.schedule}")
+        if any(b > a for a, b in zip(self.schedule, self.schedule[1:])):
+            raise ValueError(
+                f"schedule must not increase from one pruning layer to the next (a later layer keeps at most what "
+                f"an earlier one kept), got {self.schedule}"
+            )
         return self
 
 
@@ -219,11 +327,15 @@ def _deep_merge(base: dict, update: Mapping) -> dict:
 
 
 def _read_raw(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict:
-    path = _resolve(name_or_path)
+    path = _resolve(name_or_path).resolve()  # one name per file, whatever '..' or links lead to it
     if path in _seen:
         raise ConfigError(f"config {path} includes itself through 'base'")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if data is None:
@@ -240,16 +352,6 @@ def _read_raw(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict:
     return data
 
 
-def _parse_value(value: Any) -> Any:
-    """Override values from the command line arrive as strings; read them as YAML scalars."""
-    if isinstance(value, str):
-        try:
-            return yaml.safe_load(value) if value.strip() else value
-        except yaml.YAMLError:
-            return value
-    return value
-
-
 def _apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
     data = copy.deepcopy(data)
     for dotted, value in overrides.items():
@@ -262,7 +364,7 @@ def _apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is not a section, cannot set {dotted!r}")
             node = child
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = parse_value(value)
     return data
 
 

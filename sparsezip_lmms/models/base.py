@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from lmms_eval.models.chat.llava_hf import LlavaHf as _LlavaHfChat
 from lmms_eval.models.simple.llava_hf import LlavaHf as _LlavaHfSimple
 from lmms_eval.protocol import ChatMessages
 
+from ..budgets import Geometry
 from ..config import CompressionConfig, ConfigError, config_to_dict, load_config
 from ..efficiency.clock import TokenClock, now
 from ..efficiency.flops import Dims, compression_flops, kv_cache_bytes, llm_prefill_flops, vision_flops
@@ -39,7 +41,7 @@ from ..llava.tokens import placeholder_runs, resize_image_placeholders, splice_i
 # Constructor arguments of the upstream adapter; everything else is ours or a config override.
 _PARENT_ARGS = frozenset(inspect.signature(_LlavaHfSimple.__init__).parameters) - {"self", "kwargs"}
 # Our own model_args (besides config overrides).
-_OWN_ARGS = frozenset({"config", "warmup", "max_batch_image_tokens"})
+_OWN_ARGS = frozenset({"config", "warmup"})
 
 
 def split_model_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -58,14 +60,29 @@ class CompressedLlava(_LlavaHfChat):
     default_config = "keep_all"
     accepted_methods: tuple[str, ...] = ("none",)
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "CompressedLlava":
+        """Build from the raw ``--model_args`` string. The upstream adapter's own arguments are read as
+        lmms-eval reads them; ours and the config overrides stay strings until :mod:`..config` parses
+        them, exactly as ``show-config`` does (lmms-eval would turn ``054`` into 54 but ``-3`` into -3.0)."""
+        from lmms_eval.utils import handle_arg_string
+
+        from ..config import split_args_string
+
+        try:
+            raw = split_args_string(arg_string)
+        except ConfigError as err:
+            raise ConfigError(f"{cls.model_id} --model_args: {err}") from None
+        args = {k: (handle_arg_string(v) if k in _PARENT_ARGS else v) for k, v in raw.items()}
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**args, **extra)
+
     def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", **kwargs: Any) -> None:
         parent_args, own_args, overrides = split_model_args(kwargs)
         # Everything about the config is checked before a single weight is loaded.
         self.compression: CompressionConfig = self.resolve_config(own_args.get("config"), overrides)
-        self.warmup = int(own_args.get("warmup", 0))
-        if self.warmup < 0:
-            raise ValueError(f"{self.model_id}: warmup must be >= 0, got {self.warmup}")
-        self._check_architecture(pretrained, parent_args)
+        self.warmup = self._count_arg("warmup", own_args.get("warmup", 0))
+        self.geometry = self._check_checkpoint(pretrained, parent_args, self.compression)
 
         parent_args = self._placement(parent_args)
         super().__init__(pretrained=pretrained, **parent_args)
@@ -104,12 +121,32 @@ class CompressedLlava(_LlavaHfChat):
         return config
 
     @classmethod
-    def _check_architecture(cls, pretrained: str, parent_args: dict[str, Any]) -> None:
-        """Only LLaVA-1.5-style checkpoints (one 24x24 CLIP grid per image, ``model_type`` "llava"): the
-        token budget, the placeholder resizing and SparseVLM's visual span assume it. Read from the
-        checkpoint's config.json before any weight is loaded."""
+    def _count_arg(cls, key: str, value: Any) -> int:
+        """A non-negative integer model argument (``warmup``), read like a config value."""
+        from ..config import parse_value
+
+        parsed = parse_value(value)
+        if isinstance(parsed, bool) or not isinstance(parsed, int) or parsed < 0:
+            raise ConfigError(f"{cls.model_id} --model_args: {key} must be a whole number >= 0, got {value!r}")
+        return parsed
+
+    @classmethod
+    def _check_checkpoint(cls, pretrained: str, parent_args: dict[str, Any], compression: CompressionConfig) -> "Geometry":
+        """Everything that can be known from the checkpoint's config.json, before any weight is read.
+
+        Only LLaVA-1.5-style checkpoints (one CLIP grid per image, ``model_type`` "llava"): the token
+        budget, the placeholder resizing and SparseVLM's visual span assume it. The config's budgets
+        and layers are checked against the checkpoint's geometry (``budgets.check_fits``), and
+        float64 with eager attention is refused for padded batches.
+        """
         from transformers import AutoConfig
 
+        from ..budgets import check_fits
+
+        text = str(pretrained)
+        looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1  # a hub id is "name" or "org/name"
+        if looks_local and not os.path.isdir(os.path.expanduser(text)):
+            raise ValueError(f"{cls.model_id}: pretrained={text}: no such folder (and not a hub id such as llava-hf/llava-1.5-7b-hf)")
         config = AutoConfig.from_pretrained(
             pretrained,
             revision=parent_args.get("revision", "main"),
@@ -122,6 +159,19 @@ class CompressedLlava(_LlavaHfChat):
                 "checkpoints (model_type 'llava', e.g. llava-hf/llava-1.5-7b-hf). LLaVA-NeXT's any-resolution "
                 "tiles and video models are not supported."
             )
+        geometry = Geometry.from_llava_config(config)
+        try:
+            check_fits(compression, geometry)
+        except ConfigError as err:
+            raise ConfigError(f"{cls.model_id} --model_args: {err} ({pretrained})") from None
+        attention = parent_args.get("attn_implementation") or getattr(config, "_attn_implementation", None)
+        batch_size = str(parent_args.get("batch_size", 1) or 1)
+        if str(parent_args.get("dtype")) == "float64" and attention == "eager" and batch_size != "1":
+            raise ConfigError(
+                f"{cls.model_id}: dtype=float64 with attn_implementation=eager gives NaN for left-padded rows in "
+                "transformers' eager attention; use sdpa (the default) or float32, or batch size 1"
+            )
+        return geometry
 
     @staticmethod
     def _placement(parent_args: dict[str, Any]) -> dict[str, Any]:
@@ -208,8 +258,9 @@ class CompressedLlava(_LlavaHfChat):
         return text
 
     @torch.no_grad()
-    def _generate_batch(self, texts: list[str], images: list, gen_kwargs: dict[str, Any]) -> "BatchOutput":
-        """Generate for one batch of prompts (their images in prompt order)."""
+    def _generate_batch(self, texts: list[str], images: list, gen_kwargs: dict[str, Any], prune: bool = False) -> "BatchOutput":
+        """Generate for one batch of prompts (their images in prompt order); ``prune``: run the in-LLM
+        pruning decoder (every prompt then has exactly one image)."""
         device = self.device
         reset_peak_memory(device)
         t_start = now(device)
@@ -238,12 +289,23 @@ class CompressedLlava(_LlavaHfChat):
                 image_keys=keys,
             )
             counts = visual.counts  # [n_images]
+            if not bool(torch.isfinite(visual.features).all()):
+                raise ValueError(
+                    f"non-finite visual tokens (NaN or inf) from config {self.config_name} "
+                    f"{json.dumps(self._effective_config, sort_keys=True)}: refusing to feed them to the LLM"
+                )
         else:
             visual, counts = None, torch.zeros(0, dtype=torch.long, device=device)
         t_vision_end = now(device)
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         prompt = resize_image_placeholders(input_ids, attention_mask, image_id, counts, pad_id)
+        limit = self.geometry.max_positions
+        if limit is not None and int(prompt.lengths.max()) > limit:
+            raise ValueError(
+                f"prompt of {int(prompt.lengths.max())} tokens exceeds the LLM's position limit "
+                f"(max_position_embeddings={limit})"
+            )
         embeddings = self.model.get_input_embeddings()
         if visual is not None:
             inputs_embeds = splice_image_features(embeddings, prompt, image_id, visual.features, visual.valid)
@@ -252,7 +314,9 @@ class CompressedLlava(_LlavaHfChat):
 
         args = self._generation_args(gen_kwargs)
         t_generate = now(device)
-        if self._uses_pruning_decoder(images_per_row):
+        if prune:
+            if not bool((images_per_row == 1).all()):
+                raise ValueError(f"{self.model_id}: the pruning decoder needs exactly one image per prompt")
             tokens, step_times, layer_stats = self._generate_sparsevlm(inputs_embeds, prompt, args)
         else:
             clock = TokenClock() if args["num_beams"] == 1 else None
@@ -300,18 +364,10 @@ class CompressedLlava(_LlavaHfChat):
 
     # ------------------------------------------------------------------ SparseVLM
 
-    def _uses_pruning_decoder(self, images_per_row: torch.Tensor) -> bool:
-        if self.compression.method != "sparsevlm":
-            return False
-        if bool((images_per_row == 1).all()):
-            return True
-        if not getattr(self, "_warned_unpruned", False):
-            eval_logger.warning(
-                f"{self.model_id}: SparseVLM prunes prompts with exactly one image; batches with prompts "
-                f"without an image or with several run unpruned (said once)"
-            )
-            self._warned_unpruned = True
-        return False
+    @property
+    def _prunes_in_llm(self) -> bool:
+        """The config prunes visual tokens inside the LLM prefill (SparseVLM)."""
+        return self.compression.method == "sparsevlm"
 
     def _generate_sparsevlm(self, inputs_embeds, prompt, args):
         from ..llava.sparsevlm import sparsevlm_generate
@@ -378,26 +434,58 @@ class CompressedLlava(_LlavaHfChat):
 
     # ------------------------------------------------------------------ lmms-eval entry point
 
-    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
-        results: list[GenerationResult | None] = [None] * len(requests)
-        prepared = []
-        for index, request in enumerate(requests):
-            ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+    def _prepare(self, index: int, request: Instance) -> "_Prepared":
+        """Chat text and images of one request (decoding its document's images)."""
+        ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+        try:
             doc = self.task_dict[task][split][doc_id]
             messages = ChatMessages(messages=doc_to_messages(doc))
             images, videos, _ = messages.extract_media()
-            if videos:
-                raise ValueError(f"{self.model_id} handles images only; doc {doc_id} of {task} has a video")
-            text = self._chat_text(messages)
-            key = json.dumps(gen_kwargs, sort_keys=True, default=str)
-            uid = doc.get(UID_COLUMN) if isinstance(doc, dict) else None
-            prepared.append(_Prepared(key, index, text, list(images), gen_kwargs, task, split, doc_id, uid))
+        except Exception as err:  # noqa: BLE001 - say which document, keep the cause
+            raise ValueError(f"doc {doc_id} of {task}/{split} cannot be read or made into a prompt: {err!r}") from err
+        if videos:
+            raise ValueError(f"{self.model_id} handles images only; doc {doc_id} of {task} has a video")
+        if any(image is None for image in images):
+            raise ValueError(f"doc {doc_id} of {task}/{split} has no image where its prompt expects one (None)")
+        text = self._chat_text(messages)
+        key = json.dumps(gen_kwargs, sort_keys=True, default=str)
+        uid = doc.get(UID_COLUMN) if isinstance(doc, dict) else None
+        return _Prepared(key, index, text, list(images), gen_kwargs, task, split, doc_id, uid)
+
+    def _document_key(self, task: str, split: str, doc_id: int) -> str | None:
+        """The ``*_eff`` key of a document whose row cannot be read whole (its key column alone)."""
+        try:
+            docs = self.task_dict[task][split]
+            if UID_COLUMN not in getattr(docs, "column_names", ()):
+                return None
+            return docs.select_columns([UID_COLUMN])[int(doc_id)][UID_COLUMN]
+        except Exception:  # noqa: BLE001 - the request has failed already; the key is a courtesy
+            return None
+
+    def _failure(self, task: str, split: str, doc_id: int, err: BaseException) -> tuple[GenerationResult, EfficiencyRecord]:
+        """Log a failed request; its empty answer and its record (the error, no figures)."""
+        eval_logger.opt(exception=err).error(f"{self.model_id}: request {task}/{split}/{doc_id} failed: {err!r}")
+        return GenerationResult(text="", token_counts=None), EfficiencyRecord.failed(self.model_id, self.config_name, repr(err))
+
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        results: list[GenerationResult | None] = [None] * len(requests)
+        prepared = []
+        failures = 0
+        for index, request in enumerate(requests):
+            try:
+                prepared.append(self._prepare(index, request))
+            except Exception as err:  # noqa: BLE001 - a bad document fails its own request only
+                _, _, _, doc_id, task, split = request.args
+                results[index], record = self._failure(task, split, doc_id, err)
+                record_request(task, split, doc_id, record, uid=self._document_key(task, split, doc_id))
+                failures += 1
 
         # Same generation settings in one batch; longest prompts first to pad little.
         prepared.sort(key=lambda item: (item.key, -len(item.text), item.index))
         batches = [prepared[i : i + self.batch_size] for i in range(0, len(prepared), self.batch_size)]
         pbar = tqdm(total=len(requests), disable=(self.rank != 0), desc=f"{self.model_id} responding")
-        failures, elapsed_s, gen_tokens = 0, 0.0, 0
+        pbar.update(failures)
+        elapsed_s, gen_tokens, unpruned = 0.0, 0, 0
         for batch in self._regroup(batches):
             started = now(self.device)
             outcomes = self._run_batch(batch)
@@ -405,6 +493,7 @@ class CompressedLlava(_LlavaHfChat):
             for item, (result, record) in zip(batch, outcomes):
                 results[item.index] = result
                 failures += record.error is not None
+                unpruned += "unpruned" in record.extra
                 gen_tokens += record.output_tokens or 0
                 record_request(item.task, item.split, item.doc_id, record, uid=item.uid)
             pbar.update(len(batch))
@@ -416,6 +505,11 @@ class CompressedLlava(_LlavaHfChat):
             avg_speed=gen_tokens / elapsed_s if elapsed_s > 0 else 0.0,
             additional_metrics={"rank": self.rank, "total_requests": len(requests)},
         )
+        if unpruned:
+            eval_logger.warning(
+                f"{self.model_id}: {unpruned} of {len(requests)} prompts have no image or several and ran unpruned "
+                "(SparseVLM prunes one image per prompt); each is marked in its record"
+            )
         if failures:
             eval_logger.error(f"{self.model_id}: {failures} of {len(requests)} requests failed (empty answers, see errors above)")
         return results  # type: ignore[return-value]
@@ -431,25 +525,37 @@ class CompressedLlava(_LlavaHfChat):
                     start = i
 
     def _run_batch(self, batch: list["_Prepared"]) -> list[tuple[GenerationResult, EfficiencyRecord]]:
+        """Generate for a batch. With an in-LLM pruning method, the prompts it cannot prune (no image or
+        several) run as their own group, unpruned, so that no prompt changes how another one is treated."""
+        if not self._prunes_in_llm:
+            return self._run_group(batch, prune=False)
+        outcome_of: dict[int, tuple[GenerationResult, EfficiencyRecord]] = {}
+        for prune in (True, False):
+            items = [item for item in batch if (len(item.images) == 1) == prune]
+            if items:
+                outcome_of.update({id(item): pair for item, pair in zip(items, self._run_group(items, prune=prune))})
+        return [outcome_of[id(item)] for item in batch]
+
+    def _run_group(self, batch: list["_Prepared"], prune: bool) -> list[tuple[GenerationResult, EfficiencyRecord]]:
         texts = [item.text for item in batch]
         images = [img for item in batch for img in item.images]
         gen_kwargs = batch[0].gen_kwargs
         try:
-            out = self._generate_batch(texts, images, gen_kwargs)
+            out = self._generate_batch(texts, images, gen_kwargs, prune=prune)
         except Exception as err:  # noqa: BLE001 - one bad sample must not take the run down
             if len(batch) > 1:
                 eval_logger.warning(f"{self.model_id}: batch failed ({err!r}); retrying its {len(batch)} requests one by one")
-                return [pair for item in batch for pair in self._run_batch([item])]
+                return [pair for item in batch for pair in self._run_group([item], prune)]
             item = batch[0]
-            eval_logger.exception(f"{self.model_id}: request {item.task}/{item.split}/{item.doc_id} failed: {err!r}")
-            record = EfficiencyRecord.failed(self.model_id, self.config_name, repr(err))
-            return [(GenerationResult(text="", token_counts=None), record)]
+            return [self._failure(item.task, item.split, item.doc_id, err)]
 
         until = gen_kwargs.get("until")
         pairs = []
         for row, text in enumerate(out.texts):
             self._requests_seen += 1
             record = self._record(out, row)
+            if self._prunes_in_llm and not prune:
+                record.extra["unpruned"] = f"{out.images[row]} images in the prompt; pruning needs exactly one"
             result = GenerationResult(
                 text=self._apply_until(text, until),
                 token_counts=TokenCounts(input_tokens=out.input_tokens[row], output_tokens=out.output_tokens[row]),

@@ -1,0 +1,123 @@
+"""Load-time checks of a compression config against the checkpoint it will run on.
+
+A config can be valid on its own (every key known, every value of its type and finite) and still
+impossible on a given checkpoint: a budget above the tokens an image has, a pruning layer the LLM
+does not have, or settings that compress nothing. These are refused here, from the checkpoint's
+``config.json`` alone, before any weight is loaded, with a message naming the key and the limit.
+
+    geometry = Geometry.from_llava_config(AutoConfig.from_pretrained(path))
+    check_fits(config, geometry)   # raises ConfigError
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import (
+    CompressionConfig,
+    ConfigError,
+    PoolConfig,
+    RandomKeepConfig,
+    SparseVLMConfig,
+    SparseZipConfig,
+    VisionZipConfig,
+)
+
+__all__ = ["Geometry", "check_fits", "max_visual_tokens"]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a LLaVA-1.5-style checkpoint's config says about its image tokens and its LLM."""
+
+    patches: int  # N patch tokens per image (576 for CLIP-L/336: a 24 x 24 grid); CLS is one more
+    clip_layers: int
+    feature_layer: Any  # vision_feature_layer (an int for LLaVA-1.5: -2)
+    select_strategy: str  # vision_feature_select_strategy ("default" drops CLS, "full" keeps it)
+    llm_layers: int
+    max_positions: int | None  # the LLM's position limit (max_position_embeddings)
+
+    @classmethod
+    def from_llava_config(cls, config: Any) -> "Geometry":
+        vision, text = config.vision_config, config.text_config
+        side = int(vision.image_size) // int(vision.patch_size)
+        return cls(
+            patches=side * side,
+            clip_layers=int(vision.num_hidden_layers),
+            feature_layer=config.vision_feature_layer,
+            select_strategy=str(config.vision_feature_select_strategy),
+            llm_layers=int(text.num_hidden_layers),
+            max_positions=getattr(text, "max_position_embeddings", None),
+        )
+
+
+def max_visual_tokens(config: CompressionConfig, patches: int) -> int:
+    """The most visual tokens one image can send into the LLM under ``config`` (before any in-LLM pruning)."""
+    tokens = patches + 1  # CLS + patches: what VisionZip / SparseZip choose from
+    if isinstance(config, VisionZipConfig):
+        return config.dominant + min(config.contextual, tokens - config.dominant)
+    if isinstance(config, SparseZipConfig):
+        dominant = config.dominant if config.skip_dynamic_k else config.k_max
+        merged = 0 if config.skip_ctx_merge else config.merging.contextual_num
+        return dominant + min(merged, tokens - dominant)
+    if isinstance(config, (RandomKeepConfig, PoolConfig)):
+        return config.keep
+    return patches  # none, sparsevlm: every patch enters the LLM
+
+
+def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
+    """Raise :class:`ConfigError` when ``config`` cannot run on, or would not compress, this checkpoint."""
+    n = geometry.patches
+    method = config.method
+    if method == "none":
+        return
+    if method != "sparsevlm":
+        if geometry.select_strategy != "default":
+            raise ConfigError(
+                f"method {method!r} compresses the patch tokens of vision_feature_select_strategy 'default' "
+                f"(LLaVA-1.5); this checkpoint uses {geometry.select_strategy!r}"
+            )
+        layer = geometry.feature_layer
+        if not isinstance(layer, int) or not -geometry.clip_layers <= layer < geometry.clip_layers:
+            raise ConfigError(
+                f"method {method!r} needs one vision_feature_layer within the {geometry.clip_layers} CLIP layers; "
+                f"this checkpoint has {layer!r}"
+            )
+    if isinstance(config, VisionZipConfig):
+        _at_most("dominant", config.dominant, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
+    elif isinstance(config, SparseZipConfig):
+        if config.skip_dynamic_k:
+            _at_most("dominant", config.dominant, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
+        else:
+            _at_most("k_max", config.k_max, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
+    elif isinstance(config, (RandomKeepConfig, PoolConfig)):
+        if config.keep >= n:
+            raise ConfigError(
+                f"key 'keep': {config.keep} is not below the {n} patches per image: nothing is compressed "
+                f"(at most {n - 1}; for no compression use config keep_all)"
+            )
+    elif isinstance(config, SparseVLMConfig):
+        last = geometry.llm_layers - 1
+        beyond = [layer for layer in config.pruning_layers if layer > last]
+        if beyond:
+            raise ConfigError(
+                f"key 'pruning_layers': {config.pruning_layers} names layer {beyond[0]}, but this checkpoint's LLM "
+                f"has {geometry.llm_layers} layers (0..{last})"
+            )
+        if config.schedule[0] >= n:
+            raise ConfigError(
+                f"key 'schedule': {config.schedule} keeps {config.schedule[0]} of the {n} visual tokens at the first "
+                f"pruning layer: nothing is pruned (at most {n - 1}; for no pruning use config keep_all)"
+            )
+    tokens = max_visual_tokens(config, n)
+    if method != "sparsevlm" and tokens >= n:
+        raise ConfigError(
+            f"{method} config sends up to {tokens} visual tokens per image into the LLM, not fewer than the {n} "
+            "patches: nothing is compressed (lower the budget, or use config keep_all)"
+        )
+
+
+def _at_most(key: str, value: int, limit: int, what: str) -> None:
+    if value > limit:
+        raise ConfigError(f"key {key!r}: {value} exceeds {what}; at most {limit}")

@@ -1,0 +1,89 @@
+"""The batch never changes an answer: prompts with no image, one image and two images, mixed in one
+request list, give the same answers and the same per-request token counts at batch 1, 3 and 8, for
+every model id in the manifest, in every dtype/attention combination the CPU runs.
+
+float32 / float64: identical answers and counts. float16 / bfloat16: the rounding of a padded batch
+may differ from a single request's, so identical token counts (tokens entering the LLM, visual tokens,
+SparseVLM's per-layer average) and no failed request. float64 with eager attention is refused for
+padded batches (tests/test_fuzz.py), so it runs here at batch 1 only.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sparsezip_lmms.demo.mini_datasets import _scene
+from sparsezip_lmms.efficiency import get_record
+from sparsezip_lmms.models.manifest import MODEL_CLASSES
+from _requests import make_requests
+
+GEN = {"max_new_tokens": 4, "temperature": 0, "do_sample": False}
+DEFAULT_CONFIG = {"llava_hf_timed": "keep_all", "llava_sparsezip": "sparsezip_64", "llava_visionzip": "visionzip_64", "llava_sparsevlm": "sparsevlm_64"}
+COMBINATIONS = [
+    ("float64", "sdpa"),
+    ("float32", "sdpa"),
+    ("float32", "eager"),
+    ("bfloat16", "sdpa"),
+    ("bfloat16", "eager"),
+    ("float16", "sdpa"),
+    ("float16", "eager"),
+]
+EXACT = {"float64", "float32"}
+
+
+def _docs():
+    """8 prompts: 0, 1 and 2 images, assorted sizes and questions (one empty)."""
+    rng = random.Random(5)
+    one = lambda size: [_scene(rng, size)]  # noqa: E731
+    return [
+        (one((640, 480)), "Is there a cat in the image?"),
+        ([], "Answer yes or no: is the sky blue?"),
+        (one((300, 500)) + one((336, 336)), "Which of the two images is brighter?"),
+        (one((120, 90)), ""),
+        (one((800, 300)), "What colour is the largest shape?"),
+        ([], "Say a colour."),
+        (one((224, 224)) + one((500, 375)), "Do both images show a circle?"),
+        (one((480, 640)), "Count the shapes."),
+    ]
+
+
+def _run(model_id, checkpoint, dtype, attn, batch_size):
+    from lmms_eval.models import get_model
+
+    lmm = get_model(model_id)(
+        pretrained=str(checkpoint), device="cpu", dtype=dtype, attn_implementation=attn, batch_size=batch_size,
+        config=DEFAULT_CONFIG[model_id],
+    )  # fmt: skip
+    task = f"mixed_{model_id}_{dtype}_{attn}_{batch_size}"
+    docs = _docs()
+    results = lmm.generate_until(make_requests(lmm, docs, GEN, task=task))
+    records = [get_record(task, "test", i) for i in range(len(docs))]
+    return [r.text for r in results], records
+
+
+def _counts(records):
+    return [(r.input_tokens, r.visual_tokens, r.visual_tokens_layer_avg, r.output_tokens) for r in records]
+
+
+def test_every_model_id_is_covered():
+    assert set(DEFAULT_CONFIG) == set(MODEL_CLASSES)
+
+
+@pytest.mark.parametrize("model_id", sorted(MODEL_CLASSES))
+@pytest.mark.parametrize("dtype, attn", COMBINATIONS)
+def test_batch_size_does_not_change_answers_or_counts(model_id, dtype, attn, tiny_checkpoint):
+    answers, records = _run(model_id, tiny_checkpoint, dtype, attn, 1)
+    assert all(r is not None and r.error is None for r in records), [r.error for r in records if r]
+    if model_id == "llava_sparsevlm":  # prompts without exactly one image run unpruned, and say so
+        assert [("unpruned" in r.extra) for r in records] == [len(images) != 1 for images, _ in _docs()]
+    for batch_size in (3, 8):
+        batched_answers, batched_records = _run(model_id, tiny_checkpoint, dtype, attn, batch_size)
+        assert all(r.error is None for r in batched_records), [r.error for r in batched_records]
+        expected, got = _counts(records), _counts(batched_records)
+        if dtype not in EXACT:  # answers (hence output lengths) may round differently
+            expected, got = [c[:3] for c in expected], [c[:3] for c in got]
+        assert got == expected, batch_size
+        if dtype in EXACT:
+            assert batched_answers == answers, batch_size
