@@ -2,10 +2,14 @@
 
     python -m sparsezip_lmms leaderboard results/ more_results/ --out leaderboard/
 
-One row per (model id, config, checkpoint); the tasks of several runs merge into that row (the
-newest file wins a task measured twice). Accuracy retention and time-to-first-token speed-up are
-relative to the ``llava_hf_timed`` row of the same checkpoint. Missing cells print as ``—``; a
-results file that cannot be read becomes a row that says so, never a silently dropped row.
+One row per (model id, config, checkpoint, dtype): the config is the full ``--model_args`` label
+(lists intact), the checkpoint the ``pretrained`` value as given (hub id or path). The tasks of
+several runs merge into that row (the newest file wins a task measured twice). Accuracy retention
+and time-to-first-token speed-up are relative to the ``llava_hf_timed`` row of the same checkpoint
+and dtype. Missing cells print as ``—``; a results file that cannot be read, whatever it holds,
+becomes a row that says so, never a silently dropped row or a crash. Rows whose runs had failed
+requests show how many and are marked ``FAILED``; every TTFT has the number of timed requests
+behind it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,7 @@ TASK_METRICS: dict[str, list[tuple[str, str, bool]]] = {
     "docvqa": [("DocVQA ANLS", "anls", True), ("DocVQA EM", "exact_match", False)],
 }
 TASK_LABEL = {"pope": "POPE", "mme": "MME", "docvqa": "DocVQA"}
-_ARG_KEYS_NOT_IN_LABEL = {"pretrained", "dtype", "device_map", "attn_implementation", "revision", "warmup"}
+_ARG_KEYS_NOT_IN_LABEL = {"pretrained", "dtype", "device_map", "device", "warmup"}
 
 
 def task_family(task: str) -> str | None:
@@ -48,25 +53,27 @@ class Row:
     model: str
     config: str
     checkpoint: str
+    dtype: str = "auto"
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> metrics
     sources: list[str] = field(default_factory=list)
     versions: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.model, self.config, self.checkpoint)
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.model, self.config, self.checkpoint, self.dtype)
 
 
 def _parse_model_args(model_args: Any) -> dict[str, str]:
+    """``--model_args`` as recorded (a string, or a mapping) -> {key: value}; lists stay whole."""
+    from .config import ConfigError, split_args_string
+
     if isinstance(model_args, dict):
         return {str(k): str(v) for k, v in model_args.items()}
-    pairs = {}
-    for part in str(model_args or "").split(","):
-        if "=" in part:
-            key, value = part.split("=", 1)
-            pairs[key.strip()] = value.strip()
-    return pairs
+    try:
+        return split_args_string(str(model_args or ""))
+    except ConfigError:  # an entry without '=': keep the well-formed ones
+        return split_args_string(",".join(p for p in str(model_args).split(",") if "=" in p))
 
 
 def _default_config(model: str) -> str:
@@ -88,28 +95,32 @@ def _number(value: Any) -> float | None:
 
 
 def read_results(path: Path) -> tuple[Row | None, str | None]:
-    """(row with this file's tasks, problem) for one ``*_results.json``."""
+    """(row with this file's tasks, problem) for one ``*_results.json``; never raises."""
     try:
-        data = json.loads(path.read_text())
-        config = data["config"]
-        results = data["results"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError(f"top level is a {type(data).__name__}, not an object")
+        config, results = data.get("config"), data.get("results")
+        if not isinstance(config, dict):
+            raise TypeError(f"'config' is {type(config).__name__}, not an object")
+        if not isinstance(results, dict):
+            raise TypeError(f"'results' is {type(results).__name__}, not an object")
+        model = str(config.get("model", "?"))
+        args = _parse_model_args(config.get("model_args"))
+    except (OSError, ValueError, TypeError, RecursionError) as err:
         return None, f"{path}: unreadable results file ({type(err).__name__}: {err})"
-    model = str(config.get("model", "?"))
-    args = _parse_model_args(config.get("model_args"))
     label = args.get("config") or _default_config(model)
     overrides = [f"{k}={v}" for k, v in args.items() if k != "config" and k not in _ARG_KEYS_NOT_IN_LABEL]
     if overrides:
         label += "," + ",".join(overrides)
-    row = Row(model=model, config=label, checkpoint=Path(args.get("pretrained", "?")).name or "?")
+    row = Row(model=model, config=label, checkpoint=args.get("pretrained", "?") or "?", dtype=args.get("dtype", "auto"))
     row.sources.append(str(path))
     row.versions.add(str(data.get("lmms_eval_version", "unknown")))
     for task, metrics in results.items():
-        family = task_family(task)
+        family = task_family(str(task))
         if family is None or not isinstance(metrics, dict):
             continue
-        flat = {key.split(",")[0]: value for key, value in metrics.items()}
-        row.tasks[family] = flat
+        row.tasks[family] = {str(key).split(",")[0]: value for key, value in metrics.items()}
     if not row.tasks:
         row.problems.append(f"{path.name}: no POPE/MME/DocVQA results")
     return row, None
@@ -126,13 +137,13 @@ def collect(paths: list[str | Path]) -> list[Row]:
             files.extend(p.rglob("*_results.json"))
         else:
             problems.append(Row("?", "?", "?", problems=[f"{p}: no such file or folder"]))
-    rows: dict[tuple[str, str, str], Row] = {}
+    rows: dict[tuple[str, str, str, str], Row] = {}
     for path in sorted(files, key=lambda f: f.stat().st_mtime):
         row, problem = read_results(path)
         if row is None:
             problems.append(Row("?", "?", "?", sources=[str(path)], problems=[problem]))
             continue
-        merged = rows.setdefault(row.key, Row(row.model, row.config, row.checkpoint))
+        merged = rows.setdefault(row.key, Row(row.model, row.config, row.checkpoint, row.dtype))
         merged.tasks.update(row.tasks)
         merged.sources += row.sources
         merged.versions |= row.versions
@@ -148,17 +159,19 @@ def _mean(values: list[float | None]) -> float | None:
 def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[str], list[dict[str, Any]]]:
     """Column names and one dict per row (numbers or None)."""
     families = [f for f in TASK_METRICS if any(f in r.tasks for r in rows)] or list(TASK_METRICS)
-    baselines = {r.checkpoint: r for r in rows if r.model == baseline_model}
-    columns = ["model", "config", "checkpoint", "visual tokens", "prefill TFLOPs"]
+    baselines = {(r.checkpoint, r.dtype): r for r in rows if r.model == baseline_model}
+    columns = ["model", "config", "checkpoint", "dtype", "failed requests", "visual tokens", "prefill TFLOPs"]
     for family in families:
         columns += [label for label, _, _ in TASK_METRICS[family]]
-        columns += [f"{TASK_LABEL[family]} TTFT s", f"{TASK_LABEL[family]} retention %"]
+        columns += [f"{TASK_LABEL[family]} TTFT s", f"{TASK_LABEL[family]} timed n", f"{TASK_LABEL[family]} retention %"]
     columns += ["avg retention %", "TTFT speed-up", "notes"]
 
     out = []
     for row in rows:
-        base = baselines.get(row.checkpoint)
-        cells: dict[str, Any] = {"model": row.model, "config": row.config, "checkpoint": row.checkpoint}
+        base = baselines.get((row.checkpoint, row.dtype))
+        cells: dict[str, Any] = {"model": row.model, "config": row.config, "checkpoint": row.checkpoint, "dtype": row.dtype}
+        failed = [_number(m.get("eff_failed")) for m in row.tasks.values()]
+        cells["failed requests"] = int(sum(f for f in failed if f)) if any(f is not None for f in failed) else None
         cells["visual tokens"] = _mean([_number(row.tasks[f].get("eff_visual_tokens")) for f in families if f in row.tasks])
         cells["prefill TFLOPs"] = _mean([_number(row.tasks[f].get("eff_prefill_tflops")) for f in families if f in row.tasks])
         retentions, speedups = [], []
@@ -174,13 +187,19 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
                     retentions.append(retention)
             ttft = _number(metrics.get("eff_ttft_s"))
             cells[f"{TASK_LABEL[family]} TTFT s"] = ttft
+            timed = _number(metrics.get("eff_timed"))
+            cells[f"{TASK_LABEL[family]} timed n"] = None if timed is None else int(timed)
             base_ttft = _number(base_metrics.get("eff_ttft_s"))
             speedups.append(base_ttft / ttft if ttft and base_ttft else None)
         cells["avg retention %"] = _mean(retentions)
         cells["TTFT speed-up"] = _mean(speedups)
-        notes = list(row.problems)
+        notes = []
+        if cells["failed requests"]:
+            errors = [m.get("eff_first_error") for m in row.tasks.values() if m.get("eff_first_error")]
+            notes.append(f"FAILED: {cells['failed requests']} requests" + (f" (first error: {errors[0]})" if errors else ""))
+        notes += row.problems
         if base is None and row.model != "?":
-            notes.append(f"no {baseline_model} row for this checkpoint")
+            notes.append(f"no {baseline_model} row for this checkpoint and dtype")
         missing = [TASK_LABEL[f] for f in families if f not in row.tasks and row.model != "?"]
         if missing:
             notes.append("missing: " + ", ".join(missing))
@@ -188,7 +207,7 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
             notes.append("mixed lmms-eval versions: " + ", ".join(sorted(row.versions)))
         cells["notes"] = "; ".join(notes)
         out.append(cells)
-    out.sort(key=lambda c: (c["checkpoint"], c["model"] != baseline_model, c["model"], c["config"]))
+    out.sort(key=lambda c: (c["checkpoint"], c["dtype"], c["model"] != baseline_model, c["model"], c["config"]))
     return columns, out
 
 
@@ -217,6 +236,10 @@ def write_csv(columns: list[str], rows: list[dict[str, Any]], path: Path) -> Non
             writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
 
 
+def _point_name(row: dict[str, Any]) -> str:
+    return f"{row['model']}:{row['config']}" + (" (FAILED requests)" if row.get("failed requests") else "")
+
+
 def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy vs time to first token") -> Path:
     """One panel per task: main accuracy metric against mean TTFT, one point per config, frontier drawn."""
     import matplotlib
@@ -226,7 +249,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
 
     families = [f for f in TASK_METRICS if any(r.get(f"{TASK_LABEL[f]} TTFT s") is not None for r in rows)]
     panels = max(1, len(families))
-    names = sorted({f"{r['model']}:{r['config']}" for r in rows})
+    names = sorted({_point_name(r) for r in rows})
     colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
     markers = {name: "os^Dv<>pPX"[(i // 10) % 10] for i, name in enumerate(names)}
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.6), squeeze=False)
@@ -236,7 +259,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
             continue
         label = next(lbl for lbl, _, main in TASK_METRICS[family] if main)
         points = [
-            (r[f"{TASK_LABEL[family]} TTFT s"], r[label], f"{r['model']}:{r['config']}")
+            (r[f"{TASK_LABEL[family]} TTFT s"], r[label], _point_name(r))
             for r in rows
             if r.get(f"{TASK_LABEL[family]} TTFT s") is not None and r.get(label) is not None
         ]
@@ -284,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="leaderboard", help="folder for leaderboard.md, .csv and _pareto.png")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"error: leaderboard: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
     print(build(args.paths, args.out, args.title))
     print(f"\nwritten: {Path(args.out) / 'leaderboard.md'}, leaderboard.csv, leaderboard_pareto.png")
     return 0

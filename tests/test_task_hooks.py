@@ -77,3 +77,22 @@ def test_every_process_results_key_is_a_declared_metric():
         keys = set(config["process_results"](doc, ["yes"]))
         assert keys <= declared, (task, keys - declared)
         assert {f"eff_{suffix}" for suffix, _, _ in hooks.SCALAR_METRICS} | {"eff_record"} <= declared
+
+
+def test_failed_timed_and_unpruned_requests_are_counted():
+    clear_records()
+    good = EfficiencyRecord(model="m", config="c", ttft_s=0.5, visual_tokens_layer_avg=64.0)
+    warm = EfficiencyRecord(model="m", config="c", ttft_s=0.7, warmup=True)
+    unpruned = EfficiencyRecord(model="m", config="c", ttft_s=0.6, extra={"unpruned": "0 images in the prompt"})
+    failed = EfficiencyRecord.failed("m", "c", "ValueError('doc 3 has no image')")
+    for i, rec in enumerate((good, warm, unpruned, failed)):
+        record_request("pope_eff", "test", i, rec, uid=f"k:{i}")
+    rows = [hooks.pope_process_results({"question_id": str(i), "answer": "no", hooks.UID_COLUMN: f"k:{i}"}, ["no"]) for i in range(4)]
+    rows.append(hooks.pope_process_results({"question_id": "9", "answer": "no", hooks.UID_COLUMN: "k:missing"}, ["no"]))
+    assert hooks.count_records([r["eff_record"] for r in rows]) == 3  # the failed and the missing one carry no figures
+    assert hooks.count_failed([r["eff_failed"] for r in rows]) == 1
+    assert hooks.first_error([r["eff_first_error"] for r in rows]) == "ValueError('doc 3 has no image')"
+    assert hooks.count_timed([r["eff_timed"] for r in rows]) == 2  # not the warm-up, the failed or the missing
+    assert hooks.count_unpruned([r["eff_unpruned"] for r in rows]) == 1
+    assert rows[3]["eff_ttft_s"] is None
+    assert hooks.first_error([r["eff_first_error"] for r in rows[:3]]) is None

@@ -140,4 +140,22 @@ def run_lmms_eval(cmd: list[str], output_path: str | Path, *, timeout: float = 1
     missing = [t for t in results.get("configs", {}) if t not in results.get("results", {})]
     if missing:
         raise HarnessError(f"tasks without results in {results_path}: {missing}\n{log[-4000:]}")
+    failed = failed_requests(results)
+    if failed:
+        raise HarnessError(
+            f"failed requests in {results_path}: "
+            + "; ".join(f"{task}: {n} (first error: {error})" for task, (n, error) in failed.items())
+        )
     return HarnessRun(results, results_path, samples, log)
+
+
+def failed_requests(results: dict) -> dict[str, tuple[int, str | None]]:
+    """{task: (failed requests, first error)} for the tasks of a results JSON that report failures
+    (the ``*_eff`` tasks' ``eff_failed`` / ``eff_first_error`` metrics)."""
+    out = {}
+    for task, metrics in (results.get("results") or {}).items():
+        flat = {str(k).split(",")[0]: v for k, v in metrics.items()} if isinstance(metrics, dict) else {}
+        count = flat.get("eff_failed")
+        if isinstance(count, (int, float)) and not isinstance(count, bool) and count > 0:
+            out[task] = (int(count), flat.get("eff_first_error"))
+    return out

@@ -69,10 +69,15 @@ def _usable(figures: dict[str, Any], field: str) -> bool:
 
 def _with_efficiency(scores: dict[str, Any], doc: dict) -> dict[str, Any]:
     """Upstream scores + the request's whole record (``eff_record``) + one scalar per summary metric
-    (None where the figure is unusable: warm-up, failed request, not measured on this device)."""
+    (None where the figure is unusable: warm-up, failed request, not measured on this device) + the
+    failure bookkeeping (``eff_failed``, ``eff_first_error``, ``eff_timed``, ``eff_unpruned``)."""
     figures = efficiency_of(doc)
     scores = dict(scores)
     scores["eff_record"] = figures
+    scores["eff_failed"] = figures
+    scores["eff_first_error"] = figures
+    scores["eff_timed"] = figures
+    scores["eff_unpruned"] = figures
     for suffix, field, _ in SCALAR_METRICS:
         value = figures.get(field) if _usable(figures, field) else None
         scores[f"eff_{suffix}"] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -109,8 +114,28 @@ def p90_or_none(values: list[Any]) -> float | None:
 
 
 def count_records(records: list[dict]) -> int:
-    """eff_record aggregates to the number of requests that carry efficiency figures."""
-    return sum(1 for r in records if not r.get("missing"))
+    """eff_record aggregates to the number of requests that carry efficiency figures (failed ones do not)."""
+    return sum(1 for r in records if not r.get("missing") and not r.get("error"))
+
+
+def count_failed(records: list[dict]) -> int:
+    """eff_failed: requests the model answered with an error (empty answer) instead of a generation."""
+    return sum(1 for r in records if r.get("error"))
+
+
+def first_error(records: list[dict]) -> str | None:
+    """eff_first_error: the first failed request's error (None when every request succeeded)."""
+    return next((str(r["error"]) for r in records if r.get("error")), None)
+
+
+def count_timed(records: list[dict]) -> int:
+    """eff_timed: requests behind the timing figures (neither warm-up nor failed)."""
+    return sum(1 for r in records if _usable(r, "ttft_s") and r.get("ttft_s") is not None)
+
+
+def count_unpruned(records: list[dict]) -> int:
+    """eff_unpruned: prompts an in-LLM pruning method could not prune (no image or several), run unpruned."""
+    return sum(1 for r in records if r.get("unpruned"))
 
 
 # ----------------------------------------------------------------------------- POPE
