@@ -1,7 +1,7 @@
 """End-to-end SparseVLM v1.5 generation against the golden outputs of the official code.
 
-Fixtures (tests/data/sparsevlm): a random 32-layer LLaMA (hidden 64) and, for two samples x budgets
-64/128/192, what the official code did: kept visual tokens at layers 2/6/15, the recycling draws,
+Fixtures (tests/data/sparsevlm): a random 32-layer LLaMA (hidden 64; its weights rebuilt from their
+recipe by tests/_tiny_llama.py) and, for two samples x budgets 64/128/192, what the official code did: kept visual tokens at layers 2/6/15, the recycling draws,
 greedy ids, prefill logits, per-layer cache lengths and decode positions, the "equal tokens" count.
 The model runs here in float64 with transformers' own modules (RMSNorm statistics and RoPE tables in
 float32), hence logits agree to ~1e-4 relative, not 1e-14; every discrete decision must match exactly.
@@ -19,6 +19,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaC
 
 from sparsezip_lmms.config import ConfigError, load_config
 from sparsezip_lmms.llava import SparseVLMOutput, sparsevlm_generate
+from _tiny_llama import tiny_llama
 
 DATA = Path(__file__).parent / "data" / "sparsevlm"
 SAMPLES = ("s0", "s1")
@@ -43,8 +44,7 @@ def meta() -> dict:
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    lm = LlamaForCausalLM.from_pretrained(str(DATA / "llama32"), dtype=torch.float64, attn_implementation="sdpa")
-    return lm.eval()
+    return tiny_llama(DATA / "llama32", torch.float64, attn_implementation="sdpa")
 
 
 def _inputs(cases, meta, samples, pad_side="left"):
@@ -189,8 +189,8 @@ def test_bare_decoder_with_head_and_eager_layers(model, cases, meta):
     with pytest.raises(ValueError, match="lm_head"):
         sparsevlm_generate(model.model, embeds, mask, starts, config, 3, draws)
 
-    eager = LlamaForCausalLM.from_pretrained(str(DATA / "llama32"), dtype=torch.float64, attn_implementation="eager")
-    out = sparsevlm_generate(eager.eval(), embeds, mask, starts, config, 3, draws)
+    eager = tiny_llama(DATA / "llama32", torch.float64, attn_implementation="eager")
+    out = sparsevlm_generate(eager, embeds, mask, starts, config, 3, draws)
     assert out.sequences.equal(full.sequences)
     assert all(a.equal(b) for a, b in zip(out.kept, full.kept))
     torch.testing.assert_close(out.prefill_logits, full.prefill_logits, rtol=1e-4, atol=1e-4)  # float32 softmax

@@ -1,0 +1,63 @@
+"""The tiny random LLaMA checkpoints of the in-LLM golden sets, rebuilt from their recipe.
+
+Each checkpoint is a pure function of (config.json, seed): one ``torch.Generator`` seeded with the
+seed draws every tensor with ``torch.randn(..., dtype=float32) * std`` in a fixed order (norm weights
+add 1). Rebuilding bit for bit (checked by SHA-256 over the float32 bytes in draw order) keeps
+megabytes of weights out of the repository; only the small config.json is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+# set folder name -> (seed, SHA-256 of the float32 tensors in draw order)
+RECIPES = {
+    "sparsevlm": (1234, "72931bbaf2cb8fb978075d058a88c7d8de4186469009a4903287ddc6ab72e68a"),
+}
+
+
+def _draws(config: LlamaConfig, seed: int) -> list[tuple[str, torch.Tensor]]:
+    """(parameter name, float32 tensor) in the recipe's order."""
+    g = torch.Generator().manual_seed(seed)
+    h, i, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+
+    def randn(*shape: int, std: float, offset: float = 0.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float32) * std + offset
+
+    out = [("model.embed_tokens.weight", randn(vocab, h, std=0.5))]
+    for layer in range(config.num_hidden_layers):
+        p = f"model.layers.{layer}."
+        out += [
+            (p + "self_attn.q_proj.weight", randn(h, h, std=2.0 / math.sqrt(h))),
+            (p + "self_attn.k_proj.weight", randn(h, h, std=2.0 / math.sqrt(h))),
+            (p + "self_attn.v_proj.weight", randn(h, h, std=1.0 / math.sqrt(h))),
+            (p + "self_attn.o_proj.weight", randn(h, h, std=0.5 / math.sqrt(h))),
+            (p + "mlp.gate_proj.weight", randn(i, h, std=1.0 / math.sqrt(h))),
+            (p + "mlp.up_proj.weight", randn(i, h, std=1.0 / math.sqrt(h))),
+            (p + "mlp.down_proj.weight", randn(h, i, std=0.5 / math.sqrt(i))),
+            (p + "input_layernorm.weight", randn(h, std=0.1, offset=1.0)),
+            (p + "post_attention_layernorm.weight", randn(h, std=0.1, offset=1.0)),
+        ]
+    out += [("model.norm.weight", randn(h, std=0.1, offset=1.0)), ("lm_head.weight", randn(vocab, h, std=2.0 / math.sqrt(h)))]
+    return out
+
+
+def tiny_llama(folder: Path, dtype: torch.dtype = torch.float64, attn_implementation: str = "sdpa") -> LlamaForCausalLM:
+    """The golden set's LLaMA (``folder`` holds its config.json; the folder's name picks the recipe)."""
+    seed, expected = RECIPES[folder.parent.name]
+    config = LlamaConfig.from_pretrained(str(folder))
+    config._attn_implementation = attn_implementation
+    draws = _draws(config, seed)
+    digest = hashlib.sha256()
+    for _, tensor in draws:
+        digest.update(tensor.numpy().tobytes())
+    if digest.hexdigest() != expected:
+        raise RuntimeError(f"rebuilt weights of {folder} differ from the golden set's (SHA-256 {digest.hexdigest()})")
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(dict(draws), strict=True)  # every parameter, nothing else (RoPE buffers are not state)
+    return model.to(dtype).eval()
