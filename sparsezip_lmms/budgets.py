@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import (
+    CDPrunerConfig,
     CompressionConfig,
     ConfigError,
+    DivPruneConfig,
     PoolConfig,
     RandomKeepConfig,
     SparseVLMConfig,
@@ -37,6 +39,7 @@ class Geometry:
     select_strategy: str  # vision_feature_select_strategy ("default" drops CLS, "full" keeps it)
     llm_layers: int
     max_positions: int | None  # the LLM's position limit (max_position_embeddings)
+    vision_width: int = 0  # CLIP hidden size (what a CLIP visual_projection must take)
 
     @classmethod
     def from_llava_config(cls, config: Any) -> "Geometry":
@@ -49,6 +52,7 @@ class Geometry:
             select_strategy=str(config.vision_feature_select_strategy),
             llm_layers=int(text.num_hidden_layers),
             max_positions=getattr(text, "max_position_embeddings", None),
+            vision_width=int(vision.hidden_size),
         )
 
 
@@ -61,7 +65,7 @@ def max_visual_tokens(config: CompressionConfig, patches: int) -> int:
         dominant = config.dominant if config.skip_dynamic_k else config.k_max
         merged = 0 if config.skip_ctx_merge else config.merging.contextual_num
         return dominant + min(merged, tokens - dominant)
-    if isinstance(config, (RandomKeepConfig, PoolConfig)):
+    if isinstance(config, (RandomKeepConfig, PoolConfig, DivPruneConfig, CDPrunerConfig)):
         return config.keep
     return patches  # none, sparsevlm: every patch enters the LLM
 
@@ -91,7 +95,7 @@ def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
             _at_most("dominant", config.dominant, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
         else:
             _at_most("k_max", config.k_max, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
-    elif isinstance(config, (RandomKeepConfig, PoolConfig)):
+    elif isinstance(config, (RandomKeepConfig, PoolConfig, DivPruneConfig, CDPrunerConfig)):
         if config.keep >= n:
             raise ConfigError(
                 f"key 'keep': {config.keep} is not below the {n} patches per image: nothing is compressed "

@@ -43,6 +43,8 @@ __all__ = [
     "SparseVLMConfig",
     "RandomKeepConfig",
     "PoolConfig",
+    "DivPruneConfig",
+    "CDPrunerConfig",
     "CompressionConfig",
     "config_dir",
     "available_configs",
@@ -185,6 +187,32 @@ class PoolConfig(_Schema):
     seed: int = 0
 
 
+class DivPruneConfig(_Schema):
+    """DivPrune (Alvar et al., CVPR 2025): max–min diverse subset of the post-projector patch tokens.
+
+    ``keep`` is the official budget ``int(round(ratio * N))`` written as the count (64 = ratio 1/9 of
+    576 patches). Official: chosen tokens are not masked, so exact duplicates can be picked twice.
+    """
+
+    method: Literal["divprune"] = "divprune"
+    keep: int = Field(64, ge=1, description="image tokens kept per image (the official int(round(ratio * N)))")
+    mask_chosen: bool = Field(False, description="deviation: never pick a token twice (official: False)")
+    seed: int = 0
+
+
+class CDPrunerConfig(_Schema):
+    """CDPruner (Zhang et al., 2025): conditional DPP over the post-projector patch tokens, the kernel
+    weighted by each patch's (negative-cosine) relevance to the question in CLIP space."""
+
+    method: Literal["cdpruner"] = "cdpruner"
+    keep: int = Field(64, ge=1, description="image tokens kept per image (the official visual_token_num)")
+    distinct: bool = Field(False, description="deviation: stop a degenerate DPP from picking a token twice (official: False)")
+    strip_answer_format: bool = Field(
+        True, description="drop the benchmark's answer-format instruction from the question, as the official scripts do"
+    )
+    seed: int = 0
+
+
 class DynamicKConfig(_Schema):
     """K = round(scale * log(Var(scores) + eps) + c), clamped to [k_min, k_max].
 
@@ -277,11 +305,14 @@ class SparseVLMConfig(_Schema):
 
 
 CompressionConfig = Annotated[
-    Union[KeepAllConfig, VisionZipConfig, SparseZipConfig, SparseVLMConfig, RandomKeepConfig, PoolConfig],
+    Union[
+        KeepAllConfig, VisionZipConfig, SparseZipConfig, SparseVLMConfig, RandomKeepConfig, PoolConfig, DivPruneConfig,
+        CDPrunerConfig,
+    ],
     Field(discriminator="method"),
 ]
 _ADAPTER: TypeAdapter = TypeAdapter(CompressionConfig)
-METHODS = ("none", "visionzip", "sparsezip", "sparsevlm", "random", "pool")
+METHODS = ("none", "visionzip", "sparsezip", "sparsevlm", "random", "pool", "divprune", "cdpruner")
 
 
 # --------------------------------------------------------------------------- files

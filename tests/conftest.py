@@ -28,6 +28,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny random CLIP checkpoint with tokenizer (CDPruner's text tower), matching tiny_checkpoint's vision width."""
+    from sparsezip_lmms.demo.tiny_checkpoint import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
 def mini_tasks(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """(include_path folder, {upstream name: local task name}) for mini POPE, MME and DocVQA."""
     from sparsezip_lmms.demo.harness import write_local_tasks

@@ -15,12 +15,12 @@ POPE_METRICS = {"pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score
 MME_METRICS = {"mme_perception_score", "mme_cognition_score"}
 
 
-def _run(tmp_path, mini_tasks, checkpoint, model, config, batch_size, tasks=("pope", "mme")):
+def _run(tmp_path, mini_tasks, checkpoint, model, config, batch_size, tasks=("pope", "mme"), extra_args=""):
     include, names = mini_tasks
     out = tmp_path / f"{model}_{config.split(',')[0]}_{batch_size}"  # no commas in paths: lmms-eval splits on them
     cmd = lmms_eval_command(
         model,
-        f"pretrained={checkpoint},config={config},dtype=float64",
+        f"pretrained={checkpoint},config={config},dtype=float64{extra_args}",
         [names[t] for t in tasks],
         out,
         include_path=include,
@@ -59,12 +59,16 @@ def _check_results(run, names, model):
 
 @pytest.mark.parametrize(
     "model, config, max_visual",
-    [("llava_sparsezip", "sparsezip_64", 64), ("llava_visionzip", "visionzip_64", 64), ("llava_sparsevlm", "sparsevlm_64", 575)],
-)
-def test_cli_batch_1_and_4_agree(model, config, max_visual, tmp_path, mini_tasks, tiny_checkpoint):
+    [
+        ("llava_sparsezip", "sparsezip_64", 64), ("llava_visionzip", "visionzip_64", 64), ("llava_sparsevlm", "sparsevlm_64", 575),
+        ("llava_divprune", "divprune_64", 64), ("llava_cdpruner", "cdpruner_64", 64),
+    ],
+)  # fmt: skip
+def test_cli_batch_1_and_4_agree(model, config, max_visual, tmp_path, mini_tasks, tiny_checkpoint, tiny_clip):
     _, names = mini_tasks
-    run1 = _run(tmp_path, mini_tasks, tiny_checkpoint, model, config, 1)
-    run4 = _run(tmp_path, mini_tasks, tiny_checkpoint, model, config, 4)
+    extra = f",clip_text_tower={tiny_clip}" if model == "llava_cdpruner" else ""
+    run1 = _run(tmp_path, mini_tasks, tiny_checkpoint, model, config, 1, extra_args=extra)
+    run4 = _run(tmp_path, mini_tasks, tiny_checkpoint, model, config, 4, extra_args=extra)
     for run in (run1, run4):
         _check_results(run, names, model)
     assert _answers(run1) == _answers(run4)

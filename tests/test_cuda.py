@@ -21,7 +21,10 @@ from _requests import make_requests
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh)")
 
 GEN = {"max_new_tokens": 4, "temperature": 0, "do_sample": False}
-DEFAULT_CONFIG = {"llava_hf_timed": "keep_all", "llava_sparsezip": "sparsezip_64", "llava_visionzip": "visionzip_64", "llava_sparsevlm": "sparsevlm_64"}
+DEFAULT_CONFIG = {
+    "llava_hf_timed": "keep_all", "llava_sparsezip": "sparsezip_64", "llava_visionzip": "visionzip_64",
+    "llava_sparsevlm": "sparsevlm_64", "llava_divprune": "divprune_64", "llava_cdpruner": "cdpruner_64",
+}  # fmt: skip
 
 
 def _attention_implementations() -> list[str]:
@@ -37,12 +40,13 @@ def _docs():
     return [([_scene(rng, size)], q) for size, q in zip(sizes, questions)]
 
 
-def _run(model_id, checkpoint, dtype, attn, batch_size, task):
+def _run(model_id, checkpoint, dtype, attn, batch_size, task, clip):
     from lmms_eval.models import get_model
 
+    extra = {"clip_text_tower": str(clip)} if model_id == "llava_cdpruner" else {}
     lmm = get_model(model_id)(
         pretrained=str(checkpoint), device="cuda", dtype=dtype, attn_implementation=attn, batch_size=batch_size,
-        config=DEFAULT_CONFIG[model_id],
+        config=DEFAULT_CONFIG[model_id], **extra,
     )  # fmt: skip
     docs = _docs()
     results = lmm.generate_until(make_requests(lmm, docs, GEN, task=task))
@@ -55,10 +59,10 @@ def _run(model_id, checkpoint, dtype, attn, batch_size, task):
 @pytest.mark.parametrize("model_id", sorted(MODEL_CLASSES))
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("attn", _attention_implementations() if torch.cuda.is_available() else ["sdpa"])
-def test_batch_keeps_the_same_tokens_on_cuda(model_id, dtype, attn, tiny_checkpoint):
+def test_batch_keeps_the_same_tokens_on_cuda(model_id, dtype, attn, tiny_checkpoint, tiny_clip):
     task = f"cuda_{model_id}_{dtype}_{attn}"
-    single, single_records = _run(model_id, tiny_checkpoint, dtype, attn, 1, task + "_b1")
-    batched, batched_records = _run(model_id, tiny_checkpoint, dtype, attn, 4, task + "_b4")
+    single, single_records = _run(model_id, tiny_checkpoint, dtype, attn, 1, task + "_b1", tiny_clip)
+    batched, batched_records = _run(model_id, tiny_checkpoint, dtype, attn, 4, task + "_b4", tiny_clip)
     for one, many, rec_one, rec_many in zip(single, batched, single_records, batched_records):
         assert rec_one.error is None and rec_many.error is None, (rec_one.error, rec_many.error)
         assert isinstance(one.text, str) and isinstance(many.text, str)

@@ -20,7 +20,10 @@ from sparsezip_lmms.models.manifest import MODEL_CLASSES
 from _requests import make_requests
 
 GEN = {"max_new_tokens": 4, "temperature": 0, "do_sample": False}
-DEFAULT_CONFIG = {"llava_hf_timed": "keep_all", "llava_sparsezip": "sparsezip_64", "llava_visionzip": "visionzip_64", "llava_sparsevlm": "sparsevlm_64"}
+DEFAULT_CONFIG = {
+    "llava_hf_timed": "keep_all", "llava_sparsezip": "sparsezip_64", "llava_visionzip": "visionzip_64",
+    "llava_sparsevlm": "sparsevlm_64", "llava_divprune": "divprune_64", "llava_cdpruner": "cdpruner_64",
+}  # fmt: skip
 COMBINATIONS = [
     ("float64", "sdpa"),
     ("float32", "sdpa"),
@@ -49,12 +52,13 @@ def _docs():
     ]
 
 
-def _run(model_id, checkpoint, dtype, attn, batch_size):
+def _run(model_id, checkpoint, dtype, attn, batch_size, clip):
     from lmms_eval.models import get_model
 
+    extra = {"clip_text_tower": str(clip)} if model_id == "llava_cdpruner" else {}
     lmm = get_model(model_id)(
         pretrained=str(checkpoint), device="cpu", dtype=dtype, attn_implementation=attn, batch_size=batch_size,
-        config=DEFAULT_CONFIG[model_id],
+        config=DEFAULT_CONFIG[model_id], **extra,
     )  # fmt: skip
     task = f"mixed_{model_id}_{dtype}_{attn}_{batch_size}"
     docs = _docs()
@@ -73,13 +77,13 @@ def test_every_model_id_is_covered():
 
 @pytest.mark.parametrize("model_id", sorted(MODEL_CLASSES))
 @pytest.mark.parametrize("dtype, attn", COMBINATIONS)
-def test_batch_size_does_not_change_answers_or_counts(model_id, dtype, attn, tiny_checkpoint):
-    answers, records = _run(model_id, tiny_checkpoint, dtype, attn, 1)
+def test_batch_size_does_not_change_answers_or_counts(model_id, dtype, attn, tiny_checkpoint, tiny_clip):
+    answers, records = _run(model_id, tiny_checkpoint, dtype, attn, 1, tiny_clip)
     assert all(r is not None and r.error is None for r in records), [r.error for r in records if r]
     if model_id == "llava_sparsevlm":  # prompts without exactly one image run unpruned, and say so
         assert [("unpruned" in r.extra) for r in records] == [len(images) != 1 for images, _ in _docs()]
     for batch_size in (3, 8):
-        batched_answers, batched_records = _run(model_id, tiny_checkpoint, dtype, attn, batch_size)
+        batched_answers, batched_records = _run(model_id, tiny_checkpoint, dtype, attn, batch_size, tiny_clip)
         assert all(r.error is None for r in batched_records), [r.error for r in batched_records]
         expected, got = _counts(records), _counts(batched_records)
         if dtype not in EXACT:  # answers (hence output lengths) may round differently

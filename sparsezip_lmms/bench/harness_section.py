@@ -59,7 +59,8 @@ def harness_section(
             extra += ["--limit", str(limit)]
         cmd = lmms_eval_command(
             model,
-            f"pretrained={checkpoint},config={config},dtype={dtype},warmup={batch}",
+            f"pretrained={checkpoint},config={config},dtype={dtype},warmup={batch}"
+            + (f",clip_text_tower={root / 'tiny-clip'}" if model == "llava_cdpruner" else ""),
             names,
             result_dir,
             include_path=task_dir,

@@ -35,7 +35,7 @@ def compression_configs() -> tuple[str, ...]:
     from ..config import available_configs
 
     names = [n for n in available_configs() if load_config(n).method != "sparsevlm"]
-    order = {"none": 0, "visionzip": 1, "sparsezip": 2, "random": 4, "pool": 5}
+    order = {"none": 0, "visionzip": 1, "sparsezip": 2, "divprune": 3.1, "cdpruner": 3.2, "random": 4, "pool": 5}
 
     def key(name: str) -> tuple:
         method = load_config(name).method
@@ -47,6 +47,7 @@ def compression_configs() -> tuple[str, ...]:
 
 
 QUESTION_TOKENS = 24  # question tokens that the text-aware score reads (a POPE/MME-length question)
+CLIP_EMBED_WIDTH = 768  # CLIP-L/336's image and text embed width (CDPruner's relevance)
 
 
 @dataclass
@@ -60,13 +61,16 @@ class VisionBench:
     projector: nn.Module
     llm_width: int
     pull_back: PullBack  # the projector's folded pull-back, made once as the model class does
+    visual_projection: nn.Module  # CDPruner: CLIP-L's 1024 -> 768 image-embed projection (random)
 
     @classmethod
     def build(cls, device: torch.device, dtype: torch.dtype, llm_width: int) -> VisionBench:
         clip = build_clip(device, dtype)
         eager = clip_sharing_weights(clip, "eager")
         projector = build_projector(clip.config.hidden_size, llm_width, device, dtype)
-        return cls(device, dtype, clip, eager, projector, llm_width, projector_pull_back(projector))
+        torch.manual_seed(3)
+        visual_projection = nn.Linear(clip.config.hidden_size, CLIP_EMBED_WIDTH, bias=False).to(device, torch.float32)
+        return cls(device, dtype, clip, eager, projector, llm_width, projector_pull_back(projector), visual_projection)
 
     def pixels(self, batch: int, seed: int = 0) -> torch.Tensor:
         """[B, 3, 336, 336] normalised-image-like pixels (smooth random fields, not white noise)."""
@@ -172,8 +176,36 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- section 2
 
 
+def projected_selection_case(bench: VisionBench, inputs: ScoringInputs, config) -> Callable[[], object]:
+    """DivPrune / CDPruner as ``image_tokens`` runs them: the projector on all N patches, the selection on
+    the projected tokens (CDPruner: patch embeds and a one-segment CLIP question embed), the gather.
+    Returns the kept vision-side tokens (the projector is per token, so section 3 can project them)."""
+    from ..compress import Compressed, cdpruner_relevance, cdpruner_select, divprune_select
+    from ..compress.cdpruner import cdpruner_patch_embeds
+
+    b = inputs.hidden.shape[0]
+    g = torch.Generator().manual_seed(2)
+    clip_question = torch.randn(b, 1, CLIP_EMBED_WIDTH, generator=g).to(bench.device)  # [B, 1, P]
+
+    def run():
+        patches = bench.projector(inputs.hidden[:, 1:])  # [B, N, D]
+        if config.method == "divprune":
+            order = divprune_select(patches, config.keep, mask_chosen=config.mask_chosen)
+        else:
+            embeds = cdpruner_patch_embeds(inputs.hidden, bench.clip.post_layernorm, bench.visual_projection)  # [B, N, P]
+            relevance = cdpruner_relevance(embeds, clip_question.to(embeds.dtype))  # [B, N]
+            order = cdpruner_select(patches, relevance, config.keep, distinct=config.distinct)
+        kept = order.sort(dim=1).values  # [B, k]
+        tokens = inputs.hidden[:, 1:].gather(1, kept[..., None].expand(-1, -1, inputs.hidden.shape[-1]))  # [B, k, C]
+        return Compressed(tokens=tokens, valid=torch.ones(kept.shape, dtype=torch.bool, device=kept.device), index=kept + 1)
+
+    return run
+
+
 def compression_case(bench: VisionBench, inputs: ScoringInputs, config, question) -> Callable[[], object]:
     """What ``image_tokens`` does between the CLIP forward and the projector, for one config."""
+    if config.method in ("divprune", "cdpruner"):
+        return projected_selection_case(bench, inputs, config)
     text_embeds, text_mask = question
     use_text = needs_text(config)
     scored = needs_scoring_inputs(config)
@@ -197,6 +229,7 @@ def _dims(bench: VisionBench) -> Dims:
     """FLOP-count dimensions of the benchmark's LLaVA (CLIP-L/336, 24 layers run by the plain forward)."""
     vc = bench.clip.config
     return Dims(
+        clip_projection=CLIP_EMBED_WIDTH,
         llm_layers=32,
         llm_width=bench.llm_width,
         llm_mlp=11008,

@@ -17,6 +17,8 @@ from torch import Tensor
 
 from ..config import KeepAllConfig, PoolConfig, RandomKeepConfig, SparseVLMConfig, SparseZipConfig, VisionZipConfig
 from .baselines import image_keys, keep_all, pool, pool_grid, random_keep
+from .cdpruner import cdpruner_relevance, cdpruner_select
+from .divprune import divprune_select
 from .sparsezip import dynamic_k, fit_dynamic_k, hybrid_scores, hybrid_terms, sparsezip
 from .text import PullBack, projector_pull_back, text_relevance, zscore
 from .types import Compressed
@@ -24,6 +26,9 @@ from .visionzip import visionzip
 
 __all__ = [
     "Compressed",
+    "cdpruner_relevance",
+    "cdpruner_select",
+    "divprune_select",
     "compress",
     "dynamic_k",
     "fit_dynamic_k",
@@ -87,4 +92,9 @@ def compress(
         return pool(hidden, config.keep)
     if isinstance(config, SparseVLMConfig):
         raise ValueError("config: method 'sparsevlm' prunes inside the LLM prefill, not on the vision tower output")
+    if getattr(config, "method", None) in ("divprune", "cdpruner"):
+        raise ValueError(
+            f"config: method {config.method!r} selects among the projected tokens (divprune_select / "
+            "cdpruner_select, or llava.features.image_tokens), not on the vision tower output"
+        )
     raise ValueError(f"config must be a compression config from load_config, got {type(config).__name__}")

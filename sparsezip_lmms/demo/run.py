@@ -10,20 +10,22 @@ from ..doctor import FAIL, format_table, run_checks
 from ..leaderboard import build as build_leaderboard
 from .harness import lmms_eval_command, run_lmms_eval, write_local_tasks
 from .mini_datasets import MINI_BUILDERS
-from .tiny_checkpoint import build_tiny_llava
+from .tiny_checkpoint import build_tiny_clip, build_tiny_llava
 
-# (model id, config) pairs the demo evaluates.
-DEMO_RUNS = (
-    ("llava_hf_timed", "keep_all"),
-    ("llava_visionzip", "visionzip_64"),
-    ("llava_sparsezip", "sparsezip_64"),
-    ("llava_sparsevlm", "sparsevlm_64"),
-)
+def demo_runs() -> list[tuple[str, str]]:
+    """(model id, its default config) for every model id of the manifest, the uncompressed one first."""
+    from ..models.manifest import MODEL_CLASSES
+    from ..models.base import class_default_config
+
+    ids = sorted(MODEL_CLASSES, key=lambda model_id: (model_id != "llava_hf_timed", model_id))
+    return [(model_id, class_default_config(model_id)) for model_id in ids]
 
 
 def prepare(out_dir: Path, tasks: tuple[str, ...] = ("pope", "mme", "docvqa_val")) -> tuple[Path, Path, list[str]]:
-    """Build the tiny checkpoint, the mini datasets and their task YAMLs under ``out_dir``."""
+    """Build the tiny checkpoint (and the tiny CLIP text tower CDPruner reads, ``tiny-clip/`` beside it),
+    the mini datasets and their task YAMLs under ``out_dir``."""
     checkpoint = build_tiny_llava(out_dir / "tiny-llava")
+    build_tiny_clip(out_dir / "tiny-clip")
     data_dirs = {name: MINI_BUILDERS[name](out_dir / "data" / name) for name in tasks}
     task_dir = out_dir / "tasks"
     names = write_local_tasks(task_dir, data_dirs)
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo_output", help="working folder (default: ./demo_output)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=8, help="cap on generated tokens (keeps the demo short)")
-    parser.add_argument("--runs", nargs="*", default=None, help="model:config pairs (default: all four model ids)")
+    parser.add_argument("--runs", nargs="*", default=None, help="model:config pairs (default: every model id with its default config)")
     args = parser.parse_args(argv)
 
     checks = run_checks()
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(format_table(checks).splitlines()[-1], "(python -m sparsezip_lmms doctor for the table)", flush=True)
     out = Path(args.out).resolve()
-    runs = [tuple(r.split(":", 1)) for r in args.runs] if args.runs else list(DEMO_RUNS)
+    runs = [tuple(r.split(":", 1)) for r in args.runs] if args.runs else demo_runs()
     print(f"building the tiny random-weight checkpoint and mini datasets under {out} ...", flush=True)
     checkpoint, task_dir, task_names = prepare(out)
     for model, config in runs:
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         result_dir = out / "results" / f"{model}__{config.replace('/', '_')}"
         cmd = lmms_eval_command(
             model,
-            f"pretrained={checkpoint},config={config},dtype=float32,warmup={args.batch_size}",
+            f"pretrained={checkpoint},config={config},dtype=float32,warmup={args.batch_size}"
+            + (f",clip_text_tower={out / 'tiny-clip'}" if model == "llava_cdpruner" else ""),
             task_names,
             result_dir,
             include_path=task_dir,

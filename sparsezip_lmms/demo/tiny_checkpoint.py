@@ -222,6 +222,59 @@ def _mean_answer_state(model, processor, generator: torch.Generator) -> torch.Te
     return states.mean(dim=0)
 
 
+def build_clip_tokenizer():
+    """A CLIP byte-level BPE tokenizer (``</w>`` word ends, lower-cased): the 256 byte symbols, their
+    word-final forms and a few merges from the corpus. BOS ``<|startoftext|>`` and EOS
+    ``<|endoftext|>`` are the last two ids, as in openai's CLIP."""
+    from collections import Counter
+
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())  # 256 byte symbols
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    pairs = Counter()
+    for line in _CORPUS:
+        for word, _ in byte_level.pre_tokenize_str(line.lower()):
+            word = word.strip()
+            if len(word) > 1:
+                pairs[(word[0], word[1])] += 1
+    merges = [(a, b) for (a, b), _ in pairs.most_common(32)]
+    tokens = symbols + [s + "</w>" for s in symbols] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def build_tiny_clip(out_dir: str | Path, *, vision_width: int = 64, text_width: int = 32, seed: int = 0) -> Path:
+    """A tiny random CLIP checkpoint (``CLIPModel`` + tokenizer) for CDPruner's text side.
+
+    Its vision tower has the width of :func:`build_tiny_llava`'s (so ``visual_projection`` takes the LLaVA
+    vision tower's features) but one layer, since only the projection is used; the text tower has 77
+    positions and the legacy ``eos_token_id = 2`` of the openai checkpoints (pooling at the largest id).
+    """
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_clip_tokenizer()
+    config = CLIPConfig(
+        text_config=CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, projection_dim=32,
+        ),
+        vision_config=CLIPVisionConfig(
+            hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=1, num_attention_heads=4,
+            image_size=336, patch_size=14, projection_dim=32,
+        ),
+        projection_dim=32,
+    )  # fmt: skip
+    torch.manual_seed(seed + 7)
+    model = CLIPModel(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")

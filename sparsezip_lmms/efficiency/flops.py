@@ -32,6 +32,7 @@ class Dims:
     vision_mlp: int  # m_v
     vision_tokens: int  # 1 + N
     vision_heads: int
+    clip_projection: int = 0  # CDPruner: width of the CLIP image/text embeds (0 = not used)
 
     @classmethod
     def from_llava_config(cls, config, vision_layers_run: int | None = None) -> "Dims":
@@ -75,14 +76,30 @@ def vision_flops(n_images: int, visual_tokens_out: int, dims: Dims) -> int:
     return clip + projector
 
 
-def compression_flops(config, n_images: int, dims: Dims, text_tokens: int = 0) -> int:
-    """The compression method's own work, dominant terms only (documented per method)."""
+def compression_flops(config, n_images: int, dims: Dims, text_tokens: int = 0, clip_text_flops: int = 0) -> int:
+    """The compression method's own work, dominant terms only (documented per method).
+
+    ``clip_text_flops``: CDPruner's CLIP text tower on the request's question segments (the caller
+    knows how many there were)."""
     n = dims.vision_tokens - 1  # patches
     c = dims.vision_width
     ck = c // dims.vision_heads  # width of the head-averaged keys
     method = config.method
     if method in ("none", "sparsevlm", "random", "pool"):
         return 0
+    if method in ("divprune", "cdpruner"):
+        d, k = dims.llm_width, config.keep
+        # the projector on the N - k patches it does not keep (vision_flops counts the k kept), then the
+        # N x N similarity of the projected tokens
+        per_image = (n - k) * (c * d + d * d) + n * n * d
+        if method == "divprune":
+            per_image += k * n  # one running-min update per pick
+        else:
+            p = dims.clip_projection or c
+            # patch embeds (visual_projection), their cosine with the question, the kernel, and the
+            # greedy MAP: step t updates N entries against t earlier vectors
+            per_image += n * c * p + n * p + n * n + n * k * (k + 1) // 2
+        return n_images * per_image + clip_text_flops
     # CLS-row attention from one query row against all keys, per head: (1+N)·c
     capture = (n + 1) * c
     if method == "visionzip":

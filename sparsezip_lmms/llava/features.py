@@ -55,23 +55,12 @@ def text_pull_back(model, config: CompressionConfig):
     return projector_pull_back(_llava_parts(model)[1])
 
 
-def image_tokens(
-    model,
-    pixel_values: torch.Tensor,  # [n_images, 3, H, W]
-    config: CompressionConfig,
-    text_embeds: torch.Tensor | None = None,  # [n_images, L_text, D_llm] question embeddings per image
-    text_mask: torch.Tensor | None = None,  # [n_images, L_text] bool
-    pull_back=None,  # compress.PullBack of this model's projector (text_space "vision"), made once by the caller
-    image_keys: torch.Tensor | None = None,  # [n_images] compress.image_keys of the float32 pixels (random)
-) -> ImageTokens:
-    """Visual tokens entering the LLM for each image under ``config``."""
-    if uses_stock_features(config):
-        return stock_image_tokens(model, pixel_values)
+def selects_after_projector(config: CompressionConfig) -> bool:
+    """The method selects among the projected (LLM-side) patch tokens: DivPrune, CDPruner."""
+    return config.method in ("divprune", "cdpruner")
 
-    from ..compress import compress, needs_text, text_relevance
-    from .scoring import scoring_inputs
 
-    vision_tower, projector, llava_config = _llava_parts(model)
+def _check_feature_path(llava_config) -> int:
     if llava_config.vision_feature_select_strategy != "default":
         raise ValueError(
             f"compression expects vision_feature_select_strategy='default' (LLaVA-1.5), "
@@ -80,8 +69,62 @@ def image_tokens(
     layer = llava_config.vision_feature_layer
     if not isinstance(layer, int):
         raise ValueError(f"compression needs a single vision_feature_layer, got {layer!r}")
+    return layer
 
-    inputs = scoring_inputs(vision_tower, pixel_values, layer=layer)  # hidden [n, 1+N, C]
+
+def projected_selection(
+    model,
+    pixel_values: torch.Tensor,  # [n_images, 3, H, W]
+    config: CompressionConfig,
+    clip_text=None,  # llava.clip_text.ClipText (CDPruner)
+    question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # CLIP text embeds [n, M, P], mask [n, M]
+) -> ImageTokens:
+    """DivPrune / CDPruner: the projector runs on all N patch tokens, the method picks ``keep`` of them
+    per image, and the picks enter the LLM in ascending patch order (as the official code keeps them)."""
+    from ..compress.cdpruner import cdpruner_patch_embeds, cdpruner_relevance, cdpruner_select
+    from ..compress.divprune import divprune_select
+    from .scoring import feature_layer_hidden
+
+    vision_tower, projector, llava_config = _llava_parts(model)
+    hidden = feature_layer_hidden(vision_tower, pixel_values, layer=_check_feature_path(llava_config))  # [n, 1+N, C]
+    patches = projector(hidden[:, 1:])  # [n, N, D_llm]
+    if config.method == "divprune":
+        order = divprune_select(patches, config.keep, mask_chosen=config.mask_chosen)  # [n, k]
+    else:
+        if clip_text is None or question_embeds is None:
+            raise ValueError("cdpruner needs the CLIP text tower and the question embeds")
+        embeds = cdpruner_patch_embeds(hidden, vision_tower.post_layernorm, clip_text.visual_projection)  # [n, N, P]
+        text, text_mask = question_embeds
+        relevance = cdpruner_relevance(embeds, text.to(embeds.dtype), text_mask=text_mask)  # [n, N]
+        order = cdpruner_select(patches, relevance, config.keep, distinct=config.distinct)  # [n, k]
+    kept = order.sort(dim=1).values  # [n, k] ascending patch index (repeats stay, as in the official code)
+    features = patches.gather(1, kept[..., None].expand(-1, -1, patches.shape[-1]))  # [n, k, D_llm]
+    valid = torch.ones(kept.shape, dtype=torch.bool, device=kept.device)
+    return ImageTokens(features, valid, kept + 1)  # CLIP positions (CLS = 0)
+
+
+def image_tokens(
+    model,
+    pixel_values: torch.Tensor,  # [n_images, 3, H, W]
+    config: CompressionConfig,
+    text_embeds: torch.Tensor | None = None,  # [n_images, L_text, D_llm] question embeddings per image
+    text_mask: torch.Tensor | None = None,  # [n_images, L_text] bool
+    pull_back=None,  # compress.PullBack of this model's projector (text_space "vision"), made once by the caller
+    image_keys: torch.Tensor | None = None,  # [n_images] compress.image_keys of the float32 pixels (random)
+    clip_text=None,  # llava.clip_text.ClipText (CDPruner), loaded once by the caller
+    question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # CDPruner: CLIP text embeds, mask
+) -> ImageTokens:
+    """Visual tokens entering the LLM for each image under ``config``."""
+    if uses_stock_features(config):
+        return stock_image_tokens(model, pixel_values)
+    if selects_after_projector(config):
+        return projected_selection(model, pixel_values, config, clip_text, question_embeds)
+
+    from ..compress import compress, needs_text, text_relevance
+    from .scoring import scoring_inputs
+
+    vision_tower, projector, llava_config = _llava_parts(model)
+    inputs = scoring_inputs(vision_tower, pixel_values, layer=_check_feature_path(llava_config))  # hidden [n, 1+N, C]
     relevance = None
     if needs_text(config) and text_embeds is not None:
         relevance = text_relevance(

@@ -106,12 +106,27 @@ def scoring_inputs(vision_model: nn.Module, pixel_values: Tensor, layer: int = -
 
     handle = attn.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        device = vt.embeddings.patch_embedding.weight.device
-        hidden = vt.embeddings(pixel_values.to(device))  # [B, 1+N, C]
-        hidden = vt.pre_layrnorm(hidden)
-        for encoder_layer in layers[: index + 1]:
-            hidden = encoder_layer(hidden, None)  # [B, 1+N, C]; no attention mask for images
+        hidden = _run_to_layer(vt, pixel_values, index)  # [B, 1+N, C]
     finally:
         handle.remove()
     cls_attn, keys = cls_row_attention(attn, captured["normed"])
     return ScoringInputs(hidden=hidden, cls_attn=cls_attn, keys=keys)
+
+
+def _run_to_layer(vt: nn.Module, pixel_values: Tensor, index: int) -> Tensor:
+    """Embeddings, pre-layernorm and encoder layers 0..index: hidden_states[index + 1], [B, 1+N, C]."""
+    device = vt.embeddings.patch_embedding.weight.device
+    hidden = vt.pre_layrnorm(vt.embeddings(pixel_values.to(device)))  # [B, 1+N, C]
+    for encoder_layer in vt.encoder.layers[: index + 1]:
+        hidden = encoder_layer(hidden, None)  # [B, 1+N, C]; no attention mask for images
+    return hidden
+
+
+@torch.no_grad()
+def feature_layer_hidden(vision_model: nn.Module, pixel_values: Tensor, layer: int = -2) -> Tensor:
+    """``hidden_states[layer]`` of the CLIP vision tower, [B, 1+N, C], without running the layers after it."""
+    vt = resolve_vision_transformer(vision_model)
+    if not isinstance(pixel_values, Tensor) or pixel_values.dim() != 4:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, Tensor) else type(pixel_values).__name__
+        raise ValueError(f"pixel_values must be a [B, 3, H, W] tensor, got {shape}")
+    return _run_to_layer(vt, pixel_values, _layer_index(layer, len(vt.encoder.layers)))

@@ -12,6 +12,7 @@ The model ids differ only in their default config and the compression methods th
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -41,7 +42,14 @@ from ..llava.tokens import placeholder_runs, resize_image_placeholders, splice_i
 # Constructor arguments of the upstream adapter; everything else is ours or a config override.
 _PARENT_ARGS = frozenset(inspect.signature(_LlavaHfSimple.__init__).parameters) - {"self", "kwargs"}
 # Our own model_args (besides config overrides).
-_OWN_ARGS = frozenset({"config", "warmup"})
+_OWN_ARGS = frozenset({"config", "warmup", "clip_text_tower"})
+
+
+def class_default_config(model_id: str) -> str:
+    """The default config of a model id, read from its class (through lmms-eval's registry)."""
+    from lmms_eval.models import get_model
+
+    return get_model(model_id).default_config
 
 
 def split_model_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -83,6 +91,7 @@ class CompressedLlava(_LlavaHfChat):
         self.compression: CompressionConfig = self.resolve_config(own_args.get("config"), overrides)
         self.warmup = self._count_arg("warmup", own_args.get("warmup", 0))
         self.geometry = self._check_checkpoint(pretrained, parent_args, self.compression)
+        self._clip_text_tower = self._check_clip_text_tower(own_args.get("clip_text_tower"), parent_args)
 
         parent_args = self._placement(parent_args)
         super().__init__(pretrained=pretrained, **parent_args)
@@ -93,7 +102,15 @@ class CompressedLlava(_LlavaHfChat):
         self._text_aware = needs_text(self.compression)
         # the projector's folded pull-back (question tokens -> CLIP space), made once per model
         self._pull_back = text_pull_back(self.model, self.compression)
+        # CDPruner: the CLIP text tower and projections, once per model, on the model's device
+        self._clip_text = None
+        if self._clip_text_tower is not None:
+            from ..llava.clip_text import ClipText
+
+            self._clip_text = ClipText.load(self._clip_text_tower, self.device, self.geometry.vision_width)
         self._dims = Dims.from_llava_config(self.model.config)  # compressing methods stop CLIP at the feature layer
+        if self._clip_text is not None:
+            self._dims = dataclasses.replace(self._dims, clip_projection=self._clip_text.visual_projection.out_features)
         self._stock_vision_dims = Dims.from_llava_config(
             self.model.config, vision_layers_run=self.model.config.vision_config.num_hidden_layers
         )  # the stock feature path runs every CLIP layer
@@ -172,6 +189,32 @@ class CompressedLlava(_LlavaHfChat):
                 "transformers' eager attention; use sdpa (the default) or float32, or batch size 1"
             )
         return geometry
+
+    def _check_clip_text_tower(self, name: Any, parent_args: dict[str, Any]) -> str | None:
+        """The CLIP checkpoint CDPruner reads its text tower from; its config is checked against the
+        LLaVA vision tower before any weight is loaded. None for methods that do not use one."""
+        from ..llava.clip_text import DEFAULT_CLIP_TEXT_TOWER
+
+        if self.compression.method != "cdpruner":
+            if name not in (None, ""):
+                raise ConfigError(f"{self.model_id} --model_args: clip_text_tower is read by cdpruner configs only")
+            return None
+        tower = str(name or DEFAULT_CLIP_TEXT_TOWER)
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(tower, trust_remote_code=False)
+        except OSError as err:
+            raise ValueError(f"{self.model_id}: clip_text_tower={tower} cannot be read: {err}") from None
+        if getattr(config, "model_type", None) != "clip":
+            raise ValueError(f"{self.model_id}: clip_text_tower={tower} is a {config.model_type!r} checkpoint, not a CLIP one")
+        width = int(config.vision_config.hidden_size)
+        if width != self.geometry.vision_width:
+            raise ValueError(
+                f"{self.model_id}: clip_text_tower={tower}: its visual_projection takes {width}-wide features, but "
+                f"the LLaVA vision tower is {self.geometry.vision_width} wide (use the CLIP checkpoint of that tower)"
+            )
+        return tower
 
     @staticmethod
     def _placement(parent_args: dict[str, Any]) -> dict[str, Any]:
@@ -258,9 +301,12 @@ class CompressedLlava(_LlavaHfChat):
         return text
 
     @torch.no_grad()
-    def _generate_batch(self, texts: list[str], images: list, gen_kwargs: dict[str, Any], prune: bool = False) -> "BatchOutput":
+    def _generate_batch(
+        self, texts: list[str], images: list, gen_kwargs: dict[str, Any], prune: bool = False, questions: list[str] | None = None
+    ) -> "BatchOutput":
         """Generate for one batch of prompts (their images in prompt order); ``prune``: run the in-LLM
-        pruning decoder (every prompt then has exactly one image)."""
+        pruning decoder (every prompt then has exactly one image); ``questions``: each prompt's user text
+        (CDPruner's CLIP question)."""
         device = self.device
         reset_peak_memory(device)
         t_start = now(device)
@@ -279,6 +325,13 @@ class CompressedLlava(_LlavaHfChat):
             # random baseline: one key per image from the processor's float32 pixels (batch-invariant draws)
             keys = image_keys(inputs["pixel_values"]) if self.compression.method == "random" else None
             pixel_values = inputs["pixel_values"].to(self.model.dtype)
+            clip_questions = None
+            if self._clip_text is not None:
+                from ..llava.clip_text import question_for_clip
+
+                strip = self.compression.strip_answer_format
+                per_image = [question_for_clip((questions or [""] * len(texts))[row], strip) for row in row_of_image.tolist()]
+                clip_questions = self._clip_text.embed(per_image)  # ([n_images, M, P], [n_images, M])
             visual = image_tokens(
                 self.model,
                 pixel_values,
@@ -287,6 +340,8 @@ class CompressedLlava(_LlavaHfChat):
                 question_mask,
                 pull_back=self._pull_back,
                 image_keys=keys,
+                clip_text=self._clip_text,
+                question_embeds=clip_questions,
             )
             counts = visual.counts  # [n_images]
             if not bool(torch.isfinite(visual.features).all()):
@@ -295,7 +350,7 @@ class CompressedLlava(_LlavaHfChat):
                     f"{json.dumps(self._effective_config, sort_keys=True)}: refusing to feed them to the LLM"
                 )
         else:
-            visual, counts = None, torch.zeros(0, dtype=torch.long, device=device)
+            visual, counts, clip_questions = None, torch.zeros(0, dtype=torch.long, device=device), None
         t_vision_end = now(device)
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -341,6 +396,9 @@ class CompressedLlava(_LlavaHfChat):
         visual_per_row = torch.zeros(len(texts), dtype=torch.long, device=device).index_add_(0, row_of_image, counts)
         text_per_image = question_mask.sum(dim=1)
         text_per_row = torch.zeros(len(texts), dtype=torch.long, device=device).index_add_(0, row_of_image, text_per_image)
+        clip_segments = torch.zeros(len(texts), dtype=torch.long, device=device)
+        if clip_questions is not None:  # CDPruner: CLIP text segments embedded for each prompt
+            clip_segments.index_add_(0, row_of_image, clip_questions[1].sum(dim=1).to(device))
         return BatchOutput(
             texts=out_texts,
             output_tokens=out_counts,
@@ -348,6 +406,7 @@ class CompressedLlava(_LlavaHfChat):
             visual_tokens=visual_per_row.tolist(),
             images=images_per_row.tolist(),
             question_tokens=text_per_row.tolist(),
+            clip_segments=clip_segments.tolist(),
             layer_stats=layer_stats,
             timing=timing,
         )
@@ -411,7 +470,8 @@ class CompressedLlava(_LlavaHfChat):
             per_layer_visual, tokens_per_layer, layer_avg = None, [n_in] * layers, float(n_visual)
         vision_dims = self._stock_vision_dims if uses_stock_features(self.compression) else dims
         vision = vision_flops(out.images[row], n_visual, vision_dims) if out.images[row] else 0
-        compression = compression_flops(self.compression, out.images[row], dims, out.question_tokens[row])
+        clip_text = out.clip_segments[row] * self._clip_text.segment_flops() if self._clip_text is not None else 0
+        compression = compression_flops(self.compression, out.images[row], dims, out.question_tokens[row], clip_text)
         llm = llm_prefill_flops(tokens_per_layer, dims)
         cache = [n + max(n_out - 1, 0) for n in tokens_per_layer]
         return EfficiencyRecord(
@@ -450,7 +510,14 @@ class CompressedLlava(_LlavaHfChat):
         text = self._chat_text(messages)
         key = json.dumps(gen_kwargs, sort_keys=True, default=str)
         uid = doc.get(UID_COLUMN) if isinstance(doc, dict) else None
-        return _Prepared(key, index, text, list(images), gen_kwargs, task, split, doc_id, uid)
+        question = " ".join(
+            item["text"]
+            for message in messages.model_dump()["messages"]
+            if message.get("role") == "user" and isinstance(message.get("content"), list)
+            for item in message["content"]
+            if item.get("type") == "text" and item.get("text")
+        )  # the user's text alone (CDPruner's CLIP question)
+        return _Prepared(key, index, text, list(images), gen_kwargs, task, split, doc_id, uid, question)
 
     def _document_key(self, task: str, split: str, doc_id: int) -> str | None:
         """The ``*_eff`` key of a document whose row cannot be read whole (its key column alone)."""
@@ -541,7 +608,7 @@ class CompressedLlava(_LlavaHfChat):
         images = [img for item in batch for img in item.images]
         gen_kwargs = batch[0].gen_kwargs
         try:
-            out = self._generate_batch(texts, images, gen_kwargs, prune=prune)
+            out = self._generate_batch(texts, images, gen_kwargs, prune=prune, questions=[item.question for item in batch])
         except Exception as err:  # noqa: BLE001 - one bad sample must not take the run down
             if len(batch) > 1:
                 eval_logger.warning(f"{self.model_id}: batch failed ({err!r}); retrying its {len(batch)} requests one by one")
@@ -578,6 +645,7 @@ class _Prepared:
     split: str
     doc_id: int
     uid: str | None  # the document's key from the *_eff tasks' process_docs
+    question: str = ""  # the user's text without the chat template
 
 
 @dataclass
@@ -590,5 +658,6 @@ class BatchOutput:
     visual_tokens: list[int]  # visual tokens entering the LLM
     images: list[int]
     question_tokens: list[int]
+    clip_segments: list[int]  # CDPruner: 77-token CLIP text segments embedded for the prompt
     layer_stats: dict[str, list] | None  # SparseVLM per-layer figures
     timing: dict[str, Any]

@@ -1,4 +1,4 @@
-"""The four lmms-eval model ids. They share one implementation and differ in their configs."""
+"""The lmms-eval model ids. They share one implementation and differ in their configs."""
 
 from __future__ import annotations
 
@@ -38,3 +38,22 @@ class LlavaSparseVLM(CompressedLlava):
     model_id = "llava_sparsevlm"
     default_config = "sparsevlm_64"
     accepted_methods = ("sparsevlm", "none")
+
+
+class LlavaDivPrune(CompressedLlava):
+    """DivPrune: max–min diverse subset of the projected patch tokens, before the LLM (text-agnostic)."""
+
+    model_id = "llava_divprune"
+    default_config = "divprune_64"
+    accepted_methods = ("divprune", "none")
+
+
+class LlavaCDPruner(CompressedLlava):
+    """CDPruner: conditional DPP over the projected patch tokens, weighted by CLIP question relevance.
+
+    The CLIP text tower comes from ``clip_text_tower`` (default ``openai/clip-vit-large-patch14-336``).
+    """
+
+    model_id = "llava_cdpruner"
+    default_config = "cdpruner_64"
+    accepted_methods = ("cdpruner", "none")
