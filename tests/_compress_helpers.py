@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-DATA = Path(__file__).resolve().parent / "data" / "visionzip"
+TESTS_DATA = Path(__file__).resolve().parent / "data"
+DATA = TESTS_DATA / "visionzip"
 CLIP_DIR = DATA / "clip"
 # (dominant incl. CLS, contextual) settings of the golden VisionZip outputs
 SETTINGS = [(54, 10), (108, 20), (162, 30), (191, 30), (10, 3), (1, 8)]
@@ -56,3 +59,46 @@ def synthetic_inputs(
         b, n + 1, ck, generator=g, dtype=torch.float64
     )
     return hidden.to(dtype), cls_attn.to(dtype), keys.to(dtype)
+
+
+class NoHostSync(TorchFunctionMode):
+    """Raises on any tensor → host read inside the block."""
+
+    FORBIDDEN: ClassVar[set[str]] = {
+        "item",
+        "tolist",
+        "__bool__",
+        "__int__",
+        "__float__",
+        "__index__",
+        "nonzero",
+        "numpy",
+        "cpu",
+    }
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.FORBIDDEN:
+            raise AssertionError(f"host sync inside the greedy loop: {func.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+@lru_cache(maxsize=None)
+def golden_tensors(folder: str, file: str = "cases.safetensors") -> dict[str, torch.Tensor]:
+    """The tensors of a golden set copied into tests/data/<folder>/ (read once)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(TESTS_DATA / folder / file))
+
+
+@lru_cache(maxsize=None)
+def golden_meta(folder: str) -> dict:
+    import json
+
+    return json.loads((TESTS_DATA / folder / "meta.json").read_text())
+
+
+def frobenius_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64 (the absolute error when b is zero)."""
+    a, b = a.double(), b.double()
+    norm = b.norm()
+    return float((a - b).norm() / norm) if norm > 0 else float((a - b).norm())

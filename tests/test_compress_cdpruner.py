@@ -16,14 +16,13 @@ float64 (its float32 casts widened to "float32 or wider", nothing else changed).
 from __future__ import annotations
 
 import itertools
-import json
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
+
+from _compress_helpers import NoHostSync, frobenius_rel_err, golden_meta, golden_tensors
 
 from sparsezip_lmms.compress.cdpruner import (
     cdpruner_cosine,
@@ -43,32 +42,19 @@ DATA = Path(__file__).parent / "data" / "cdpruner"
 CLIP_DIR = DATA / "clip"
 
 
-@lru_cache(maxsize=1)
-def _cases() -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(DATA / "cases.safetensors"))
-
-
-@lru_cache(maxsize=1)
 def _clip_cases() -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(DATA / "clip_cases.safetensors"))
+    return golden_tensors("cdpruner", "clip_cases.safetensors")
 
 
-@lru_cache(maxsize=1)
 def meta() -> dict:
-    return json.loads((DATA / "meta.json").read_text())
+    return golden_meta("cdpruner")
 
 
 def case(name: str) -> torch.Tensor:
-    return _cases()[name].clone()
+    return golden_tensors("cdpruner")[name].clone()
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+rel_err = frobenius_rel_err
 
 
 # (group, text mode e.g. "3j"), and (group, text mode, budget)
@@ -105,11 +91,11 @@ def test_parity_relevance_and_kernel(group, text):
     assert rel_err(relevance, case(f"{prefix}/relevance")) <= 1e-12
 
     similarity = cdpruner_similarity(case(f"{group}/features"))  # [B, N, N]
-    if f"{group}/similarity" in _cases():
+    if f"{group}/similarity" in golden_tensors("cdpruner"):
         assert rel_err(similarity, case(f"{group}/similarity")) <= 1e-12
     kernel = cdpruner_kernel(similarity, relevance)  # [B, N, N]
     assert rel_err(torch.diagonal(kernel, dim1=1, dim2=2), case(f"{prefix}/kernel_diag")) <= 1e-12
-    if f"{prefix}/kernel" in _cases():
+    if f"{prefix}/kernel" in golden_tensors("cdpruner"):
         assert rel_err(kernel, case(f"{prefix}/kernel")) <= 1e-12
 
 
@@ -131,7 +117,7 @@ def test_parity_selection_float64(group, text, k):
     assert rel_err(gain, case(f"{prefix}/gain")) <= 1e-12
 
     name = f"{prefix}/kept_features"
-    expected = case(name) if name in _cases() else gather_tokens(features, case(f"{prefix}/idx_sorted"))
+    expected = case(name) if name in golden_tensors("cdpruner") else gather_tokens(features, case(f"{prefix}/idx_sorted"))
     assert rel_err(gather_tokens(features, kept), expected) <= 1e-12
 
     # the distinct deviation agrees wherever the official run is not degenerate (all of this set)
@@ -292,31 +278,10 @@ def test_deterministic():
         assert torch.equal(cdpruner_select(case("g576/features"), relevance.clone(), 128), first)
 
 
-class _NoHostSync(TorchFunctionMode):
-    """Raises on any tensor → host read inside the block."""
-
-    FORBIDDEN: ClassVar[set[str]] = {
-        "item",
-        "tolist",
-        "__bool__",
-        "__int__",
-        "__float__",
-        "__index__",
-        "nonzero",
-        "numpy",
-        "cpu",
-    }
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in self.FORBIDDEN:
-            raise AssertionError(f"host sync inside the greedy loop: {func.__name__}")
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("distinct", [False, True])
 def test_greedy_loop_has_no_host_sync(distinct):
     kernel = cdpruner_kernel(cdpruner_similarity(case("g64/features")), case("g64/M2p/relevance"))
-    with _NoHostSync():
+    with NoHostSync():
         order, _ = cdpruner_greedy_map(kernel, 16, distinct=distinct)
     assert torch.equal(order, case("g64/M2p/k16/idx_order"))
     meta_order, meta_gain = cdpruner_greedy_map(torch.empty(2, 16, 16, device="meta"), 8, distinct=distinct)

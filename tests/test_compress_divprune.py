@@ -11,14 +11,12 @@ official code repeats index 0 once every distinct vector is chosen (k = 301, 575
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
+
+from _compress_helpers import NoHostSync, frobenius_rel_err, golden_meta, golden_tensors
 
 from sparsezip_lmms.compress.divprune import (
     divprune_budget,
@@ -34,27 +32,15 @@ IMAGE_TOKEN = -200  # LLaVA's image placeholder id
 SYS_TOKEN_LEN = 35  # the official hard-coded start of the image in the merged sequence
 
 
-@lru_cache(maxsize=1)
-def _cases() -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(DATA / "cases.safetensors"))
-
-
-@lru_cache(maxsize=1)
 def meta() -> dict:
-    return json.loads((DATA / "meta.json").read_text())
+    return golden_meta("divprune")
 
 
 def case(name: str) -> torch.Tensor:
-    return _cases()[name].clone()
+    return golden_tensors("divprune")[name].clone()
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    if b.norm() == 0:
-        return float((a - b).norm())
-    return float((a - b).norm() / b.norm())
+rel_err = frobenius_rel_err
 
 
 CASES = [(g, k) for g, info in meta()["groups"].items() for k in info["budgets"]]  # 14 (group, k)
@@ -85,7 +71,7 @@ def test_parity_float64(group, k):
     assert rel_err(gain, case(f"{group}/k{k}/gain")) <= 1e-12
 
     name = f"{group}/k{k}/kept_features"
-    expected = case(name) if name in _cases() else gather_tokens(features, case(f"{group}/k{k}/idx_sorted"))
+    expected = case(name) if name in golden_tensors("divprune") else gather_tokens(features, case(f"{group}/k{k}/idx_sorted"))
     assert rel_err(gather_tokens(features, kept), expected) <= 1e-12
 
 
@@ -162,31 +148,10 @@ def test_deterministic():
         assert torch.equal(divprune_select(features.clone(), 128), first)
 
 
-class _NoHostSync(TorchFunctionMode):
-    """Raises on any tensor → host read inside the block."""
-
-    FORBIDDEN: ClassVar[set[str]] = {
-        "item",
-        "tolist",
-        "__bool__",
-        "__int__",
-        "__float__",
-        "__index__",
-        "nonzero",
-        "numpy",
-        "cpu",
-    }
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in self.FORBIDDEN:
-            raise AssertionError(f"host sync inside the greedy loop: {func.__name__}")
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("mask_chosen", [False, True])
 def test_greedy_loop_has_no_host_sync(mask_chosen):
     distance = divprune_distance(case("g0/features"))
-    with _NoHostSync():
+    with NoHostSync():
         order, _ = divprune_greedy(distance, 64, mask_chosen=mask_chosen)
     assert torch.equal(order, case("g0/k64/idx_order"))
     # on the meta device no value can be read at all
