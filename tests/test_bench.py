@@ -64,7 +64,9 @@ def test_bench_quick_produces_every_section(tmp_path, capsys):
     assert all(v < 1e-3 for v in vision["agreement"].values())  # both captures compute the same inputs
     configs = {row["config"] for row in report["compression"]["batches"]["1"]["rows"]}
     assert {"visionzip_64", "sparsezip_64", "sparsezip_dynamic", "random_64", "pool_64"} <= configs
-    assert {"ablations/merge_off", "ablations/text_space_llm"} <= configs
+    assert {"ablations/merge_off", "ablations/text_space_llm", "divprune_64", "cdpruner_64"} <= configs
+    selection = {r["config"]: r["selection_ratio_to_clip"] for r in report["compression"]["batches"]["1"]["rows"] if "selection_s" in r}
+    assert set(selection) == {f"{m}_{k}" for m in ("divprune", "cdpruner") for k in (64, 128, 192)}
     assert report["sparsevlm"]["budgets"]["64"]["check"]["kept_identical"]
     harness = report["harness"]["batches"]
     assert set(harness) == {"1", "8"} and all(e["timed_samples"] > 0 for e in harness.values())

@@ -343,3 +343,35 @@ def test_leaderboard_of_a_missing_path_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path / "nonexistent"), "--out", str(tmp_path / "lb")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     assert not (tmp_path / "lb").exists()
+
+
+# --------------------------------------------------------------------------- DivPrune / CDPruner inputs
+
+
+def test_diversity_budgets_and_the_clip_text_tower_are_checked_before_weights_load(tiny_checkpoint, tmp_path):
+    from sparsezip_lmms.demo.tiny_checkpoint import build_tiny_clip
+
+    folder = _config_only(tiny_checkpoint, tmp_path)
+    with pytest.raises(ConfigError, match="key 'keep': 576 is not below the 576 patches"):
+        _build("llava_divprune", folder, "config=divprune_64,keep=576")
+    narrow = build_tiny_clip(tmp_path / "narrow-clip", vision_width=32)
+    with pytest.raises(ValueError, match="visual_projection takes 32-wide features, but the LLaVA vision tower is 64 wide"):
+        _build("llava_cdpruner", folder, f"clip_text_tower={narrow}")
+    with pytest.raises(ValueError, match="clip_text_tower=.*cannot be read"):
+        _build("llava_cdpruner", folder, f"clip_text_tower={tmp_path / 'no-clip-here'}")
+    with pytest.raises(ConfigError, match="clip_text_tower is read by cdpruner configs only"):
+        _build("llava_divprune", folder, f"clip_text_tower={narrow}")
+
+
+def test_cdpruner_long_and_empty_questions(tiny_checkpoint, tiny_clip):
+    """A question past 77 CLIP tokens is cut into segments (as the official code does); an empty one
+    falls back to diversity alone: answers, no NaN, no failed request."""
+    lmm = _build("llava_cdpruner", tiny_checkpoint, f"dtype=float64,clip_text_tower={tiny_clip}", batch_size=3)
+    long_question = "Is the red square on the left of the blue circle? " * 12
+    docs = [([_images()[0]], long_question), ([_images()[1]], ""), ([_images()[2]], "Is there a cat?")]
+    lmm.generate_until(make_requests(lmm, docs, GEN, task="fuzz_cdp"))
+    records = [get_record("fuzz_cdp", "test", i) for i in range(3)]
+    assert [r.error for r in records] == [None, None, None]
+    assert [r.visual_tokens for r in records] == [64, 64, 64]
+    segments = len(lmm._clip_text.tokenizer(long_question, verbose=False)["input_ids"]) // 77 + 1
+    assert segments >= 2 and records[0].compression_flops > records[2].compression_flops  # more text tower work

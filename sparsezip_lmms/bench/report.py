@@ -103,13 +103,14 @@ def render(report: dict) -> str:
         for batch, e in report["compression"]["batches"].items():
             rows = [
                 [r["config"], r["method"], f"{r['tokens_mean']:.1f}", _ms(r["op"]["median_s"]),
-                 _ms(r["text_relevance_s"]), _pct(r["ratio_to_clip"]), _pct(r["flops_share_of_clip"])]
+                 _ms(r["text_relevance_s"]), _pct(r["ratio_to_clip"]), _pct(r["flops_share_of_clip"]),
+                 "—" if r.get("selection_s") is None else f"{_ms(r['selection_s'])} ({_pct(r['selection_ratio_to_clip'])})"]
                 for r in e["rows"]
             ]  # fmt: skip
             parts.append(
                 f"### 2. Compression ops, batch {batch} (CLIP forward {_ms(e['clip_forward_s'])} ms)\n\n"
                 + _table(["config", "method", "tokens (mean)", "op ms", "of which text ms", "op / CLIP forward",
-                         "op FLOPs / CLIP FLOPs"], rows)
+                         "op FLOPs / CLIP FLOPs", "selection alone ms (/ CLIP)"], rows)
             )
     if "prefill" in report:
         p = report["prefill"]

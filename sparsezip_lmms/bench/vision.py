@@ -176,19 +176,23 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- section 2
 
 
-def projected_selection_case(bench: VisionBench, inputs: ScoringInputs, config) -> Callable[[], object]:
+def projected_selection_case(
+    bench: VisionBench, inputs: ScoringInputs, config, with_projector: bool = True
+) -> Callable[[], object]:
     """DivPrune / CDPruner as ``image_tokens`` runs them: the projector on all N patches, the selection on
     the projected tokens (CDPruner: patch embeds and a one-segment CLIP question embed), the gather.
-    Returns the kept vision-side tokens (the projector is per token, so section 3 can project them)."""
+    Returns the kept vision-side tokens (the projector is per token, so section 3 can project them).
+    ``with_projector=False`` times the selection alone, on patches projected beforehand."""
     from ..compress import Compressed, cdpruner_relevance, cdpruner_select, divprune_select
     from ..compress.cdpruner import cdpruner_patch_embeds
 
     b = inputs.hidden.shape[0]
     g = torch.Generator().manual_seed(2)
     clip_question = torch.randn(b, 1, CLIP_EMBED_WIDTH, generator=g).to(bench.device)  # [B, 1, P]
+    projected = None if with_projector else bench.projector(inputs.hidden[:, 1:])  # [B, N, D]
 
     def run():
-        patches = bench.projector(inputs.hidden[:, 1:])  # [B, N, D]
+        patches = bench.projector(inputs.hidden[:, 1:]) if projected is None else projected  # [B, N, D]
         if config.method == "divprune":
             order = divprune_select(patches, config.keep, mask_chosen=config.mask_chosen)
         else:
@@ -278,7 +282,12 @@ def compression_section(
         text_cases = {
             f"text:{name}": text_case(bench, inputs, cfg, question) for name, cfg in loaded.items() if needs_text(cfg)
         }
-        stats = measure({**cases, **text_cases}, timer, repeats=repeats, warmup=warmup)
+        selection_cases = {
+            f"select:{name}": projected_selection_case(bench, inputs, cfg, with_projector=False)
+            for name, cfg in loaded.items()
+            if cfg.method in ("divprune", "cdpruner")
+        }
+        stats = measure({**cases, **text_cases, **selection_cases}, timer, repeats=repeats, warmup=warmup)
         clip_s = clip_times[batch]
         dims = _dims(bench)
         clip_flops = batch * dims.vision_layers_run * clip_layer_flops(dims.vision_tokens, dims.vision_width, dims.vision_mlp)
@@ -289,6 +298,7 @@ def compression_section(
             compressed[batch][name] = result
             op_s = stats[name].median
             text_s = stats[f"text:{name}"].median if f"text:{name}" in stats else 0.0
+            select_s = stats[f"select:{name}"].median if f"select:{name}" in stats else None
             rows.append(
                 {
                     "config": name,
@@ -302,5 +312,7 @@ def compression_section(
                     "flops_share_of_clip": compression_flops(cfg, batch, dims, QUESTION_TOKENS) / clip_flops,
                 }
             )
+            if select_s is not None:  # DivPrune / CDPruner: the selection without the projector on all N patches
+                rows[-1].update(selection_s=select_s, selection_ratio_to_clip=select_s / clip_s)
         out["batches"][str(batch)] = {"clip_forward_s": clip_s, "rows": rows}
     return out, compressed
