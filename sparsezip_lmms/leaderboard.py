@@ -151,6 +151,18 @@ def collect(paths: list[str | Path]) -> list[Row]:
     return list(rows.values()) + problems
 
 
+IN_LLM_MODELS = {"llava_sparsevlm"}  # their visual tokens are a layer average ("equal tokens")
+IN_LLM_TOLERANCE = 0.05
+
+
+def named_budget(config_label: str) -> int | None:
+    """The token budget a config's name states (``sparsezip_64`` -> 64, ``ablations/x`` -> None)."""
+    import re
+
+    found = re.search(r"_(\d+)$", config_label.split(",")[0])
+    return int(found.group(1)) if found else None
+
+
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
@@ -198,6 +210,10 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
             errors = [m.get("eff_first_error") for m in row.tasks.values() if m.get("eff_first_error")]
             notes.append(f"FAILED: {cells['failed requests']} requests" + (f" (first error: {errors[0]})" if errors else ""))
         notes += row.problems
+        budget, tokens = named_budget(row.config), cells["visual tokens"]
+        limit = None if budget is None else budget * (1 + IN_LLM_TOLERANCE if row.model in IN_LLM_MODELS else 1)
+        if limit is not None and tokens is not None and tokens > limit + 1e-9:
+            notes.append(f"OVER BUDGET: {tokens:.1f} visual tokens for a {budget}-token config")
         if base is None and row.model != "?":
             notes.append(f"no {baseline_model} row for this checkpoint and dtype")
         missing = [TASK_LABEL[f] for f in families if f not in row.tasks and row.model != "?"]

@@ -94,3 +94,16 @@ def test_build_writes_markdown_csv_and_png(results_dir, tmp_path):
 def test_empty_input_still_gives_a_table(tmp_path):
     markdown = build([tmp_path], tmp_path / "out")
     assert markdown.startswith("| model |")
+
+
+def test_rows_over_their_named_budget_are_flagged(tmp_path):
+    _write(tmp_path / "a_results.json", "llava_sparsezip", "pretrained=a/b,config=sparsezip_64", _pope(0.5, 1.0, 87, 1.0))
+    _write(tmp_path / "b_results.json", "llava_visionzip", "pretrained=a/b,config=visionzip_64", _pope(0.5, 1.0, 64, 1.0))
+    _write(tmp_path / "c_results.json", "llava_sparsevlm", "pretrained=a/b,config=sparsevlm_64", _pope(0.5, 1.0, 66.5, 1.0))
+    _write(tmp_path / "d_results.json", "llava_sparsevlm", "pretrained=a/b,config=sparsevlm_128", _pope(0.5, 1.0, 140, 1.0))
+    _, rows = table(collect([tmp_path]))
+    notes = {r["config"]: r["notes"] for r in rows}
+    assert "OVER BUDGET: 87.0 visual tokens for a 64-token config" in notes["sparsezip_64"]
+    assert "OVER BUDGET" not in notes["visionzip_64"]
+    assert "OVER BUDGET" not in notes["sparsevlm_64"]  # in-LLM: equal tokens within 5 %
+    assert "OVER BUDGET: 140.0 visual tokens for a 128-token config" in notes["sparsevlm_128"]

@@ -15,6 +15,7 @@ plus the vision tower, the projector and the compression method's own work.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -100,15 +101,18 @@ def compression_flops(config, n_images: int, dims: Dims, text_tokens: int = 0, c
             # greedy MAP: step t updates N entries against t earlier vectors
             per_image += n * c * p + n * p + n * n + n * k * (k + 1) // 2
         return n_images * per_image + clip_text_flops
-    # CLS-row attention from one query row against all keys, per head: (1+N)·c
-    capture = (n + 1) * c
+    # the capture recomputes the feature layer's projections it reads: the CLS query row (c·c) and the
+    # keys of all 1+N tokens ((1+N)·c·c), then the CLS row against them ((1+N)·c)
+    capture = c * c + (n + 1) * c * c + (n + 1) * c
     if method == "visionzip":
         remaining = n - (config.dominant - 1)
         return n_images * (capture + remaining * config.contextual * ck)
     # sparsezip
     per_image = capture
-    if not config.skip_hybrid_attn:
-        per_image += n * n * ck  # cosine similarities for the mutual-information term
+    if not (config.skip_hybrid_attn and config.skip_dynamic_k):
+        # cosine similarities of the mutual-information term: the hybrid score runs whenever it ranks the
+        # patches or dynamic K reads it
+        per_image += n * n * ck
     if config.cross_beta > 0 and text_tokens:
         if config.text_space == "vision":
             # question -> CLIP space through the folded (W2·W1)ᵀ (made once per model), then cosine with every patch
@@ -116,10 +120,15 @@ def compression_flops(config, n_images: int, dims: Dims, text_tokens: int = 0, c
         else:
             # every patch -> LLM space through the projector, then cosine with the question
             per_image += n * (c * dims.llm_width + dims.llm_width * dims.llm_width) + text_tokens * n * dims.llm_width
-    if not config.skip_ctx_merge:
+    if not config.skip_ctx_merge and config.merging.contextual_num > 0:
         k = config.merging.contextual_num
-        seeds = max(k, int(round(config.merging.kmeans_init_factor * k)))
-        per_image += (config.merging.kmeans_iters + 1) * n * seeds * ck
+        if config.merge == "visionzip":
+            per_image += n * k * ck  # every remaining token against the k targets
+        else:
+            m = config.merging
+            # as compress.cluster.cluster_merge: ceil(factor·k) seeds only when reducing agglomeratively
+            seeds = max(k, math.ceil(m.kmeans_init_factor * k)) if m.agglomerative else k
+            per_image += (m.kmeans_iters + 1) * n * seeds * ck
     return n_images * per_image
 
 
