@@ -1,4 +1,4 @@
-"""Command line: ``python -m sparsezip_lmms {demo,doctor,leaderboard,bench,tasks-path,configs,show-config}``."""
+"""Command line: ``python -m sparsezip_lmms {demo,doctor,leaderboard,bench,calibrate,import-config,tasks-path,configs,show-config}``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ _WITH_OWN_OPTIONS = {
     "doctor": ("sparsezip_lmms.doctor", "main"),
     "leaderboard": ("sparsezip_lmms.leaderboard", "main"),
     "bench": ("sparsezip_lmms.bench", "main"),
+    "calibrate": ("sparsezip_lmms.calibrate", "main"),
+    "import-config": ("sparsezip_lmms.seed_config", "main"),
 }
 
 
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("leaderboard", help="merge results folders into a table (Markdown, CSV) and a Pareto plot", add_help=False)
     sub.add_parser("bench", help="speed benchmark of every part (table + JSON)", add_help=False)
+    sub.add_parser("calibrate", help="fit SparseZip's dynamic K on a task's images and write a config", add_help=False)
+    sub.add_parser("import-config", help="convert a seed SparseZip YAML into this package's config", add_help=False)
     if argv and argv[0] in _WITH_OWN_OPTIONS:
         return _run_with_own_options(argv[0], argv[1:])
     args = parser.parse_args(argv)

@@ -62,8 +62,9 @@ def max_visual_tokens(config: CompressionConfig, patches: int) -> int:
     if isinstance(config, VisionZipConfig):
         return config.dominant + min(config.contextual, tokens - config.dominant)
     if isinstance(config, SparseZipConfig):
-        dominant = config.dominant if config.skip_dynamic_k else config.k_max
-        merged = 0 if config.skip_ctx_merge else config.merging.contextual_num
+        k_max = max(config.k_max, config.dominant) if config.dynk.widen_to_dominant else config.k_max
+        dominant = (config.dominant if config.skip_dynamic_k else k_max) + (0 if config.k_counts_cls else 1)  # + CLS
+        merged = 0 if (config.merge == "none" and not config.skip_ctx_merge) else config.merging.contextual_num
         return dominant + min(merged, tokens - dominant)
     if isinstance(config, (RandomKeepConfig, PoolConfig, DivPruneConfig, CDPrunerConfig)):
         return config.keep
@@ -91,10 +92,11 @@ def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
     if isinstance(config, VisionZipConfig):
         _at_most("dominant", config.dominant, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
     elif isinstance(config, SparseZipConfig):
+        limit, what = (n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)") if config.k_counts_cls else (n, f"the {n} patches per image")
         if config.skip_dynamic_k:
-            _at_most("dominant", config.dominant, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
+            _at_most("dominant", config.dominant, limit, what)
         else:
-            _at_most("k_max", config.k_max, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
+            _at_most("k_max", config.k_max, limit, what)
     elif isinstance(config, (RandomKeepConfig, PoolConfig, DivPruneConfig, CDPrunerConfig)):
         if config.keep >= n:
             raise ConfigError(

@@ -83,3 +83,15 @@ def test_cli_bad_model_args_name_the_key(tmp_path, mini_tasks, tiny_checkpoint):
         _run(tmp_path, mini_tasks, tiny_checkpoint, "llava_sparsezip", "sparsezip_64,merging.contextual_nmu=3", 1, tasks=("pope",))
     assert "unknown key 'merging.contextual_nmu'" in str(info.value)
     assert not list(tmp_path.rglob("*_results.json"))
+
+
+def test_seed_config_row_shows_its_real_token_count(tmp_path, mini_tasks, tiny_checkpoint):
+    """The seed's "64-token" SparseZip sends 1 + 54 + 32 = 87 tokens; the leaderboard says so."""
+    from sparsezip_lmms.leaderboard import collect, table
+
+    run = _run(tmp_path, mini_tasks, tiny_checkpoint, "llava_sparsezip", "sparsezip_seed_pope", 2, tasks=("pope",))
+    for rows in run.samples.values():
+        assert all(row["eff_record"]["visual_tokens"] == 87 for row in rows)
+    _, rows = table(collect([tmp_path]))
+    (row,) = [r for r in rows if r["config"] == "sparsezip_seed_pope"]
+    assert row["visual tokens"] == 87 and "OVER BUDGET" not in row["notes"]  # its name states no budget

@@ -132,7 +132,7 @@ def test_baseline_bad_input():
         keep_all(bad)
 
 
-@pytest.mark.parametrize("name", [n for n in available_configs() if not n.startswith("sparsevlm")])
+@pytest.mark.parametrize("name", [n for n in available_configs() if load_config(n).method not in ("sparsevlm", "divprune", "cdpruner")])
 def test_dispatch_every_config(name):
     config = load_config(name)
     hidden, cls_attn, keys = golden_inputs()
@@ -144,7 +144,9 @@ def test_dispatch_every_config(name):
         budget["visionzip"] = config.dominant + config.contextual
         assert torch.equal(out.tokens, visionzip(hidden, cls_attn, keys, config.dominant, config.contextual).tokens)
     if config.method == "sparsezip":
-        budget["sparsezip"] = config.k_max + config.merging.contextual_num
+        from sparsezip_lmms.budgets import max_visual_tokens
+
+        budget["sparsezip"] = max_visual_tokens(config, 576)
         ref = sparsezip(hidden, cls_attn, keys, config, text if needs_text(config) else None)
         assert torch.equal(out.tokens, ref.tokens)
     assert (out.counts <= budget[config.method]).all()
@@ -155,6 +157,9 @@ def test_dispatch_rejects_other_configs():
     hidden, cls_attn, keys = golden_inputs()
     with pytest.raises(ValueError, match="config"):
         compress(hidden, cls_attn, keys, load_config("sparsevlm_64"))
+    for name in ("divprune_64", "cdpruner_64"):  # they select among the projected tokens
+        with pytest.raises(ValueError, match="selects among the projected tokens"):
+            compress(hidden, cls_attn, keys, load_config(name))
     with pytest.raises(ValueError, match="config"):
         compress(hidden, cls_attn, keys, {"method": "visionzip"})
     with pytest.raises(ValueError, match="cls_attn"):

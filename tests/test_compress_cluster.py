@@ -164,3 +164,48 @@ def test_weighted_cluster_tokens_exact():
     # ordered by first member position: cluster 1 (positions 0,1) before cluster 0 (2,3); cluster 2 empty
     assert tokens[0, :, 0].tolist() == [2.5, 15.0, 0.0]
     assert valid.tolist() == [[True, True, False]]
+
+
+def test_agglomerate_midpoint_rule():
+    from sparsezip_lmms.compress.cluster import agglomerate_midpoint
+
+    c = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.0, -1.0]]], dtype=torch.float64)
+    buf, alive = agglomerate_midpoint(c, torch.ones(1, 4, dtype=torch.bool), 3)
+    assert alive.tolist() == [[False, True, False, True, True]]  # 0 and 2 merged, appended last
+    assert torch.equal(buf[0, 4], (c[0, 0] + c[0, 2]) / 2)
+    buf, alive = agglomerate_midpoint(c, torch.ones(1, 4, dtype=torch.bool), 2)
+    assert alive.sum() == 2
+
+
+def test_cluster_tokens_plain_mean_cluster_order_and_zero_tokens():
+    from sparsezip_lmms.compress.cluster import weighted_cluster_tokens
+
+    hidden = torch.arange(12, dtype=torch.float64).view(1, 4, 3)
+    labels = torch.tensor([[2, 0, 2, 5]])  # label 5 >= 3 clusters: dropped
+    member = torch.ones(1, 4, dtype=torch.bool)
+    tokens, valid = weighted_cluster_tokens(hidden, labels, member, None, 3, order="cluster", empty_token="zero")
+    assert valid.all()
+    assert torch.equal(tokens[0, 0], hidden[0, 1]) and (tokens[0, 1] == 0).all()
+    assert torch.equal(tokens[0, 2], (hidden[0, 0] + hidden[0, 2]) / 2)
+    tokens, valid = weighted_cluster_tokens(hidden, labels, member, None, 3)
+    assert valid.tolist() == [[True, True, False]] and torch.equal(tokens[0, 0], tokens[0, 0])
+
+
+def test_cluster_merge_replays_recorded_seeds():
+    from sparsezip_lmms.compress.cluster import cluster_merge
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 30, 4, generator=g, dtype=torch.float64)
+    keys = torch.randn(2, 30, 3, generator=g, dtype=torch.float64)
+    member = torch.ones(2, 30, dtype=torch.bool)
+    member[:, :5] = False
+    init = torch.tensor([[0, 7, 3, 12], [24, 1, 2, 3]])
+    trace = {}
+    kw = {"init_factor": 2.0, "iters": 0, "agglomerative": False, "seed": 0, "seeds": "factor", "order": "cluster"}
+    cluster_merge(hidden, keys, member, None, 2, init=init, trace=trace, **kw)
+    labels = trace["labels"]
+    assert (labels[:, :5] == -1).all()
+    for b in range(2):  # iters 0: every member goes to its nearest replayed seed
+        unit = keys[b, 5:] / keys[b, 5:].norm(dim=-1, keepdim=True)
+        seeds = unit[init[b]]
+        assert torch.equal(labels[b, 5:], torch.cdist(unit, seeds).argmin(1))

@@ -145,7 +145,7 @@ def test_reduces_to_visionzip_parity():
 
 def test_skip_dynamic_k_and_skip_ctx_merge():
     hidden, cls_attn, keys = golden_inputs()
-    out = sparsezip(hidden, cls_attn, keys, cfg(skip_dynamic_k=True, dominant=40, skip_ctx_merge=True))
+    out = sparsezip(hidden, cls_attn, keys, cfg(skip_dynamic_k=True, dominant=40, merge="none"))
     assert out.tokens.shape == (3, 40, 64) and out.valid.all() and (out.index >= 0).all()
     out = sparsezip(hidden, cls_attn, keys, cfg(**{"merging.contextual_num": 0}))
     assert (out.index[out.valid] >= 0).all()
@@ -165,7 +165,7 @@ def test_hybrid_off_changes_which_not_how_many():
 
 def test_skip_hybrid_attn_keeps_top_attention():
     hidden, cls_attn, keys = synthetic_inputs(b=2, n=49)
-    config = cfg(skip_hybrid_attn=True, skip_dynamic_k=True, dominant=9, skip_ctx_merge=True)
+    config = cfg(skip_hybrid_attn=True, skip_dynamic_k=True, dominant=9, merge="none")
     out = sparsezip(hidden, cls_attn, keys, config)
     top = cls_attn[:, :, 1:].mean(1).topk(8, dim=1).indices.sort(1).values + 1
     assert torch.equal(out.index[:, 1:], top)
@@ -174,12 +174,12 @@ def test_skip_hybrid_attn_keeps_top_attention():
 def test_text_term_steers_selection():
     hidden, cls_attn, keys = synthetic_inputs(b=2, n=49)
     text = torch.randn(2, 49, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    config = cfg(skip_dynamic_k=True, dominant=9, skip_ctx_merge=True, cross_beta=1000.0)
+    config = cfg(skip_dynamic_k=True, dominant=9, merge="none", cross_beta=1000.0)
     out = sparsezip(hidden, cls_attn, keys, config, text)
     assert torch.equal(out.index[:, 1:], text.topk(8, dim=1).indices.sort(1).values + 1)
     # beta 0 or no text: identical results
-    base = sparsezip(hidden, cls_attn, keys, cfg(skip_dynamic_k=True, dominant=9, skip_ctx_merge=True))
-    off = sparsezip(hidden, cls_attn, keys, cfg(skip_dynamic_k=True, dominant=9, skip_ctx_merge=True, cross_beta=0.0), text)
+    base = sparsezip(hidden, cls_attn, keys, cfg(skip_dynamic_k=True, dominant=9, merge="none"))
+    off = sparsezip(hidden, cls_attn, keys, cfg(skip_dynamic_k=True, dominant=9, merge="none", cross_beta=0.0), text)
     assert torch.equal(base.index, off.index)
 
 
@@ -269,3 +269,76 @@ def test_bad_inputs():
         sparsezip(hidden, cls_attn, bad_keys, SparseZipConfig())
     with pytest.raises(ValueError, match="cls_attn"):
         sparsezip(hidden, cls_attn[:, :, :5], keys, SparseZipConfig())
+
+
+# --------------------------------------------------------------------------- seed switches and defaults
+
+_SEED_SET = __import__("pathlib").Path(__file__).parent / "data" / "sparsezip_seed" / "cases.safetensors"
+
+
+def _seed_inputs():
+    from safetensors.torch import load_file
+
+    t = load_file(str(_SEED_SET))
+    return t["hidden"], t["cls_attn"], t["keys"], t["text_rel"][:, 1:]
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.3, 1.0])
+def test_text_term_weight_is_cross_beta(beta):
+    """Default text_weight 'relative': std(text term) / std(visual score) = cross_beta (±20 %), per image
+    over its patches, averaged over images, on the seed set's inputs and text relevance. The old
+    'absolute' term (cross_beta · zscore next to min-max terms) weighs ~6× more than configured."""
+    from sparsezip_lmms.compress import sparsezip_trace
+
+    hidden, cls_attn, keys, rel = _seed_inputs()
+    visual = sparsezip_trace(hidden, cls_attn, keys, cfg(cross_beta=0.0)).scores  # [B, N]
+    ratio = {}
+    for weight in ("relative", "absolute"):
+        fused = sparsezip_trace(hidden, cls_attn, keys, cfg(cross_beta=beta, text_weight=weight), rel).scores
+        ratio[weight] = float(((fused - visual).std(1) / visual.std(1)).mean())
+    assert abs(ratio["relative"] / beta - 1) <= 0.2
+    assert ratio["absolute"] / beta > 3
+
+
+def test_default_dynamic_k_spreads_on_the_seed_set():
+    from sparsezip_lmms.compress import sparsezip_trace
+
+    hidden, cls_attn, keys, rel = _seed_inputs()
+    k = sparsezip_trace(hidden, cls_attn, keys, cfg(), rel).k + 1  # CLS counted
+    assert len(set(k.tolist())) > 1 and (k > 32).all() and (k < 54).all()
+
+
+def test_skip_ctx_merge_is_the_visionzip_merge_and_merge_none_has_no_contextual_tokens():
+    hidden, cls_attn, keys = golden_inputs()
+    skip = sparsezip(hidden, cls_attn, keys, cfg(skip_ctx_merge=True))
+    vz = sparsezip(hidden, cls_attn, keys, cfg(merge="visionzip"))
+    assert torch.equal(skip.tokens, vz.tokens) and torch.equal(skip.index, vz.index)
+    none = sparsezip(hidden, cls_attn, keys, cfg("ablations/merge_off"))
+    assert (none.index[none.valid] >= 0).all()
+    assert torch.equal(none.counts, vz.counts - 10)
+
+
+def test_k_counts_cls_false_adds_cls_on_top():
+    hidden, cls_attn, keys = golden_inputs()
+    with_cls = sparsezip(hidden, cls_attn, keys, cfg(skip_dynamic_k=True, dominant=20, merge="none"))
+    without = sparsezip(hidden, cls_attn, keys, cfg(skip_dynamic_k=True, dominant=20, merge="none", k_counts_cls=False))
+    assert with_cls.counts.tolist() == [20] * 3 and without.counts.tolist() == [21] * 3
+    with pytest.raises(ValueError, match="dominant"):
+        sparsezip(hidden, cls_attn, keys, cfg(skip_dynamic_k=True, dominant=577, k_counts_cls=False))
+
+
+def test_dynamic_k_reads_the_ranking_score_and_widens_to_dominant():
+    from sparsezip_lmms.compress import sparsezip_trace
+
+    hidden, cls_attn, keys, rel = _seed_inputs()
+    base = {"dynk.scale": 30.0, "dynk.c": 200.0, "k_min": 1, "k_max": 500, "cross_beta": 1.0}
+    visual = sparsezip_trace(hidden, cls_attn, keys, cfg(**base), rel)
+    ranking = sparsezip_trace(hidden, cls_attn, keys, cfg(**base, **{"dynk.source": "ranking"}), rel)
+    for out, source in ((visual, sparsezip_trace(hidden, cls_attn, keys, cfg(cross_beta=0.0)).scores), (ranking, ranking.scores)):
+        expect = torch.round(200.0 + 30.0 * torch.log(source.var(1, unbiased=False) + 1e-3)).long() - 1
+        assert torch.equal(out.k, expect)
+    assert not torch.equal(visual.k, ranking.k)
+    narrow = {"dynk.c": 1000.0, "k_min": 10, "k_max": 20, "dominant": 30}
+    assert sparsezip_trace(hidden, cls_attn, keys, cfg(**narrow), rel).k.tolist() == [19] * 3
+    wide = sparsezip_trace(hidden, cls_attn, keys, cfg(**narrow, **{"dynk.widen_to_dominant": True}), rel).k
+    assert wide.tolist() == [29] * 3

@@ -162,3 +162,24 @@ def test_zscore():
     z = zscore(x, dim=1)
     assert torch.allclose(z[0], torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64) * (1.5**0.5))
     assert (z[1] == 0).all()
+
+
+def test_seed_key_relevance_definition_and_padding():
+    from sparsezip_lmms.compress import seed_key_relevance, seed_zscore
+
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(2, 7, 5, generator=g, dtype=torch.float64)
+    text = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)  # D = 3 < Ck = 5: zero-padded
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    rel = seed_key_relevance(keys, text, mask)
+    assert rel.dtype == torch.float32 and rel.shape == (2, 7)
+    for b in range(2):
+        t = text[b][mask[b]].mean(0)
+        t = torch.nn.functional.pad(t / t.norm(), (0, 2))
+        expect = (keys[b] / keys[b].norm(dim=-1, keepdim=True)) @ t
+        assert torch.allclose(rel[b].double(), expect, atol=1e-6)
+    x = torch.randn(3, 10, generator=g, dtype=torch.float64)
+    z = seed_zscore(x, dim=1)
+    assert torch.allclose(z.std(1), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="keys"):
+        seed_key_relevance(keys[0], text)

@@ -55,7 +55,7 @@ def test_ablations_change_exactly_their_switch():
     expected = {
         "ablations/hybrid_off": {"skip_hybrid_attn": True},
         "ablations/dynamic_k_off": {"skip_dynamic_k": True},
-        "ablations/merge_off": {"skip_ctx_merge": True},
+        "ablations/merge_off": {"merge": "none"},
         "ablations/text_off": {"cross_beta": 0.0},
         "ablations/text_space_llm": {"text_space": "llm"},
         "ablations/merge_visionzip": {"merge": "visionzip"},

@@ -30,7 +30,7 @@ def test_mutual_information_is_counted_whenever_the_hybrid_score_runs():
 def test_kmeans_seed_count_follows_the_clustering():
     plain = load_config("sparsezip_64", {"skip_hybrid_attn": True, "skip_dynamic_k": True})
     agglomerative = load_config("sparsezip_64", {"skip_hybrid_attn": True, "skip_dynamic_k": True, "merging.agglomerative": True})
-    no_merge = load_config("sparsezip_64", {"skip_hybrid_attn": True, "skip_dynamic_k": True, "skip_ctx_merge": True})
+    no_merge = load_config("sparsezip_64", {"skip_hybrid_attn": True, "skip_dynamic_k": True, "merge": "none"})
     k, m = plain.merging.contextual_num, plain.merging
     assert compression_flops(plain, 1, DIMS) - compression_flops(no_merge, 1, DIMS) == (m.kmeans_iters + 1) * N * k * CK
     seeds = math.ceil(m.kmeans_init_factor * k)

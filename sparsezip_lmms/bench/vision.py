@@ -220,9 +220,7 @@ def compression_case(bench: VisionBench, inputs: ScoringInputs, config, question
     def run():
         relevance = None
         if use_text:
-            relevance = text_relevance(
-                inputs.hidden[:, 1:], text_embeds, text_mask, bench.projector, config.text_space, _pull_back(bench, config)
-            )  # [B, N]
+            relevance = _relevance(bench, inputs, config, text_embeds, text_mask)  # [B, N]
         fingerprints = image_keys(pixels) if pixels is not None else None
         return compress(inputs.hidden, cls_attn, keys, config, text_relevance=relevance, image_keys=fingerprints)
 
@@ -250,7 +248,17 @@ def _dims(bench: VisionBench) -> Dims:
 def text_case(bench: VisionBench, inputs: ScoringInputs, config, question) -> Callable[[], object]:
     text_embeds, text_mask = question
     pull_back = _pull_back(bench, config)
-    return lambda: text_relevance(inputs.hidden[:, 1:], text_embeds, text_mask, bench.projector, config.text_space, pull_back)
+    return lambda: _relevance(bench, inputs, config, text_embeds, text_mask, pull_back)
+
+
+def _relevance(bench: VisionBench, inputs: ScoringInputs, config, text_embeds, text_mask, pull_back=None):
+    """The text relevance ``image_tokens`` computes for a text-aware SparseZip config, [B, N]."""
+    if config.text_source == "seed_keys":  # the seed's (reproduction only)
+        from ..compress import seed_key_relevance
+
+        return seed_key_relevance(inputs.keys, text_embeds, text_mask)[:, 1:]
+    pull_back = pull_back if pull_back is not None else _pull_back(bench, config)
+    return text_relevance(inputs.hidden[:, 1:], text_embeds, text_mask, bench.projector, config.text_space, pull_back)
 
 
 def _pull_back(bench: VisionBench, config) -> PullBack | None:

@@ -19,8 +19,8 @@ from ..config import KeepAllConfig, PoolConfig, RandomKeepConfig, SparseVLMConfi
 from .baselines import image_keys, keep_all, pool, pool_grid, random_keep
 from .cdpruner import cdpruner_relevance, cdpruner_select
 from .divprune import divprune_select
-from .sparsezip import dynamic_k, fit_dynamic_k, hybrid_scores, hybrid_terms, sparsezip
-from .text import PullBack, projector_pull_back, text_relevance, zscore
+from .sparsezip import SparseZipTrace, dynamic_k, fit_dynamic_k, hybrid_scores, hybrid_terms, sparsezip, sparsezip_trace
+from .text import PullBack, projector_pull_back, seed_key_relevance, seed_zscore, text_relevance, zscore
 from .types import Compressed
 from .visionzip import visionzip
 
@@ -42,6 +42,10 @@ __all__ = [
     "pool_grid",
     "random_keep",
     "sparsezip",
+    "sparsezip_trace",
+    "SparseZipTrace",
+    "seed_key_relevance",
+    "seed_zscore",
     "text_relevance",
     "PullBack",
     "projector_pull_back",

@@ -12,7 +12,15 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["agglomerate_average", "assign", "cluster_merge", "kmeans_pp_init", "lloyd", "weighted_cluster_tokens"]
+__all__ = [
+    "agglomerate_average",
+    "agglomerate_midpoint",
+    "assign",
+    "cluster_merge",
+    "kmeans_pp_init",
+    "lloyd",
+    "weighted_cluster_tokens",
+]
 
 
 def _sq_dist(points: Tensor, centres: Tensor) -> Tensor:
@@ -53,16 +61,38 @@ def assign(points: Tensor, centres: Tensor, centre_valid: Tensor) -> Tensor:
     return d.argmin(dim=2)
 
 
-def lloyd(points: Tensor, mask: Tensor, centres: Tensor, centre_valid: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+def lloyd(
+    points: Tensor,
+    mask: Tensor,
+    centres: Tensor,
+    centre_valid: Tensor,
+    iters: int,
+    reseed: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """``iters`` Lloyd steps (assign, then move each centre to the mean of its points), then a final
-    assignment. An emptied centre keeps its position (no NaN). Returns (centres [B, K, D], labels [B, M])."""
-    k = centres.shape[1]
+    assignment. Returns (centres [B, K, D], labels [B, M]).
+
+    An emptied centre keeps its position (no NaN), or, with ``reseed`` [B, R] long (point positions in
+    draw order, −1 = none left), moves onto the next drawn point: draws are consumed per image in the order
+    (step, centre), as a sequential implementation re-seeding each empty centre in turn would.
+    """
+    b, k = centres.shape[:2]
     ids = torch.arange(k, device=points.device)  # [K]
+    used = torch.zeros(b, 1, dtype=torch.long, device=points.device)  # [B, 1] reseed draws consumed
     for _ in range(iters):
         labels = assign(points, centres, centre_valid)  # [B, M]
         one_hot = ((labels.unsqueeze(-1) == ids) & mask.unsqueeze(-1)).to(points.dtype)  # [B, M, K]
         counts = one_hot.sum(1).unsqueeze(-1)  # [B, K, 1]
         means = one_hot.transpose(1, 2) @ points / counts.clamp_min(1)  # [B, K, D]
+        if reseed is not None and reseed.shape[1] > 0:
+            empty = (counts.squeeze(-1) == 0) & centre_valid  # [B, K]
+            slot = (used + empty.long().cumsum(1) - 1).clamp(0, reseed.shape[1] - 1)  # [B, K] draw of each centre
+            pos = reseed.gather(1, slot)  # [B, K] point position, -1 when no draw is left
+            drawn = points.gather(1, pos.clamp_min(0).unsqueeze(-1).expand(-1, -1, points.shape[-1]))  # [B, K, D]
+            empty = empty & (pos >= 0)
+            means = torch.where(empty.unsqueeze(-1), drawn, means)
+            counts = counts + empty.unsqueeze(-1).to(counts.dtype)  # a re-seeded centre moves
+            used = used + empty.sum(1, keepdim=True)
         centres = torch.where(counts > 0, means, centres)
     return centres, assign(points, centres, centre_valid)
 
@@ -105,58 +135,162 @@ def agglomerate_average(centres: Tensor, centre_valid: Tensor, n_clusters: int) 
     return rank.gather(1, owner)
 
 
-def weighted_cluster_tokens(
-    hidden: Tensor, labels: Tensor, member: Tensor, weights: Tensor, n_clusters: int
-) -> tuple[Tensor, Tensor]:
-    """Weighted mean of the hidden states of each cluster, clusters ordered by their first member.
+def agglomerate_midpoint(centres: Tensor, centre_valid: Tensor, n_clusters: int) -> tuple[Tensor, Tensor]:
+    """The seed's reduction of the centres to ``n_clusters``: repeatedly take the valid pair (i < j) with
+    the largest cosine (first maximum in row-major order of the current list), drop both and append
+    their midpoint (unweighted, not renormalised) at the end of the list.
 
-    hidden [B, M, C]; labels [B, M] in 0..n_clusters−1; member [B, M] bool; weights [B, M] > 0.
-    Returns (tokens [B, n_clusters, C], valid [B, n_clusters]); empty clusters are invalid zeros.
+    centres [B, K, D]; centre_valid [B, K]. Returns (centres [B, K + S, D], valid [B, K + S]), S = the
+    merge steps: a buffer in list order (survivors in their order, then merged centres in merge order),
+    of which the valid rows are the surviving centres.
+    """
+    b, k, d = centres.shape
+    steps = max(0, k - n_clusters)
+    buf = torch.cat([centres, centres.new_zeros(b, steps, d)], 1)  # [B, K+S, D]
+    alive = torch.cat([centre_valid, centre_valid.new_zeros(b, steps)], 1)  # [B, K+S]
+    width = k + steps
+    ids = torch.arange(width, device=centres.device)  # [K+S]
+    for step in range(steps):  # one merge per step, batched over images
+        go = alive.sum(1) > n_clusters  # [B]
+        unit = buf / (buf.norm(dim=-1, keepdim=True) + 1e-12)  # [B, W, D]
+        sim = unit @ unit.transpose(1, 2)  # [B, W, W]
+        sim = sim.masked_fill(torch.eye(width, dtype=torch.bool, device=buf.device), -1.0)
+        pair_ok = alive.unsqueeze(1) & alive.unsqueeze(2)  # [B, W, W]
+        flat = sim.masked_fill(~pair_ok, float("-inf")).flatten(1).argmax(1)  # [B]; symmetric → i < j
+        i, j = flat // width, flat % width  # [B], [B]
+        mid = (buf.gather(1, i.view(b, 1, 1).expand(b, 1, d)) + buf.gather(1, j.view(b, 1, 1).expand(b, 1, d))) / 2
+        slot = k + step
+        buf[:, slot] = torch.where(go.unsqueeze(-1), mid.squeeze(1), buf[:, slot])
+        drop = ((ids == i.unsqueeze(1)) | (ids == j.unsqueeze(1))) & go.unsqueeze(1)  # [B, W]
+        alive = (alive & ~drop) | ((ids == slot) & go.unsqueeze(1))
+    return buf, alive
+
+
+def weighted_cluster_tokens(
+    hidden: Tensor,
+    labels: Tensor,
+    member: Tensor,
+    weights: Tensor | None,
+    n_clusters: int,
+    order: str = "position",
+    empty_token: str = "drop",
+) -> tuple[Tensor, Tensor]:
+    """Weighted mean of the hidden states of each cluster 0..n_clusters−1 (points with a label ≥
+    n_clusters belong to no token).
+
+    hidden [B, M, C]; labels [B, M] long; member [B, M] bool; weights [B, M] > 0, or None for the plain mean.
+    ``order``: "position" = clusters ordered by their first member, "cluster" = by label.
+    ``empty_token``: "drop" = an empty cluster is an invalid zero row, "zero" = a valid zero token.
+    Returns (tokens [B, n_clusters, C], valid [B, n_clusters]).
     """
     m = hidden.shape[1]
     ids = torch.arange(n_clusters, device=hidden.device)  # [S]
     one_hot = (labels.unsqueeze(-1) == ids) & member.unsqueeze(-1)  # [B, M, S]
-    w = one_hot.to(hidden.dtype) * weights.to(hidden.dtype).unsqueeze(-1)  # [B, M, S]
+    w = one_hot.to(hidden.dtype)  # [B, M, S]
+    if weights is not None:
+        w = w * weights.to(hidden.dtype).unsqueeze(-1)
     total = w.sum(1)  # [B, S]
     total = total.clamp_min(torch.finfo(hidden.dtype).tiny)  # empty clusters: 0 / tiny = 0, no NaN
     tokens = w.transpose(1, 2) @ hidden / total.unsqueeze(-1)  # [B, S, C]
     valid = one_hot.any(1)  # [B, S]
-    positions = torch.arange(m, device=hidden.device).view(1, m, 1)
-    first = torch.where(one_hot, positions, m).amin(1)  # [B, S] lowest member position (m if empty)
-    order = first.argsort(dim=1, stable=True)  # [B, S]
-    valid = valid.gather(1, order)
-    tokens = tokens.gather(1, order.unsqueeze(-1).expand_as(tokens)).masked_fill(~valid.unsqueeze(-1), 0)
+    if order == "position":
+        positions = torch.arange(m, device=hidden.device).view(1, m, 1)
+        first = torch.where(one_hot, positions, m).amin(1)  # [B, S] lowest member position (m if empty)
+        perm = first.argsort(dim=1, stable=True)  # [B, S]
+        valid = valid.gather(1, perm)
+        tokens = tokens.gather(1, perm.unsqueeze(-1).expand_as(tokens))
+    tokens = tokens.masked_fill(~valid.unsqueeze(-1), 0)
+    if empty_token == "zero":
+        valid = torch.ones_like(valid)
     return tokens, valid
+
+
+def _member_positions(member: Tensor, rank: Tensor) -> Tensor:
+    """Positions [B, R] of the ``rank``-th member (ascending position) of each row of ``member`` [B, M];
+    −1 where rank is negative or beyond the members."""
+    m = member.shape[1]
+    order = torch.sort((~member).to(torch.uint8), dim=1, stable=True).indices  # [B, M] members first, ascending
+    count = member.sum(1, keepdim=True)  # [B, 1]
+    ok = (rank >= 0) & (rank < count)
+    pos = order.gather(1, rank.clamp(0, m - 1))  # [B, R]
+    return pos.masked_fill(~ok, -1)
 
 
 def cluster_merge(
     hidden: Tensor,
     keys: Tensor,
     member: Tensor,
-    weights: Tensor,
+    weights: Tensor | None,
     contextual: int,
     *,
     init_factor: float,
     iters: int,
     agglomerative: bool,
     seed: int,
+    seeds: str = "budget",
+    linkage: str = "average",
+    order: str = "position",
+    empty: str = "keep",
+    empty_token: str = "drop",
+    init: Tensor | None = None,
+    reinit: Tensor | None = None,
+    trace: dict | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Contextual tokens of the tokens in ``member`` by k-means (optionally + agglomeration).
 
-    hidden [B, M, C]; keys [B, M, Ck]; member [B, M] bool; weights [B, M] > 0 (token importance).
-    k-means++ draws ``contextual`` seeds (``ceil(init_factor · contextual)`` with ``agglomerative``,
-    then reduced to ``contextual``), runs ``iters`` Lloyd steps on the L2-normalised keys, and returns
-    the weighted mean hidden state of each cluster: (tokens [B, contextual, C], valid [B, contextual]).
+    hidden [B, M, C]; keys [B, M, Ck]; member [B, M] bool; weights [B, M] > 0 (token importance) or None
+    (plain mean). k-means++ draws ``contextual`` seeds (``seeds="budget"``: ``ceil(init_factor ·
+    contextual)`` with ``agglomerative``, then reduced to ``contextual``; ``seeds="factor"``: that many
+    always, and without ``agglomerative`` the clusters numbered ≥ ``contextual`` are dropped), runs
+    ``iters`` Lloyd steps on the L2-normalised keys (``empty``: "keep" or "reseed" an emptied centre), and
+    returns the mean hidden state of each cluster: (tokens [B, contextual, C], valid [B, contextual]).
+    ``linkage``: "average" (average-linkage on cosine, tokens follow their centre) or "midpoint" (the
+    seed's rule, :func:`agglomerate_midpoint`, then a re-assignment to the surviving centres).
+
+    ``init`` [B, K] / ``reinit`` [B, R] long replay recorded draws: indices into each image's member list
+    (ascending position), in draw order (−1 = none). Without them the draws come from a CPU generator
+    seeded by ``seed`` (the same uniforms for every image). ``trace``: filled with ``labels`` [B, M]
+    (final cluster id of each member, −1 elsewhere) and ``init`` [B, K] (seed indices into the member list).
     """
     b = hidden.shape[0]
     points = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [B, M, Ck]
-    n_seeds = max(contextual, math.ceil(init_factor * contextual)) if agglomerative else contextual
+    wide = max(contextual, math.ceil(init_factor * contextual))
+    n_seeds = wide if (agglomerative or seeds == "factor") else contextual
     gen = torch.Generator().manual_seed(seed)
-    # the same uniforms for every image: an image's clusters do not depend on its batch position
-    uniforms = torch.rand(n_seeds, generator=gen, dtype=torch.float64).to(points.device).expand(b, n_seeds)
-    centres, centre_valid = kmeans_pp_init(points, member, n_seeds, uniforms)  # [B, K, Ck], [B, K]
-    centres, labels = lloyd(points, member, centres, centre_valid, iters)  # [B, K, Ck], [B, M]
-    if n_seeds > contextual:
-        group = agglomerate_average(centres, centre_valid, contextual)  # [B, K]
-        labels = group.gather(1, labels)  # [B, M]
-    return weighted_cluster_tokens(hidden, labels, member, weights, contextual)
+    count = member.sum(1, keepdim=True)  # [B, 1] points per image
+    if init is not None:
+        if init.dim() != 2 or init.shape[0] != b:
+            raise ValueError(f"kmeans_init must be [B={b}, K] long, got {tuple(init.shape)}")
+        n_seeds = init.shape[1]
+        pos = _member_positions(member, init.to(member.device).long())  # [B, K]
+        centre_valid = pos >= 0  # [B, K]
+        centres = points.gather(1, pos.clamp_min(0).unsqueeze(-1).expand(-1, -1, points.shape[-1]))  # [B, K, Ck]
+        centres = centres * centre_valid.unsqueeze(-1)
+        gen_uniforms = None
+    else:
+        # the same uniforms for every image: an image's clusters do not depend on its batch position
+        uniforms = torch.rand(n_seeds, generator=gen, dtype=torch.float64).to(points.device).expand(b, n_seeds)
+        centres, centre_valid = kmeans_pp_init(points, member, n_seeds, uniforms)  # [B, K, Ck], [B, K]
+        gen_uniforms = uniforms
+    reseed = None
+    if empty == "reseed":
+        if reinit is not None:
+            reseed = _member_positions(member, reinit.to(member.device).long())  # [B, R]
+        else:
+            draws = iters * n_seeds
+            u = torch.rand(draws, generator=gen, dtype=torch.float64).to(points.device).expand(b, draws)
+            reseed = _member_positions(member, (u * count).long())  # [B, R] uniform member ranks
+    centres, labels = lloyd(points, member, centres, centre_valid, iters, reseed)  # [B, K, Ck], [B, M]
+    if agglomerative and n_seeds > contextual:
+        if linkage == "midpoint":
+            buf, alive = agglomerate_midpoint(centres, centre_valid, contextual)  # [B, W, Ck], [B, W]
+            slot = assign(points, buf, alive)  # [B, M] nearest surviving centre
+            labels = (alive.long().cumsum(1) - 1).gather(1, slot)  # [B, M] its rank in list order
+        else:
+            group = agglomerate_average(centres, centre_valid, contextual)  # [B, K]
+            labels = group.gather(1, labels)  # [B, M]
+    if trace is not None:
+        trace["labels"] = labels.masked_fill(~member, -1)
+        trace["init"] = init if init is not None else None
+        trace["uniforms"] = gen_uniforms
+    return weighted_cluster_tokens(hidden, labels, member, weights, contextual, order, empty_token)

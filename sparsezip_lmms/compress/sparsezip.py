@@ -9,12 +9,14 @@ Per image (CLS kept and counted among the dominant tokens, as in VisionZip):
 3. the other patches merged into ``merging.contextual_num`` tokens (k-means on the normalised keys,
    or VisionZip's merge).
 
-See ``docs/ALGORITHMS.md`` for the equations and each switch.
+Config keys switch each step to the seed's executed code (W1nd55/VisionZip-exp 7a86f65,
+``model_configs/sparsezip_seed_*.yaml``). See ``docs/ALGORITHMS.md`` for the equations and each switch.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +24,25 @@ from torch import Tensor
 
 from ..config import SparseZipConfig
 from .cluster import cluster_merge
-from .text import zscore
+from .text import seed_zscore, zscore
 from .types import Compressed, assemble, check_patch_scores, check_scoring_inputs, score_dtype
-from .visionzip import top_mask, visionzip_merge
+from .visionzip import first_positions, top_mask, visionzip_merge
 
-__all__ = ["dynamic_k", "fit_dynamic_k", "hybrid_scores", "hybrid_terms", "minmax", "sparsezip"]
+__all__ = [
+    "SparseZipTrace",
+    "dynamic_k",
+    "dynamic_k_from_statistic",
+    "dynamic_k_statistic",
+    "fit_dynamic_k",
+    "k_from_log_var",
+    "log_variance",
+    "hybrid_scores",
+    "hybrid_terms",
+    "minmax",
+    "normalise",
+    "sparsezip",
+    "sparsezip_trace",
+]
 
 # token weights in the cluster average: min-max score + this floor, so every member counts a little
 _WEIGHT_FLOOR = 1e-3
@@ -39,20 +55,40 @@ def minmax(x: Tensor, dim: int = -1) -> Tensor:
     return (x - lo) / span.clamp_min(torch.finfo(x.dtype).eps)
 
 
-def hybrid_terms(cls_attn: Tensor, keys: Tensor, tau_feat: float, tau_sim: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Raw per-patch terms, each [B, N] in the score dtype (float32/float64).
+def normalise(x: Tensor, mode: str, dim: int = -1) -> Tensor:
+    """Per-image normalisation of a score term: ``minmax`` (:func:`minmax`) or ``zscore`` (the seed's,
+    unbiased std + 1e-12, :func:`seed_zscore`)."""
+    if mode == "minmax":
+        return minmax(x, dim)
+    if mode == "zscore":
+        return seed_zscore(x, dim)
+    raise ValueError(f"score normalisation must be 'minmax' or 'zscore', got {mode!r}")
+
+
+def hybrid_terms(
+    cls_attn: Tensor,
+    keys: Tensor,
+    tau_feat: float,
+    tau_sim: float,
+    key_dtype: torch.dtype | None = None,
+    raw_entropy: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Raw per-patch terms, each [B, N]: attention in the score dtype (float32/float64), entropy and
+    mutual in ``key_dtype`` (default: the score dtype; float32 = the seed's ``keys.float()``).
 
     attention: CLS-row attention averaged over heads;
-    entropy:   H(softmax(k̂_n / tau_feat)) / log Ck over the channels of the unit key k̂_n;
+    entropy:   H(softmax(k̂_n / tau_feat)) / log Ck over the channels of the unit key k̂_n (of the raw
+               key k_n with ``raw_entropy``, as the seed);
     mutual:    1 − H(softmax_{m≠n}(k̂_n·k̂_m / tau_sim)) / log(N−1), a mutual-information proxy
                (low when a patch is similar to many others, high when it has few close neighbours).
     """
     work = score_dtype(cls_attn, keys)
     attn = cls_attn[:, :, 1:].to(work).mean(1)  # [B, N]
-    unit = F.normalize(keys[:, 1:].to(work), dim=-1)  # [B, N, Ck]
+    unit = F.normalize(keys[:, 1:].to(key_dtype or work), dim=-1)  # [B, N, Ck]
     n, ck = unit.shape[1], unit.shape[2]
 
-    p = torch.softmax(unit / tau_feat, dim=-1)  # [B, N, Ck]
+    # raw_entropy: the seed's softmax of the raw (not unit) keys over the channels
+    p = torch.softmax((keys[:, 1:].to(unit.dtype) if raw_entropy else unit) / tau_feat, dim=-1)  # [B, N, Ck]
     entropy = torch.special.entr(p).sum(-1) / math.log(max(ck, 2))  # [B, N]
 
     sim = unit @ unit.transpose(1, 2)  # [B, N, N] cosine similarities
@@ -70,17 +106,21 @@ def hybrid_scores(
     tau_feat: float = 0.15,
     tau_sim: float = 0.08,
     attention_only: bool = False,
+    norm: str = "minmax",
+    key_dtype: torch.dtype | None = None,
+    raw_entropy: bool = False,
 ) -> Tensor:
-    """s = a_attn·mm(attention) + a_ent·mm(entropy) + a_mut·mm(mutual), [B, N]; mm = per-image min–max.
+    """s = a_attn·nm(attention) + a_ent·nm(entropy) + a_mut·nm(mutual), [B, N]; nm = per-image
+    :func:`normalise` (``minmax`` or the seed's ``zscore``).
 
     ``attention_only`` drops the entropy and mutual terms (and does not compute them).
     """
     a_attn, a_ent, a_mut = alphas
     if attention_only:
         work = score_dtype(cls_attn, keys)
-        return a_attn * minmax(cls_attn[:, :, 1:].to(work).mean(1))  # [B, N]
-    attn, entropy, mutual = hybrid_terms(cls_attn, keys, tau_feat, tau_sim)
-    return a_attn * minmax(attn) + a_ent * minmax(entropy) + a_mut * minmax(mutual)  # [B, N]
+        return a_attn * normalise(cls_attn[:, :, 1:].to(work).mean(1), norm)  # [B, N]
+    attn, entropy, mutual = hybrid_terms(cls_attn, keys, tau_feat, tau_sim, key_dtype, raw_entropy)
+    return a_attn * normalise(attn, norm) + a_ent * normalise(entropy, norm) + a_mut * normalise(mutual, norm)  # [B, N]
 
 
 def dynamic_k(scores: Tensor, c: float, eps: float, scale: float, k_min: int, k_max: int) -> Tensor:
@@ -88,9 +128,45 @@ def dynamic_k(scores: Tensor, c: float, eps: float, scale: float, k_min: int, k_
 
     Var is the population variance over the N patch scores of each image.
     """
-    var = scores.var(dim=1, unbiased=False)  # [B]
-    k = torch.round(c + scale * torch.log(var + eps))  # [B]
-    return k.clamp(min=k_min, max=k_max).long()
+    return k_from_log_var(log_variance(scores, eps), c, scale, k_min, k_max)
+
+
+def log_variance(scores: Tensor, eps: float) -> Tensor:
+    """The statistic dynamic K reads: log(Var_n(scores[b, n]) + eps), [B] (population variance)."""
+    return torch.log(scores.var(dim=1, unbiased=False) + eps)
+
+
+def k_from_log_var(log_var: Tensor, c: float, scale: float, k_min: int, k_max: int) -> Tensor:
+    """clamp(round(c + scale · log_var), k_min, k_max), [B] long."""
+    return torch.round(c + scale * log_var).clamp(min=k_min, max=k_max).long()
+
+
+def _k_bounds(config: SparseZipConfig, n: int) -> tuple[int, int]:
+    """(lower, upper) bound of dynamic K on n patches (CLS counted when ``k_counts_cls``)."""
+    lo, hi = config.k_min, config.k_max
+    if config.dynk.widen_to_dominant:  # the seed's bounds
+        lo, hi = min(lo, config.dominant), max(hi, config.dominant)
+    bound = min(hi, n + (1 if config.k_counts_cls else 0))
+    return min(lo, bound), bound
+
+
+def dynamic_k_statistic(cls_attn: Tensor, keys: Tensor, config: SparseZipConfig) -> Tensor:
+    """``log(Var(scores) + dynk.eps)`` [B] of the score dynamic K reads under ``config``, without a text
+    term (what ``python -m sparsezip_lmms calibrate`` collects on a task's images)."""
+    a = config.alphas
+    attention_only = config.skip_hybrid_attn and config.dynk.source == "ranking"
+    scores = hybrid_scores(
+        cls_attn, keys, (a.attn, a.entropy, a.mutual), config.tau_feat, config.tau_sim, attention_only=attention_only,
+        norm=config.score_norm, key_dtype=torch.float32 if config.key_float32 else None,
+        raw_entropy=config.entropy_keys == "raw",
+    )  # fmt: skip
+    return log_variance(scores, config.dynk.eps)
+
+
+def dynamic_k_from_statistic(log_var: Tensor, config: SparseZipConfig, n: int = 576) -> Tensor:
+    """The K [B] that ``sparsezip`` gives images whose statistic is ``log_var`` (n patches each)."""
+    lo, hi = _k_bounds(config, n)
+    return k_from_log_var(log_var, config.dynk.c, config.dynk.scale, lo, hi).clamp_min(1)
 
 
 def fit_dynamic_k(
@@ -108,20 +184,55 @@ def fit_dynamic_k(
     return k_min - scale * lo, scale
 
 
+@dataclass(frozen=True)
+class SparseZipTrace:
+    """What :func:`sparsezip_trace` computed on the way (for parity checks and analysis).
+
+    ``scores`` [B, N]: the ranking score of patches 1..N; ``k`` [B]: dominant patches (CLS not counted);
+    ``top`` [B, Kmax]: positions 1..N of the dominant patches in descending score order (−1 padding);
+    ``labels`` [B, N]: contextual cluster / slot of each non-dominant patch (−1 for dominant patches; k-means
+    ids ≥ contextual_num produce nothing); ``kmeans_init`` [B, K0] or None: the replayed seeds.
+    """
+
+    compressed: Compressed
+    scores: Tensor
+    k: Tensor
+    top: Tensor
+    labels: Tensor | None
+
+
 def sparsezip(
     hidden: Tensor,
     cls_attn: Tensor,
     keys: Tensor,
     config: SparseZipConfig,
     text_relevance: Tensor | None = None,
+    kmeans_init: Tensor | None = None,
+    kmeans_reinit: Tensor | None = None,
 ) -> Compressed:
-    """SparseZip compression of a batch: per image CLS + (K_b − 1) dominant patches in ascending source
+    """SparseZip compression of a batch: per image CLS + the dominant patches in ascending source
     position, then up to ``merging.contextual_num`` contextual tokens; padded to the batch maximum.
 
     hidden [B, 1+N, C]; cls_attn [B, H, 1+N]; keys [B, 1+N, Ck]; text_relevance [B, N] or None (the
     text term is skipped when None or when ``cross_beta`` is 0). Budgets larger than the 1+N tokens
-    are clamped for dynamic-K (bounds); a fixed ``dominant`` > 1+N is an error.
+    are clamped for dynamic-K (bounds); a fixed ``dominant`` beyond the tokens is an error.
+    ``kmeans_init`` [B, K0] / ``kmeans_reinit`` [B, R] long replay recorded k-means++ seeds / empty-cluster
+    re-seeds (indices into each image's remaining list, ascending position, in draw order); without them
+    the draws come from a CPU generator seeded by ``config.seed`` (deterministic).
     """
+    return sparsezip_trace(hidden, cls_attn, keys, config, text_relevance, kmeans_init, kmeans_reinit).compressed
+
+
+def sparsezip_trace(
+    hidden: Tensor,
+    cls_attn: Tensor,
+    keys: Tensor,
+    config: SparseZipConfig,
+    text_relevance: Tensor | None = None,
+    kmeans_init: Tensor | None = None,
+    kmeans_reinit: Tensor | None = None,
+) -> SparseZipTrace:
+    """:func:`sparsezip` and its intermediate decisions (:class:`SparseZipTrace`)."""
     if not isinstance(config, SparseZipConfig):
         raise ValueError(f"config must be a SparseZipConfig, got {type(config).__name__}")
     b, n, _ = check_scoring_inputs(hidden, cls_attn, keys)
@@ -130,40 +241,62 @@ def sparsezip(
 
     a = config.alphas
     alphas = (a.attn, a.entropy, a.mutual)
-    # dynamic-K always reads the hybrid score: skip_hybrid_attn changes which patches, not how many
+    norm = config.score_norm
+    key_dtype = torch.float32 if config.key_float32 else None
+    d = config.dynk
+    k_reads_visual = not config.skip_dynamic_k and d.source == "visual"
+    # dynamic-K reads the hybrid score (source visual): skip_hybrid_attn changes which patches, not how many
     hybrid = None  # [B, N]
-    if not (config.skip_hybrid_attn and config.skip_dynamic_k):
-        hybrid = hybrid_scores(cls_attn, keys, alphas, config.tau_feat, config.tau_sim)
-    visual = hybrid_scores(cls_attn, keys, alphas, attention_only=True) if config.skip_hybrid_attn else hybrid
+    if not config.skip_hybrid_attn or k_reads_visual:
+        hybrid = hybrid_scores(
+            cls_attn, keys, alphas, config.tau_feat, config.tau_sim, norm=norm, key_dtype=key_dtype,
+            raw_entropy=config.entropy_keys == "raw",
+        )
+    visual = hybrid_scores(cls_attn, keys, alphas, attention_only=True, norm=norm) if config.skip_hybrid_attn else hybrid
     scores = visual  # [B, N] ranking score
     if text_relevance is not None and config.cross_beta > 0:
-        scores = visual + config.cross_beta * zscore(text_relevance.to(visual.dtype), dim=1)  # [B, N]
+        rel = text_relevance.to(visual.dtype)
+        z = seed_zscore(rel, dim=1) if norm == "zscore" else zscore(rel, dim=1)  # [B, N]
+        if config.text_weight == "relative":  # the text term's spread = cross_beta × the visual spread
+            z = z * visual.std(dim=1, unbiased=False, keepdim=True)
+        scores = visual + config.cross_beta * z  # [B, N]
 
+    cls_off = 1 if config.k_counts_cls else 0  # CLS among the K dominant tokens
     if config.skip_dynamic_k:
-        if config.dominant > n + 1:
-            raise ValueError(f"config.dominant ({config.dominant}) exceeds the 1+N={n + 1} tokens of hidden")
+        if config.dominant - cls_off > n:
+            raise ValueError(f"config.dominant ({config.dominant}) exceeds the {n + cls_off} tokens of hidden")
         bound = config.dominant
         k = torch.full((b,), bound, dtype=torch.long, device=hidden.device)  # [B]
     else:
-        bound = min(config.k_max, n + 1)
-        d = config.dynk
-        # how many: from the hybrid score without the text term (its unit-variance z-score would
-        # flatten log Var)
-        k = dynamic_k(hybrid, d.c, d.eps, d.scale, min(config.k_min, bound), bound)  # [B]
+        lower, bound = _k_bounds(config, n)
+        # how many: by default from the hybrid score without the text term (its unit-variance z-score
+        # would flatten log Var); source "ranking" reads the ranking score as the seed
+        source = hybrid if k_reads_visual else scores
+        k = dynamic_k(source, d.c, d.eps, d.scale, lower, bound).clamp_min(1)  # [B]
 
-    keep_patch = top_mask(scores, k - 1, bound - 1)  # [B, N]
+    n_patch = k - cls_off  # [B] dominant patches
+    keep_patch = top_mask(scores, n_patch, bound - cls_off)  # [B, N]
     keep = torch.cat([keep_patch.new_ones(b, 1), keep_patch], dim=1)  # [B, 1+N] CLS always kept
+    width = max(0, min(bound - cls_off, n))
+    top = scores.topk(width, dim=1).indices + 1 if width else scores.new_zeros(b, 0, dtype=torch.long)  # [B, W]
+    top = top.masked_fill(torch.arange(width, device=hidden.device) >= n_patch.unsqueeze(1), -1)
+
     n_ctx = config.merging.contextual_num
-    if config.skip_ctx_merge or n_ctx == 0:
-        return assemble(hidden, keep)
-    if config.merge == "visionzip":
+    merge = "visionzip" if config.skip_ctx_merge else config.merge  # skip_ctx_merge: the seed's meaning
+    labels = None
+    if merge == "none" or n_ctx == 0:
+        out = assemble(hidden, keep)
+    elif merge == "visionzip":
         ctx, ctx_valid = visionzip_merge(hidden, keys, ~keep, n_ctx)  # [B, S, C], [B, S]
+        out = assemble(hidden, keep, ctx, ctx_valid)
+        labels = _visionzip_slots(keys.to(key_dtype or score_dtype(keys)), ~keep, ctx_valid.shape[1])[:, 1:]
     else:
         m = config.merging
-        weights = minmax(scores) + _WEIGHT_FLOOR  # [B, N] > 0
+        weights = minmax(scores) + _WEIGHT_FLOOR if m.weighting == "score" else None  # [B, N] > 0
+        trace: dict = {}
         ctx, ctx_valid = cluster_merge(
             hidden[:, 1:].to(score_dtype(hidden)),
-            keys[:, 1:].to(scores.dtype),
+            keys[:, 1:].to(key_dtype or scores.dtype),
             ~keep_patch,
             weights,
             n_ctx,
@@ -171,5 +304,30 @@ def sparsezip(
             iters=m.kmeans_iters,
             agglomerative=m.agglomerative,
             seed=config.seed,
+            seeds=m.seeds,
+            linkage=m.linkage,
+            order=m.order,
+            empty=m.empty,
+            empty_token=m.empty_token,
+            init=kmeans_init,
+            reinit=kmeans_reinit,
+            trace=trace,
         )  # [B, S, C], [B, S]
-    return assemble(hidden, keep, ctx, ctx_valid)
+        out = assemble(hidden, keep, ctx, ctx_valid)
+        labels = trace["labels"]
+    return SparseZipTrace(out, scores, k - cls_off, top, labels)
+
+
+def _visionzip_slots(keys: Tensor, remain: Tensor, contextual: int) -> Tensor:
+    """The contextual slot of each remaining token under :func:`visionzip_merge` (a target its own), [B, L]
+    long, −1 elsewhere (trace only: the same rule as the merge)."""
+    metric = F.normalize(keys, dim=-1)  # [B, L, Ck]
+    r = remain.sum(1, keepdim=True)  # [B, 1]
+    step = (r // max(contextual, 1)).clamp(min=1)  # [B, 1]
+    rank = remain.cumsum(1) - 1  # [B, L]
+    is_target = remain & (rank % step == 0) & (rank // step < contextual)  # [B, L]
+    target_pos, slot_valid = first_positions(is_target, contextual)  # [B, S]
+    target_metric = metric.gather(1, target_pos.unsqueeze(-1).expand(-1, -1, metric.shape[-1]))  # [B, S, Ck]
+    sim = (metric @ target_metric.transpose(1, 2)).masked_fill(~slot_valid.unsqueeze(1), float("-inf"))  # [B, L, S]
+    slot = torch.where(is_target, rank // step, sim.argmax(2))  # [B, L]
+    return slot.masked_fill(~remain, -1)

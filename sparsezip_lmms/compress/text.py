@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PullBack", "projector_pull_back", "text_relevance", "zscore"]
+__all__ = ["PullBack", "projector_pull_back", "seed_key_relevance", "seed_zscore", "text_relevance", "zscore"]
 
 _SPACES = ("vision", "llm")
 
@@ -32,6 +32,41 @@ def zscore(x: Tensor, dim: int = -1, eps: float = 1e-6) -> Tensor:
     mean = x.mean(dim=dim, keepdim=True)
     std = x.std(dim=dim, keepdim=True, unbiased=False) if x.shape[dim] > 1 else torch.zeros_like(mean)
     return (x - mean) / std.clamp_min(eps)
+
+
+def seed_zscore(x: Tensor, dim: int = -1) -> Tensor:
+    """The seed's z-score: (x − mean) / (unbiased std + 1e-12) along ``dim``."""
+    return (x - x.mean(dim=dim, keepdim=True)) / (x.std(dim=dim, keepdim=True) + 1e-12)
+
+
+@torch.no_grad()
+def seed_key_relevance(keys: Tensor, text_embeds: Tensor, text_mask: Tensor | None = None) -> Tensor:
+    """The seed's text relevance (``text_source: seed_keys``), ``[B, L]`` float32 over all L tokens (CLS first).
+
+    t = masked mean of the question's LLM input embeddings [B, T, D]; t̂ = t / ‖t‖ over all D dims, cut to
+    its first Ck dims (zero-padded when D < Ck); r_l = ⟨t̂[:Ck], k_l / (‖k_l‖ + 1e-12)⟩ with keys [B, L, Ck].
+    Reproduction only: for LLaVA-1.5 it compares the first 64 of 4096 LLM dims with CLIP key dims, an
+    alignment nothing trained. Float32 whatever the input dtype, as the seed's ``.float()``.
+    """
+    for name, t in (("keys", keys), ("text_embeds", text_embeds)):
+        if not isinstance(t, Tensor) or t.dim() != 3:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 3-D tensor, got {got}")
+    b, _, ck = keys.shape
+    if text_mask is None:
+        text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
+    if text_embeds.shape[0] != b or tuple(text_mask.shape) != tuple(text_embeds.shape[:2]):
+        raise ValueError(
+            f"text_embeds [B, T, D] and text_mask [B, T] must match keys' B={b}, "
+            f"got {tuple(text_embeds.shape)} and {tuple(text_mask.shape)}"
+        )
+    weights = text_mask.float()  # [B, T]
+    t = (text_embeds.float() * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)  # [B, D]
+    t = t / (t.norm(dim=-1, keepdim=True) + 1e-12)
+    t = F.pad(t[:, :ck], (0, max(0, ck - t.shape[1])))  # [B, Ck] first Ck dims
+    k = keys.float()
+    unit = k / (k.norm(dim=-1, keepdim=True) + 1e-12)  # [B, L, Ck]
+    return (unit @ t.unsqueeze(-1)).squeeze(-1)  # [B, L]
 
 
 def _projector_linears(projector: nn.Module) -> tuple[nn.Linear, nn.Linear]:

@@ -109,26 +109,36 @@ def compression_flops(config, n_images: int, dims: Dims, text_tokens: int = 0, c
         return n_images * (capture + remaining * config.contextual * ck)
     # sparsezip
     per_image = capture
-    if not (config.skip_hybrid_attn and config.skip_dynamic_k):
+    source_visual = config.dynk.source == "visual"
+    if not config.skip_hybrid_attn or (not config.skip_dynamic_k and source_visual):
         # cosine similarities of the mutual-information term: the hybrid score runs whenever it ranks the
-        # patches or dynamic K reads it
+        # patches or dynamic K reads it (dynk.source visual)
         per_image += n * n * ck
     if config.cross_beta > 0 and text_tokens:
-        if config.text_space == "vision":
+        if config.text_source == "seed_keys":
+            # mean of the question embeddings, then its first Ck dims against every unit key
+            per_image += text_tokens * dims.llm_width + (n + 1) * ck
+        elif config.text_space == "vision":
             # question -> CLIP space through the folded (W2·W1)ᵀ (made once per model), then cosine with every patch
             per_image += text_tokens * dims.llm_width * c + text_tokens * n * c
         else:
             # every patch -> LLM space through the projector, then cosine with the question
             per_image += n * (c * dims.llm_width + dims.llm_width * dims.llm_width) + text_tokens * n * dims.llm_width
-    if not config.skip_ctx_merge and config.merging.contextual_num > 0:
-        k = config.merging.contextual_num
-        if config.merge == "visionzip":
+    k = config.merging.contextual_num
+    merge = "visionzip" if config.skip_ctx_merge else config.merge  # skip_ctx_merge: the seed's VisionZip merge
+    if merge != "none" and k > 0:
+        if merge == "visionzip":
             per_image += n * k * ck  # every remaining token against the k targets
         else:
             m = config.merging
-            # as compress.cluster.cluster_merge: ceil(factor·k) seeds only when reducing agglomeratively
-            seeds = max(k, math.ceil(m.kmeans_init_factor * k)) if m.agglomerative else k
-            per_image += (m.kmeans_iters + 1) * n * seeds * ck
+            # as compress.cluster.cluster_merge: ceil(factor·k) seeds when reducing agglomeratively, or always
+            # with seeds "factor"
+            wide = max(k, math.ceil(m.kmeans_init_factor * k))
+            seeds = wide if (m.agglomerative or m.seeds == "factor") else k
+            per_image += (m.kmeans_iters + 1) * n * seeds * ck  # Lloyd steps + the final assignment
+            if m.agglomerative and seeds > k and m.linkage == "midpoint":
+                # each merge recomputes the cosines of the current centres, then a re-assignment to the survivors
+                per_image += sum(w * w * ck for w in range(k + 1, seeds + 1)) + n * k * ck
     return n_images * per_image
 
 

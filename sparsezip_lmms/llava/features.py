@@ -50,7 +50,7 @@ def text_pull_back(model, config: CompressionConfig):
     compares the question with the patches in CLIP space; None otherwise. Made once per model."""
     from ..compress import needs_text, projector_pull_back
 
-    if not needs_text(config) or getattr(config, "text_space", None) != "vision":
+    if not needs_text(config) or getattr(config, "text_space", None) != "vision" or config.text_source != "projector":
         return None
     return projector_pull_back(_llava_parts(model)[1])
 
@@ -126,7 +126,11 @@ def image_tokens(
     vision_tower, projector, llava_config = _llava_parts(model)
     inputs = scoring_inputs(vision_tower, pixel_values, layer=_check_feature_path(llava_config))  # hidden [n, 1+N, C]
     relevance = None
-    if needs_text(config) and text_embeds is not None:
+    if needs_text(config) and text_embeds is not None and config.text_source == "seed_keys":
+        from ..compress import seed_key_relevance  # the seed's (reproduction only): question mean vs unit keys
+
+        relevance = seed_key_relevance(inputs.keys, text_embeds, text_mask)[:, 1:]  # [n, N]
+    elif needs_text(config) and text_embeds is not None:
         relevance = text_relevance(
             inputs.hidden[:, 1:], text_embeds, text_mask, projector, space=config.text_space, pull_back=pull_back
         )  # [n, N]
