@@ -15,16 +15,13 @@ import torch
 
 from sparsezip_lmms.demo.mini_datasets import _scene
 from sparsezip_lmms.efficiency import get_record
+from sparsezip_lmms.models.base import class_default_config
 from sparsezip_lmms.models.manifest import MODEL_CLASSES
 from _requests import make_requests
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh)")
 
 GEN = {"max_new_tokens": 4, "temperature": 0, "do_sample": False}
-DEFAULT_CONFIG = {
-    "llava_hf_timed": "keep_all", "llava_sparsezip": "sparsezip_64", "llava_visionzip": "visionzip_64",
-    "llava_sparsevlm": "sparsevlm_64", "llava_divprune": "divprune_64", "llava_cdpruner": "cdpruner_64",
-}  # fmt: skip
 
 
 def _attention_implementations() -> list[str]:
@@ -46,7 +43,7 @@ def _run(model_id, checkpoint, dtype, attn, batch_size, task, clip):
     extra = {"clip_text_tower": str(clip)} if model_id == "llava_cdpruner" else {}
     lmm = get_model(model_id)(
         pretrained=str(checkpoint), device="cuda", dtype=dtype, attn_implementation=attn, batch_size=batch_size,
-        config=DEFAULT_CONFIG[model_id], **extra,
+        config=class_default_config(model_id), **extra,
     )  # fmt: skip
     docs = _docs()
     results = lmm.generate_until(make_requests(lmm, docs, GEN, task=task))

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..demo.harness import lmms_eval_command, run_lmms_eval
-from ..demo.run import prepare
+from ..demo.run import prepare, tiny_model_args
 
 __all__ = ["harness_section", "samples_per_second"]
 
@@ -59,8 +59,7 @@ def harness_section(
             extra += ["--limit", str(limit)]
         cmd = lmms_eval_command(
             model,
-            f"pretrained={checkpoint},config={config},dtype={dtype},warmup={batch}"
-            + (f",clip_text_tower={root / 'tiny-clip'}" if model == "llava_cdpruner" else ""),
+            f"pretrained={checkpoint},config={config},dtype={dtype},warmup={batch}" + tiny_model_args(model, root),
             names,
             result_dir,
             include_path=task_dir,

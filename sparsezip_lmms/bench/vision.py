@@ -20,7 +20,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..compress import PullBack, compress, image_keys, needs_scoring_inputs, needs_text, projector_pull_back, text_relevance
+from ..compress import (
+    PullBack,
+    compress,
+    image_keys,
+    needs_scoring_inputs,
+    needs_text,
+    projector_pull_back,
+    selects_after_projector,
+    text_relevance,
+)
 from ..config import load_config
 from ..efficiency.flops import Dims, clip_layer_flops, compression_flops
 from ..llava.scoring import ScoringInputs, scoring_inputs
@@ -208,7 +217,7 @@ def projected_selection_case(
 
 def compression_case(bench: VisionBench, inputs: ScoringInputs, config, question) -> Callable[[], object]:
     """What ``image_tokens`` does between the CLIP forward and the projector, for one config."""
-    if config.method in ("divprune", "cdpruner"):
+    if selects_after_projector(config):
         return projected_selection_case(bench, inputs, config)
     text_embeds, text_mask = question
     use_text = needs_text(config)
@@ -293,7 +302,7 @@ def compression_section(
         selection_cases = {
             f"select:{name}": projected_selection_case(bench, inputs, cfg, with_projector=False)
             for name, cfg in loaded.items()
-            if cfg.method in ("divprune", "cdpruner")
+            if selects_after_projector(cfg)
         }
         stats = measure({**cases, **text_cases, **selection_cases}, timer, repeats=repeats, warmup=warmup)
         clip_s = clip_times[batch]

@@ -38,6 +38,7 @@ __all__ = [
     "keep_all",
     "needs_scoring_inputs",
     "needs_text",
+    "selects_after_projector",
     "pool",
     "pool_grid",
     "random_keep",
@@ -57,6 +58,11 @@ __all__ = [
 def needs_scoring_inputs(config: object) -> bool:
     """True when :func:`compress` needs ``cls_attn`` and ``keys`` for this config."""
     return isinstance(config, (VisionZipConfig, SparseZipConfig))
+
+
+def selects_after_projector(config: object) -> bool:
+    """True for the methods that select among the projected (LLM-side) patch tokens: DivPrune, CDPruner."""
+    return getattr(config, "method", None) in ("divprune", "cdpruner")
 
 
 def needs_text(config: object) -> bool:
@@ -96,7 +102,7 @@ def compress(
         return pool(hidden, config.keep)
     if isinstance(config, SparseVLMConfig):
         raise ValueError("config: method 'sparsevlm' prunes inside the LLM prefill, not on the vision tower output")
-    if getattr(config, "method", None) in ("divprune", "cdpruner"):
+    if selects_after_projector(config):
         raise ValueError(
             f"config: method {config.method!r} selects among the projected tokens (divprune_select / "
             "cdpruner_select, or llava.features.image_tokens), not on the vision tower output"

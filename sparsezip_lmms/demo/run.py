@@ -21,6 +21,11 @@ def demo_runs() -> list[tuple[str, str]]:
     return [(model_id, class_default_config(model_id)) for model_id in ids]
 
 
+def tiny_model_args(model: str, root: Path) -> str:
+    """Extra ``--model_args`` a model id needs on what :func:`prepare` built under ``root`` (CDPruner: the tiny CLIP)."""
+    return f",clip_text_tower={root / 'tiny-clip'}" if model == "llava_cdpruner" else ""
+
+
 def prepare(out_dir: Path, tasks: tuple[str, ...] = ("pope", "mme", "docvqa_val")) -> tuple[Path, Path, list[str]]:
     """Build the tiny checkpoint (and the tiny CLIP text tower CDPruner reads, ``tiny-clip/`` beside it),
     the mini datasets and their task YAMLs under ``out_dir``."""
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = lmms_eval_command(
             model,
             f"pretrained={checkpoint},config={config},dtype=float32,warmup={args.batch_size}"
-            + (f",clip_text_tower={out / 'tiny-clip'}" if model == "llava_cdpruner" else ""),
+            + tiny_model_args(model, out),
             task_names,
             result_dir,
             include_path=task_dir,

@@ -55,11 +55,6 @@ def text_pull_back(model, config: CompressionConfig):
     return projector_pull_back(_llava_parts(model)[1])
 
 
-def selects_after_projector(config: CompressionConfig) -> bool:
-    """The method selects among the projected (LLM-side) patch tokens: DivPrune, CDPruner."""
-    return config.method in ("divprune", "cdpruner")
-
-
 def _check_feature_path(llava_config) -> int:
     if llava_config.vision_feature_select_strategy != "default":
         raise ValueError(
@@ -115,6 +110,8 @@ def image_tokens(
     question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # CDPruner: CLIP text embeds, mask
 ) -> ImageTokens:
     """Visual tokens entering the LLM for each image under ``config``."""
+    from ..compress import selects_after_projector
+
     if uses_stock_features(config):
         return stock_image_tokens(model, pixel_values)
     if selects_after_projector(config):
