@@ -19,8 +19,11 @@ from .config import (
     CompressionConfig,
     ConfigError,
     DivPruneConfig,
+    FastVConfig,
+    IN_LLM_METHODS,
     PoolConfig,
     RandomKeepConfig,
+    SparseVLM2Config,
     SparseVLMConfig,
     SparseZipConfig,
     VisionZipConfig,
@@ -68,7 +71,7 @@ def max_visual_tokens(config: CompressionConfig, patches: int) -> int:
         return dominant + min(merged, tokens - dominant)
     if isinstance(config, (RandomKeepConfig, PoolConfig, DivPruneConfig, CDPrunerConfig)):
         return config.keep
-    return patches  # none, sparsevlm: every patch enters the LLM
+    return patches  # none and the in-LLM methods: every patch enters the LLM
 
 
 def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
@@ -77,7 +80,7 @@ def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
     method = config.method
     if method == "none":
         return
-    if method != "sparsevlm":
+    if method not in IN_LLM_METHODS:
         if geometry.select_strategy != "default":
             raise ConfigError(
                 f"method {method!r} compresses the patch tokens of vision_feature_select_strategy 'default' "
@@ -103,7 +106,15 @@ def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
                 f"key 'keep': {config.keep} is not below the {n} patches per image: nothing is compressed "
                 f"(at most {n - 1}; for no compression use config keep_all)"
             )
-    elif isinstance(config, SparseVLMConfig):
+    elif isinstance(config, FastVConfig):
+        if config.layer > geometry.llm_layers - 1:
+            raise ConfigError(
+                f"key 'layer': K = {config.layer} prunes at the input of layer {config.layer}, but this checkpoint's "
+                f"LLM has {geometry.llm_layers} layers (K at most {geometry.llm_layers - 1})"
+            )
+        if int(n * config.ratio) < 1:
+            raise ConfigError(f"key 'ratio': int({n} * {config.ratio}) keeps no visual token; at least {1 / n:.6f}")
+    elif isinstance(config, (SparseVLMConfig, SparseVLM2Config)):
         last = geometry.llm_layers - 1
         beyond = [layer for layer in config.pruning_layers if layer > last]
         if beyond:
@@ -116,8 +127,14 @@ def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
                 f"key 'schedule': {config.schedule} keeps {config.schedule[0]} of the {n} visual tokens at the first "
                 f"pruning layer: nothing is pruned (at most {n - 1}; for no pruning use config keep_all)"
             )
+    prune_layer = getattr(config, "prune_layer", 0)
+    if prune_layer > geometry.llm_layers - 1:
+        raise ConfigError(
+            f"key 'prune_layer': {prune_layer} is not an input of this checkpoint's {geometry.llm_layers} LLM layers "
+            f"(at most {geometry.llm_layers - 1}; 0 = before the LLM)"
+        )
     tokens = max_visual_tokens(config, n)
-    if method != "sparsevlm" and tokens >= n:
+    if method not in IN_LLM_METHODS and tokens >= n:
         raise ConfigError(
             f"{method} config sends up to {tokens} visual tokens per image into the LLM, not fewer than the {n} "
             "patches: nothing is compressed (lower the budget, or use config keep_all)"

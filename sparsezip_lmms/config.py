@@ -41,6 +41,10 @@ __all__ = [
     "VisionZipConfig",
     "SparseZipConfig",
     "SparseVLMConfig",
+    "SparseVLM2Config",
+    "FastVConfig",
+    "IN_LLM_METHODS",
+    "prunes_in_llm",
     "RandomKeepConfig",
     "PoolConfig",
     "DivPruneConfig",
@@ -155,6 +159,22 @@ def split_args_string(text: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- methods
 
 
+class _Deferrable(_Schema):
+    """Keys every vision-side method shares: where its selection takes effect."""
+
+    prune_layer: int = Field(
+        0,
+        ge=0,
+        description="0: the selected tokens alone enter the LLM; L > 0: all patch tokens enter the LLM and the "
+        "unselected ones are dropped at the input of LLM layer L (deferred pruning)",
+    )
+    prune_positions: Literal["original", "contiguous"] = Field(
+        "original",
+        description="deferred pruning: the kept tokens keep their position ids (original) or are renumbered "
+        "0..n-1 from layer L on (contiguous)",
+    )
+
+
 class KeepAllConfig(_Schema):
     """No compression: all 576 visual tokens reach the LLM (the reference for every comparison)."""
 
@@ -162,7 +182,7 @@ class KeepAllConfig(_Schema):
     seed: int = 0
 
 
-class VisionZipConfig(_Schema):
+class VisionZipConfig(_Deferrable):
     """VisionZip (Yang et al., CVPR 2025), official conventions: ``dominant`` counts CLS."""
 
     method: Literal["visionzip"] = "visionzip"
@@ -171,7 +191,7 @@ class VisionZipConfig(_Schema):
     seed: int = 0
 
 
-class RandomKeepConfig(_Schema):
+class RandomKeepConfig(_Deferrable):
     """Sanity baseline: keep ``keep`` patches drawn uniformly at random (seeded)."""
 
     method: Literal["random"] = "random"
@@ -179,7 +199,7 @@ class RandomKeepConfig(_Schema):
     seed: int = 0
 
 
-class PoolConfig(_Schema):
+class PoolConfig(_Deferrable):
     """Sanity baseline: 2-D average pooling of the patch grid down to ``keep`` tokens."""
 
     method: Literal["pool"] = "pool"
@@ -187,7 +207,7 @@ class PoolConfig(_Schema):
     seed: int = 0
 
 
-class DivPruneConfig(_Schema):
+class DivPruneConfig(_Deferrable):
     """DivPrune (Alvar et al., CVPR 2025): max–min diverse subset of the post-projector patch tokens.
 
     ``keep`` is the official budget ``int(round(ratio * N))`` written as the count (64 = ratio 1/9 of
@@ -200,7 +220,7 @@ class DivPruneConfig(_Schema):
     seed: int = 0
 
 
-class CDPrunerConfig(_Schema):
+class CDPrunerConfig(_Deferrable):
     """CDPruner (Zhang et al., 2025): conditional DPP over the post-projector patch tokens, the kernel
     weighted by each patch's (negative-cosine) relevance to the question in CLIP space."""
 
@@ -279,7 +299,7 @@ class MergingConfig(_Schema):
     )
 
 
-class SparseZipConfig(_Schema):
+class SparseZipConfig(_Deferrable):
     """SparseZip: hybrid (text-aware) scoring, dynamic-K dominant tokens, hierarchical merging.
 
     Defaults are this package's method; ``model_configs/sparsezip_seed_*.yaml`` set the keys that reproduce
@@ -349,20 +369,15 @@ class SparseZipConfig(_Schema):
         return self
 
 
-class SparseVLMConfig(_Schema):
-    """SparseVLM v1.5 (ICML code): text-guided pruning inside the LLM prefill with token recycling."""
+class _Schedule(_Schema):
+    """Pruning layers and the visual tokens kept after each (the SparseVLM schedules)."""
 
-    method: Literal["sparsevlm"] = "sparsevlm"
     budget: int = Field(64, ge=1, description="nominal visual-token budget (label only)")
     pruning_layers: list[int] = Field(default_factory=lambda: [2, 6, 15])
     schedule: list[int] = Field(default_factory=lambda: [66, 30, 17])
-    recycle: bool = True
-    recycle_ratio: float = Field(0.3, gt=0, le=1)
-    cluster_divisor: int = Field(10, ge=1)
-    seed: int = 0
 
     @model_validator(mode="after")
-    def _check_schedule(self) -> "SparseVLMConfig":
+    def _check_schedule(self) -> "_Schedule":
         if not self.pruning_layers:
             raise ValueError("pruning_layers is empty: nothing is pruned (for no pruning use config keep_all)")
         if len(self.pruning_layers) != len(self.schedule):
@@ -383,15 +398,69 @@ class SparseVLMConfig(_Schema):
         return self
 
 
+class SparseVLMConfig(_Schedule):
+    """SparseVLM v1.5 (ICML code): text-guided pruning inside the LLM prefill with token recycling;
+    positions renumbered 0..n-1 after each pruning layer."""
+
+    method: Literal["sparsevlm"] = "sparsevlm"
+    recycle: bool = True
+    recycle_ratio: float = Field(0.3, gt=0, le=1)
+    cluster_divisor: int = Field(10, ge=1)
+    seed: int = 0
+
+
+class SparseVLM2Config(_Schedule):
+    """SparseVLM v2.0 ("SparseVLM+"): RoPE-corrected rater attention, priority heads, no recycling,
+    original position ids."""
+
+    method: Literal["sparsevlm2"] = "sparsevlm2"
+    schedule: list[int] = Field(default_factory=lambda: [66, 34, 20])
+    priority_heads: int = Field(
+        14, ge=1, description="heads kept by the largest corrected attention mass (official: 14; all heads if fewer)"
+    )
+    seed: int = 0
+
+
+class FastVConfig(_Schema):
+    """FastV (Chen et al., ECCV 2024): the last prompt token's head-mean attention at layer K-1 ranks the
+    visual tokens; the best ``int(n_visual * ratio)`` continue from layer K's input with their original
+    position ids."""
+
+    method: Literal["fastv"] = "fastv"
+    layer: int = Field(2, description="K: scored at layer K-1, pruned at layer K's input (K = 1 is refused: the official code crashes)")
+    ratio: float = Field(0.5, gt=0, lt=1, description="R: int(n_visual * R) visual tokens kept")
+    span: Literal["image", "fixed"] = Field(
+        "image",
+        description="image: score the prompt's real image span; fixed: the official hard-coded positions 35..610 "
+        "(LLaVA-1.5's system prompt length), whatever the prompt",
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_layer(self) -> "FastVConfig":
+        if self.layer < 2:
+            raise ValueError(
+                f"key 'layer': K = {self.layer}; FastV needs K >= 2 (scored at layer K-1, pruned at layer K's input; "
+                "the official code crashes at K = 1, whose scoring layer is layer 0)"
+            )
+        return self
+
+
 CompressionConfig = Annotated[
     Union[
-        KeepAllConfig, VisionZipConfig, SparseZipConfig, SparseVLMConfig, RandomKeepConfig, PoolConfig, DivPruneConfig,
-        CDPrunerConfig,
+        KeepAllConfig, VisionZipConfig, SparseZipConfig, SparseVLMConfig, SparseVLM2Config, FastVConfig, RandomKeepConfig,
+        PoolConfig, DivPruneConfig, CDPrunerConfig,
     ],
     Field(discriminator="method"),
 ]
 _ADAPTER: TypeAdapter = TypeAdapter(CompressionConfig)
-METHODS = ("none", "visionzip", "sparsezip", "sparsevlm", "random", "pool", "divprune", "cdpruner")
+METHODS = ("none", "visionzip", "sparsezip", "sparsevlm", "sparsevlm2", "fastv", "random", "pool", "divprune", "cdpruner")
+IN_LLM_METHODS = ("sparsevlm", "sparsevlm2", "fastv")  # prune inside the LLM prefill by their own scores
+
+
+def prunes_in_llm(config: Any) -> bool:
+    """True when ``config`` prunes visual tokens inside the LLM (an in-LLM method, or a deferred vision-side one)."""
+    return getattr(config, "method", None) in IN_LLM_METHODS or getattr(config, "prune_layer", 0) > 0
 
 
 # --------------------------------------------------------------------------- files

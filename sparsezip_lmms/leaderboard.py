@@ -151,7 +151,7 @@ def collect(paths: list[str | Path]) -> list[Row]:
     return list(rows.values()) + problems
 
 
-IN_LLM_MODELS = {"llava_sparsevlm"}  # their visual tokens are a layer average ("equal tokens")
+IN_LLM_MODELS = {"llava_sparsevlm", "llava_fastv"}  # their visual tokens are a layer average ("equal tokens")
 IN_LLM_TOLERANCE = 0.05
 
 

@@ -18,6 +18,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 # set folder name -> (seed, SHA-256 of the float32 tensors in draw order)
 RECIPES = {
     "sparsevlm": (1234, "72931bbaf2cb8fb978075d058a88c7d8de4186469009a4903287ddc6ab72e68a"),
+    "sparsevlm2": (2024, "63153b52fb3372a83eb961432ce5b5ac0021e23676d81cd322cfd226d2660f8e"),
+    "fastv": (4242, "7146a0e2e36b415cb57af032f957f98e9fa754df69df27cc17d14f7bc2a474ef"),
 }
 
 

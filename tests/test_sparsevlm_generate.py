@@ -241,7 +241,7 @@ def test_pruning_layer_on_needed_rows_equals_the_whole_layer(attn, monkeypatch):
     """The pruning layer computed only at the rows the pruning keeps (system, kept, recycling inputs,
     text) gives what running the whole layer and pruning its output gives: a left-padded batch of two
     lengths, GQA, pruning at consecutive layers (a one-layer stage)."""
-    import sparsezip_lmms.llava.sparsevlm as svlm
+    import sparsezip_lmms.llava.pruning_decoder as svlm
 
     model = _tiny_gqa_model(attn)
     gen = torch.Generator().manual_seed(3)

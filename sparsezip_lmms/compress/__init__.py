@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import KeepAllConfig, PoolConfig, RandomKeepConfig, SparseVLMConfig, SparseZipConfig, VisionZipConfig
+from ..config import IN_LLM_METHODS, KeepAllConfig, PoolConfig, RandomKeepConfig, SparseZipConfig, VisionZipConfig
 from .baselines import image_keys, keep_all, pool, pool_grid, random_keep
 from .cdpruner import cdpruner_relevance, cdpruner_select
 from .divprune import divprune_select
@@ -100,8 +100,8 @@ def compress(
         return random_keep(hidden, config.keep, torch.Generator().manual_seed(config.seed))
     if isinstance(config, PoolConfig):
         return pool(hidden, config.keep)
-    if isinstance(config, SparseVLMConfig):
-        raise ValueError("config: method 'sparsevlm' prunes inside the LLM prefill, not on the vision tower output")
+    if getattr(config, "method", None) in IN_LLM_METHODS:
+        raise ValueError(f"config: method {config.method!r} prunes inside the LLM prefill, not on the vision tower output")
     if selects_after_projector(config):
         raise ValueError(
             f"config: method {config.method!r} selects among the projected tokens (divprune_select / "

@@ -18,7 +18,18 @@ def demo_runs() -> list[tuple[str, str]]:
     from ..models.base import class_default_config
 
     ids = sorted(MODEL_CLASSES, key=lambda model_id: (model_id != "llava_hf_timed", model_id))
-    return [(model_id, class_default_config(model_id)) for model_id in ids]
+    return [(model_id, class_default_config(model_id)) for model_id in ids] + EXTRA_RUNS
+
+
+# beyond the defaults: SparseVLM v2.0, FastV at a budget, and the four cells of the confound study
+EXTRA_RUNS = [
+    ("llava_sparsevlm", "sparsevlm2_64"),
+    ("llava_fastv", "fastv_64"),
+    ("llava_sparsezip", "confound/agnostic_before"),
+    ("llava_sparsezip", "confound/agnostic_inside"),
+    ("llava_sparsezip", "confound/aware_before"),
+    ("llava_sparsezip", "confound/aware_inside"),
+]
 
 
 def tiny_model_args(model: str, root: Path) -> str:

@@ -132,6 +132,9 @@ def build_tiny_llava(
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=4096,
+        # head_dim 16: a RoPE base this large keeps SparseVLM v2.0's RoPE-only term positive over the
+        # prompt (with LLaMA's 1e4 it turns negative beyond a distance of 91; LLaVA-1.5's head_dim 128 is fine)
+        rope_parameters={"rope_type": "default", "rope_theta": 1e8},
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -86,7 +86,7 @@ def compression_flops(config, n_images: int, dims: Dims, text_tokens: int = 0, c
     c = dims.vision_width
     ck = c // dims.vision_heads  # width of the head-averaged keys
     method = config.method
-    if method in ("none", "sparsevlm", "random", "pool"):
+    if method in ("none", "sparsevlm", "sparsevlm2", "fastv", "random", "pool"):
         return 0
     if method in ("divprune", "cdpruner"):
         d, k = dims.llm_width, config.keep

@@ -20,6 +20,7 @@ class ImageTokens:
     features: torch.Tensor  # [n_images, T_max, D_llm] projected visual tokens (padding where invalid)
     valid: torch.Tensor  # [n_images, T_max] bool
     source_index: torch.Tensor | None  # [n_images, T_max] long, CLIP position or -1 (merged); None = all patches
+    patches: torch.Tensor | None = None  # [n_images, N, D_llm] every projected patch token (deferred pruning)
 
     @property
     def counts(self) -> torch.Tensor:  # [n_images]
@@ -33,7 +34,10 @@ def _llava_parts(model):
 
 
 def uses_stock_features(config: CompressionConfig) -> bool:
-    return config.method in ("none", "sparsevlm")
+    """True when every image reaches the LLM as LLaVA's own 576 tokens (keep-all, the in-LLM methods)."""
+    from ..config import IN_LLM_METHODS
+
+    return config.method == "none" or config.method in IN_LLM_METHODS
 
 
 def stock_image_tokens(model, pixel_values: torch.Tensor) -> ImageTokens:
@@ -73,6 +77,7 @@ def projected_selection(
     config: CompressionConfig,
     clip_text=None,  # llava.clip_text.ClipText (CDPruner)
     question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # CLIP text embeds [n, M, P], mask [n, M]
+    with_patches: bool = False,
 ) -> ImageTokens:
     """DivPrune / CDPruner: the projector runs on all N patch tokens, the method picks ``keep`` of them
     per image, and the picks enter the LLM in ascending patch order (as the official code keeps them)."""
@@ -95,7 +100,7 @@ def projected_selection(
     kept = order.sort(dim=1).values  # [n, k] ascending patch index (repeats stay, as in the official code)
     features = patches.gather(1, kept[..., None].expand(-1, -1, patches.shape[-1]))  # [n, k, D_llm]
     valid = torch.ones(kept.shape, dtype=torch.bool, device=kept.device)
-    return ImageTokens(features, valid, kept + 1)  # CLIP positions (CLS = 0)
+    return ImageTokens(features, valid, kept + 1, patches if with_patches else None)  # CLIP positions (CLS = 0)
 
 
 def image_tokens(
@@ -108,14 +113,15 @@ def image_tokens(
     image_keys: torch.Tensor | None = None,  # [n_images] compress.image_keys of the float32 pixels (random)
     clip_text=None,  # llava.clip_text.ClipText (CDPruner), loaded once by the caller
     question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # CDPruner: CLIP text embeds, mask
+    with_patches: bool = False,  # also return every projected patch token (deferred pruning)
 ) -> ImageTokens:
-    """Visual tokens entering the LLM for each image under ``config``."""
+    """Visual tokens entering the LLM for each image under ``config`` (its selection, before the LLM)."""
     from ..compress import selects_after_projector
 
     if uses_stock_features(config):
         return stock_image_tokens(model, pixel_values)
     if selects_after_projector(config):
-        return projected_selection(model, pixel_values, config, clip_text, question_embeds)
+        return projected_selection(model, pixel_values, config, clip_text, question_embeds, with_patches)
 
     from ..compress import compress, needs_text, text_relevance
     from .scoring import scoring_inputs
@@ -135,4 +141,59 @@ def image_tokens(
         inputs.hidden, inputs.cls_attn, inputs.keys, config, text_relevance=relevance, image_keys=image_keys
     )
     features = projector(compressed.tokens)  # [n, T_max, D_llm]
-    return ImageTokens(features, compressed.valid, compressed.index)
+    patches = projector(inputs.hidden[:, 1:]) if with_patches else None  # [n, N, D_llm]
+    return ImageTokens(features, compressed.valid, compressed.index, patches)
+
+
+def deferred_span(selected: ImageTokens) -> tuple[ImageTokens, torch.Tensor]:
+    """The visual span of deferred pruning and which of its tokens stay from layer L on.
+
+    selected: a vision-side method's tokens with ``patches`` (``image_tokens(..., with_patches=True)``).
+    The span holds every patch, plus the selected tokens that are not patches (VisionZip's and
+    SparseZip's CLS and merged tokens), in the order the selection itself uses: CLS, patches 1..N,
+    merged. So at layer L exactly the tokens of the undeferred method remain, in the same order.
+    Returns (span ImageTokens [n, V_max, D] with source_index CLIP position / -1, keep [n, V_max] bool).
+    A patch selected twice (DivPrune's repeats) stays once.
+    """
+    if selected.patches is None or selected.source_index is None:
+        raise ValueError("deferred pruning needs the selection's source positions and every projected patch")
+    patches = selected.patches  # [n, N, D]
+    n_images, n_patches, width = patches.shape
+    device = patches.device
+    index, valid = selected.source_index, selected.valid  # [n, T]
+    has_cls = (valid & (index == 0)).any(dim=1)  # [n]
+    merged = valid & (index < 0)  # [n, T]
+    lengths = n_patches + has_cls.long() + merged.sum(dim=1)  # [n]
+    width_v = int(lengths.max())  # one host sync: the span's size must be known
+    slots = torch.arange(width_v, device=device)  # [V]
+    span_valid = slots[None, :] < lengths[:, None]  # [n, V]
+    features = patches.new_zeros(n_images, width_v, width)  # [n, V, D]
+    source = torch.full((n_images, width_v), -1, dtype=torch.long, device=device)  # [n, V]
+    keep = torch.zeros(n_images, width_v, dtype=torch.bool, device=device)  # [n, V]
+    offset = has_cls.long()[:, None]  # [n, 1] CLS takes slot 0 where selected
+
+    patch_slot = offset + torch.arange(n_patches, device=device)[None, :]  # [n, N]
+    features.scatter_(1, patch_slot[..., None].expand(-1, -1, width), patches)
+    source.scatter_(1, patch_slot, torch.arange(1, n_patches + 1, device=device).expand(n_images, -1))
+    chosen = torch.zeros(n_images, n_patches + 1, dtype=torch.bool, device=device)  # [n, 1+N] by CLIP position
+    chosen.scatter_(1, index.clamp(min=0), valid & (index > 0))
+    keep.scatter_(1, patch_slot, chosen[:, 1:])
+
+    cls_row = torch.argmax((valid & (index == 0)).long(), dim=1)  # [n] where CLS sits in the selection
+    cls_features = selected.features[torch.arange(n_images, device=device), cls_row]  # [n, D]
+    features[:, 0] = torch.where(has_cls[:, None], cls_features, features[:, 0])
+    source[:, 0] = torch.where(has_cls, torch.zeros_like(source[:, 0]), source[:, 0])
+    keep[:, 0] |= has_cls
+
+    rank = merged.long().cumsum(dim=1) - 1  # [n, T] order among the merged tokens
+    merged_slot = (offset + n_patches + rank).clamp(min=0, max=width_v - 1)  # [n, T]
+    target = torch.where(merged, merged_slot, torch.full_like(merged_slot, width_v))  # non-merged -> a dump column
+    dump = torch.zeros(n_images, width_v + 1, width, dtype=features.dtype, device=device)
+    dump[:, :width_v] = features
+    dump.scatter_(1, target[..., None].expand(-1, -1, width), selected.features.to(features.dtype) * merged[..., None])
+    features = dump[:, :width_v]
+    keep_dump = torch.zeros(n_images, width_v + 1, dtype=torch.bool, device=device)
+    keep_dump[:, :width_v] = keep
+    keep_dump.scatter_(1, target, merged)
+    keep = keep_dump[:, :width_v] & span_valid
+    return ImageTokens(features * span_valid[..., None], span_valid, source, patches), keep

@@ -30,13 +30,13 @@ from lmms_eval.models.simple.llava_hf import LlavaHf as _LlavaHfSimple
 from lmms_eval.protocol import ChatMessages
 
 from ..budgets import Geometry
-from ..config import CompressionConfig, ConfigError, config_to_dict, load_config
+from ..config import CompressionConfig, ConfigError, KeepAllConfig, config_to_dict, load_config, prunes_in_llm
 from ..efficiency.clock import TokenClock, now
 from ..efficiency.flops import Dims, compression_flops, kv_cache_bytes, llm_prefill_flops, vision_flops
 from ..efficiency.records import EfficiencyRecord, peak_memory, record_request, reset_peak_memory
 from ..efficiency.task_hooks import UID_COLUMN
 from ..compress import image_keys, needs_text
-from ..llava.features import image_tokens, text_pull_back, uses_stock_features
+from ..llava.features import deferred_span, image_tokens, text_pull_back, uses_stock_features
 from ..llava.tokens import placeholder_runs, resize_image_placeholders, splice_image_features
 
 # Constructor arguments of the upstream adapter; everything else is ours or a config override.
@@ -332,17 +332,23 @@ class CompressedLlava(_LlavaHfChat):
                 strip = self.compression.strip_answer_format
                 per_image = [question_for_clip((questions or [""] * len(texts))[row], strip) for row in row_of_image.tolist()]
                 clip_questions = self._clip_text.embed(per_image)  # ([n_images, M, P], [n_images, M])
+            config = self.compression if (prune or not self._prunes_in_llm) else self._unpruned_config
+            deferred = prune and getattr(config, "prune_layer", 0) > 0
             visual = image_tokens(
                 self.model,
                 pixel_values,
-                self.compression,
+                config,
                 question,
                 question_mask,
                 pull_back=self._pull_back,
                 image_keys=keys,
                 clip_text=self._clip_text,
                 question_embeds=clip_questions,
+                with_patches=deferred,
             )
+            visual_keep = None
+            if deferred:  # every patch enters the LLM; the selection takes effect at layer prune_layer
+                visual, visual_keep = deferred_span(visual)
             counts = visual.counts  # [n_images]
             if not bool(torch.isfinite(visual.features).all()):
                 raise ValueError(
@@ -351,6 +357,7 @@ class CompressedLlava(_LlavaHfChat):
                 )
         else:
             visual, counts, clip_questions = None, torch.zeros(0, dtype=torch.long, device=device), None
+            visual_keep = None
         t_vision_end = now(device)
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -372,7 +379,7 @@ class CompressedLlava(_LlavaHfChat):
         if prune:
             if not bool((images_per_row == 1).all()):
                 raise ValueError(f"{self.model_id}: the pruning decoder needs exactly one image per prompt")
-            tokens, step_times, layer_stats = self._generate_sparsevlm(inputs_embeds, prompt, args)
+            tokens, step_times, layer_stats = self._generate_pruned(inputs_embeds, prompt, args, counts, visual_keep)
         else:
             clock = TokenClock() if args["num_beams"] == 1 else None
             tokens = self.model.generate(
@@ -425,26 +432,33 @@ class CompressedLlava(_LlavaHfChat):
 
     @property
     def _prunes_in_llm(self) -> bool:
-        """The config prunes visual tokens inside the LLM prefill (SparseVLM)."""
-        return self.compression.method == "sparsevlm"
+        """The config prunes visual tokens inside the LLM prefill (SparseVLM, FastV, deferred pruning)."""
+        return prunes_in_llm(self.compression)
 
-    def _generate_sparsevlm(self, inputs_embeds, prompt, args):
-        from ..llava.sparsevlm import sparsevlm_generate
+    @property
+    def _unpruned_config(self) -> CompressionConfig:
+        """What prompts the in-LLM pruning cannot take (no image, or several) run with: every token."""
+        return KeepAllConfig(seed=getattr(self.compression, "seed", 0))
+
+    def _generate_pruned(self, inputs_embeds, prompt, args, counts, visual_keep):
+        """Generate with the pruning decoder (one image per prompt, ``counts`` [B] its visual tokens)."""
+        from ..llava.pruning_decoder import pruned_generate
 
         if args["num_beams"] != 1 or args["do_sample"]:
-            raise ValueError(f"{self.model_id}: the SparseVLM decoder generates greedily (num_beams=1, temperature=0)")
+            raise ValueError(f"{self.model_id}: the pruning decoder generates greedily (num_beams=1, temperature=0)")
         image_id = self.model.config.image_token_id
         is_image = (prompt.input_ids == image_id) & prompt.attention_mask.bool()
         image_start = is_image.long().argmax(dim=1)  # [B] first image position per row
         clock = TokenClock()
-        out = sparsevlm_generate(
+        out = pruned_generate(
             self.model,
             inputs_embeds,
             prompt.attention_mask,
             image_start,
             self.compression,
             args["max_new_tokens"],
-            num_visual_tokens=int(is_image.sum(dim=1)[0]),
+            num_visual_tokens=counts,
+            visual_keep=visual_keep,
             eos_token_id=args["eos_token_id"],
             streamer=clock,
         )
@@ -575,7 +589,7 @@ class CompressedLlava(_LlavaHfChat):
         if unpruned:
             eval_logger.warning(
                 f"{self.model_id}: {unpruned} of {len(requests)} prompts have no image or several and ran unpruned "
-                "(SparseVLM prunes one image per prompt); each is marked in its record"
+                "(the in-LLM pruning takes one image per prompt); each is marked in its record"
             )
         if failures:
             eval_logger.error(f"{self.model_id}: {failures} of {len(requests)} requests failed (empty answers, see errors above)")

@@ -33,11 +33,20 @@ class LlavaSparseZip(CompressedLlava):
 
 
 class LlavaSparseVLM(CompressedLlava):
-    """SparseVLM v1.5: text-guided pruning of visual tokens inside the LLM prefill."""
+    """SparseVLM: text-guided pruning of visual tokens inside the LLM prefill (v1.5 by default; v2.0 with
+    the ``sparsevlm2_*`` configs)."""
 
     model_id = "llava_sparsevlm"
     default_config = "sparsevlm_64"
-    accepted_methods = ("sparsevlm", "none")
+    accepted_methods = ("sparsevlm", "sparsevlm2", "none")
+
+
+class LlavaFastV(CompressedLlava):
+    """FastV: the last prompt token's attention at layer K-1 prunes the visual tokens from layer K on."""
+
+    model_id = "llava_fastv"
+    default_config = "fastv_default"
+    accepted_methods = ("fastv", "none")
 
 
 class LlavaDivPrune(CompressedLlava):

@@ -10,6 +10,7 @@ MODEL_CLASSES = {
     "llava_sparsezip": "sparsezip_lmms.models.llava.LlavaSparseZip",
     "llava_visionzip": "sparsezip_lmms.models.llava.LlavaVisionZip",
     "llava_sparsevlm": "sparsezip_lmms.models.llava.LlavaSparseVLM",
+    "llava_fastv": "sparsezip_lmms.models.llava.LlavaFastV",
     "llava_divprune": "sparsezip_lmms.models.llava.LlavaDivPrune",
     "llava_cdpruner": "sparsezip_lmms.models.llava.LlavaCDPruner",
     "llava_hf_timed": "sparsezip_lmms.models.llava.LlavaHfTimed",
