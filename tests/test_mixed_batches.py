@@ -14,6 +14,7 @@ import random
 
 import pytest
 
+from sparsezip_lmms.config import load_config, prunes_in_llm
 from sparsezip_lmms.demo.mini_datasets import _scene
 from sparsezip_lmms.efficiency import get_record
 from sparsezip_lmms.models.base import class_default_config
@@ -73,7 +74,7 @@ def _counts(records):
 def test_batch_size_does_not_change_answers_or_counts(model_id, dtype, attn, tiny_checkpoint, tiny_clip):
     answers, records = _run(model_id, tiny_checkpoint, dtype, attn, 1, tiny_clip)
     assert all(r is not None and r.error is None for r in records), [r.error for r in records if r]
-    if model_id == "llava_sparsevlm":  # prompts without exactly one image run unpruned, and say so
+    if prunes_in_llm(load_config(class_default_config(model_id))):  # prompts without exactly one image run unpruned
         assert [("unpruned" in r.extra) for r in records] == [len(images) != 1 for images, _ in _docs()]
     for batch_size in (3, 8):
         batched_answers, batched_records = _run(model_id, tiny_checkpoint, dtype, attn, batch_size, tiny_clip)
