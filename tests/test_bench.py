@@ -1,7 +1,8 @@
-"""``python -m sparsezip_lmms bench``: the --quick smoke run, and the eager SparseVLM reference.
+"""``python -m sparsezip_lmms bench``: the --quick smoke run, section 4 and its eager references.
 
 No time threshold is asserted anywhere: timings depend on the machine and its load. The smoke run
-checks that every section is produced and that every ratio is a finite positive number.
+checks that every section is produced and that every ratio is a finite positive number; the eager
+references (one per in-LLM method) must keep exactly the tokens our pruning decoder keeps.
 """
 
 from __future__ import annotations
@@ -12,13 +13,34 @@ import math
 import pytest
 import torch
 
+from sparsezip_lmms.bench.cli import PRUNING_METHODS, SECTIONS, _parser, settings_from_args
+from sparsezip_lmms.bench.eager_pruning import eager_pruned_prefill, eager_sparsevlm_prefill
+from sparsezip_lmms.bench.in_llm_section import METHODS, deferred_keep, in_llm_section, kept_tokens_agree, method_config
 from sparsezip_lmms.bench.models import LlamaDims, build_llama
-from sparsezip_lmms.bench.sparsevlm_eager import eager_sparsevlm_prefill
-from sparsezip_lmms.bench.sparsevlm_section import kept_tokens_agree
+from sparsezip_lmms.bench.report import evaluate_targets, pruning_section, render
+from sparsezip_lmms.bench.timing import DeviceTimer
 from sparsezip_lmms.config import load_config
 from sparsezip_lmms.llava import sparsevlm_generate
+from sparsezip_lmms.llava.pruning_decoder import pruned_generate
 
-SECTIONS = ("vision", "compression", "prefill", "sparsevlm", "harness")
+REPORT_SECTIONS = ("vision", "compression", "prefill", "pruning", "harness")
+# GQA (2 query heads per KV head), head size 64: SparseVLM v2.0's RoPE-only term stays positive over 636
+# positions with rope_theta 10000 (at head size 32 or less it changes sign, and the decoder refuses)
+TINY = LlamaDims(width=256, mlp=128, heads=4, kv_heads=2, vocab=512)
+# (config, overrides): every in-LLM method, both position conventions of deferred pruning, FastV's
+# fixed official span, v2.0 with fewer priority heads than the model has
+CASES = (
+    ("sparsevlm_64", None),
+    ("sparsevlm_128", None),
+    ("sparsevlm_192", None),
+    ("sparsevlm2_64", None),
+    ("sparsevlm2_128", {"priority_heads": 2}),
+    ("fastv_64", None),
+    ("fastv_default", None),
+    ("fastv_128", {"span": "fixed"}),
+    ("visionzip_64", {"prune_layer": 3}),
+    ("visionzip_128", {"prune_layer": 5, "prune_positions": "contiguous"}),
+)
 
 
 def _ratios(node, path=""):
@@ -35,6 +57,20 @@ def _ratios(node, path=""):
             yield from _ratios(value, f"{path}[{i}]")
 
 
+def _finite_positive(ratios) -> list:
+    return [(w, v) for w, v in ratios if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)]
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    return {dtype: build_llama(16, TINY, torch.device("cpu"), dtype) for dtype in (torch.float64, torch.float32)}
+
+
+def _prompt(seed: int, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(1, 35 + 576 + 25, TINY.width, generator=g) * 0.5).to(dtype)  # [1, 636, d]
+
+
 @pytest.mark.e2e
 def test_bench_quick_produces_every_section(tmp_path, capsys):
     from sparsezip_lmms.__main__ import main
@@ -47,7 +83,7 @@ def test_bench_quick_produces_every_section(tmp_path, capsys):
     assert "scoring / plain" in printed and "JSON:" in printed
 
     report = json.loads(out.read_text())
-    for section in SECTIONS:
+    for section in REPORT_SECTIONS:
         assert section in report, section
         assert report[section], section
     assert report["meta"]["quick"] is True
@@ -56,7 +92,7 @@ def test_bench_quick_produces_every_section(tmp_path, capsys):
 
     ratios = list(_ratios(report))
     assert len(ratios) > 20
-    bad = [(where, value) for where, value in ratios if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0)]
+    bad = _finite_positive(ratios)
     assert not bad, bad
 
     vision = report["vision"]["batches"]["1"]
@@ -65,38 +101,162 @@ def test_bench_quick_produces_every_section(tmp_path, capsys):
     configs = {row["config"] for row in report["compression"]["batches"]["1"]["rows"]}
     assert {"visionzip_64", "sparsezip_64", "sparsezip_dynamic", "random_64", "pool_64"} <= configs
     assert {"ablations/merge_off", "ablations/text_space_llm", "divprune_64", "cdpruner_64"} <= configs
+    assert not {c for c in configs if c.startswith(("fastv", "sparsevlm"))}  # in-LLM methods: section 4
     selection = {r["config"]: r["selection_ratio_to_clip"] for r in report["compression"]["batches"]["1"]["rows"] if "selection_s" in r}
     assert set(selection) == {f"{m}_{k}" for m in ("divprune", "cdpruner") for k in (64, 128, 192)}
-    assert report["sparsevlm"]["budgets"]["64"]["check"]["kept_identical"]
+    rows = report["pruning"]["rows"]
+    assert [r["method"] for r in rows] == list(METHODS)
+    assert all(r["check"]["kept_identical"] for r in rows)
     harness = report["harness"]["batches"]
     assert set(harness) == {"1", "8"} and all(e["timed_samples"] > 0 for e in harness.values())
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_eager_sparsevlm_keeps_the_same_tokens_as_ours(dtype):
-    """The official-style eager computation (full L x L attention) and our SDPA decoder agree exactly."""
-    dims = LlamaDims(width=64, mlp=128, heads=4, kv_heads=2, vocab=512)  # GQA: 2 query heads per KV head
-    llm = build_llama(16, dims, torch.device("cpu"), dtype)
-    g = torch.Generator().manual_seed(0)
-    for budget, seed in ((64, 1), (128, 2), (192, 3)):
-        cfg = load_config(f"sparsevlm_{budget}")
-        embeds = (torch.randn(1, 35 + 576 + 25, dims.width, generator=g) * 0.5).to(dtype)
-        ours = sparsevlm_generate(llm, embeds, None, torch.tensor([35]), cfg, max_new_tokens=1)
-        ref = eager_sparsevlm_prefill(llm, embeds, 35, cfg)
-        assert len(ref.kept) == 3
-        for a, b in zip(ours.kept, ref.kept, strict=True):
-            assert torch.equal(a[0], b)
-        for a, b in zip(ours.scores, ref.scores, strict=True):
-            torch.testing.assert_close(a[0], b.to(a.dtype), rtol=1e-4, atol=1e-7)
-        assert ours.visual_tokens_per_layer[0].tolist() == ref.visual_tokens_per_layer
-        assert torch.equal(ours.raters[0], ref.raters)
-        tol = 1e-6 if dtype == torch.float64 else 1e-4
-        torch.testing.assert_close(ours.prefill_logits[0], ref.prefill_logits, rtol=tol, atol=tol)
-    report = kept_tokens_agree(llm, embeds, 35, cfg)  # the check the bench reports
+@pytest.mark.parametrize(("name", "overrides"), CASES)
+def test_eager_reference_keeps_the_same_tokens_as_ours(tiny_models, dtype, name, overrides):
+    """The official-style eager computation (full L x L attention, one prompt) and our SDPA decoder agree
+    exactly on what every pruning layer keeps, and on scores, heads, positions and logits up to rounding."""
+    llm = tiny_models[dtype]
+    cfg = load_config(name, overrides)
+    embeds = _prompt(sum(map(ord, name)) + len(overrides or ()), dtype)
+    deferred = getattr(cfg, "prune_layer", 0) > 0
+    keep = deferred_keep(1, int(name.rsplit("_", 1)[1]), "cpu") if deferred else None  # [1, 576]
+    ours = pruned_generate(llm, embeds, None, torch.tensor([35]), cfg, 1, visual_keep=keep)
+    ref = eager_pruned_prefill(llm, embeds, 35, cfg, visual_keep=keep)
+    assert ref.method == ours.method
+    assert len(ref.kept) == len(ours.pruning_layers)
+    for a, b in zip(ours.kept, ref.kept, strict=True):
+        assert torch.equal(a[0], b)
+    for a, b in zip(ours.scores, ref.scores, strict=True):
+        torch.testing.assert_close(a[0], b.to(a.dtype), rtol=1e-4, atol=1e-7, equal_nan=True)
+    for a, b in zip(ours.heads, ref.heads, strict=True):
+        assert (a is None and b is None) or torch.equal(a[0], b)
+    assert ours.visual_tokens_per_layer[0].tolist() == ref.visual_tokens_per_layer
+    assert torch.equal(ours.raters[0], ref.raters)
+    assert torch.equal(ours.positions[-1][0], ref.positions)  # original ids kept, or renumbered
+    tol = 1e-6 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(ours.prefill_logits[0], ref.prefill_logits, rtol=tol, atol=tol)
+    report = kept_tokens_agree(llm, embeds, 35, cfg, keep)  # the check the bench reports
     assert report["kept_identical"] and report["kept_counts"] == [int(k.numel()) for k in ref.kept]
+    assert report.get("heads_identical", True)
 
 
-def test_eager_sparsevlm_rejects_batches():
+def test_eager_references_follow_each_methods_conventions(tiny_models):
+    """Positions: renumbered (v1.5), original (v2.0, FastV, deferred); FastV keeps int(576 R) after K-1."""
+    llm = tiny_models[torch.float32]
+    embeds = _prompt(9, torch.float32)
+    v15 = eager_pruned_prefill(llm, embeds, 35, load_config("sparsevlm_64"))
+    assert torch.equal(v15.positions, torch.arange(v15.positions.numel()))
+    v2 = eager_pruned_prefill(llm, embeds, 35, load_config("sparsevlm2_64"))
+    # layer 15 (the last one, a pruning layer) rotates the 34 tokens kept at layer 6 with their original ids
+    assert v2.positions[35 : 35 + 34].tolist() == (35 + v2.kept[1]).tolist() and v2.positions[-1] == 635
+    assert all(h is not None and h.numel() == 4 for h in v2.heads)  # 14 priority heads, the model has 4
+    fastv = eager_pruned_prefill(llm, embeds, 35, load_config("fastv_default"))
+    assert [k.numel() for k in fastv.kept] == [288] and fastv.visual_tokens_per_layer[:2] == [576, 288]
+    keep = deferred_keep(1, 64, "cpu")
+    deferred = eager_pruned_prefill(llm, embeds, 35, load_config("visionzip_64", {"prune_layer": 3}), visual_keep=keep)
+    assert torch.equal(deferred.kept[0], torch.nonzero(keep[0]).flatten())
+    assert deferred.visual_tokens_per_layer[:3] == [576, 576, 64] and deferred.positions[-1] == 635
+
+
+def test_eager_references_reject_batches_and_other_configs():
     llm = build_llama(16, LlamaDims(64, 128, 4, 4, 512), torch.device("cpu"), torch.float32)
     with pytest.raises(ValueError, match="one prompt"):
         eager_sparsevlm_prefill(llm, torch.zeros(2, 700, 64), 35, load_config("sparsevlm_64"))
+    with pytest.raises(ValueError, match="one prompt"):
+        eager_pruned_prefill(llm, torch.zeros(2, 700, 64), 35, load_config("fastv_64"))
+    with pytest.raises(ValueError, match=r"v1\.5"):
+        eager_sparsevlm_prefill(llm, torch.zeros(1, 700, 64), 35, load_config("sparsevlm2_64"))
+    with pytest.raises(ValueError, match="visual_keep"):
+        eager_pruned_prefill(llm, torch.zeros(1, 700, 64), 35, load_config("visionzip_64", {"prune_layer": 3}))
+    with pytest.raises(ValueError, match="inside the LLM"):
+        eager_pruned_prefill(llm, torch.zeros(1, 700, 64), 35, load_config("visionzip_64"))
+
+
+def test_in_llm_section_times_every_method_at_batch_1_and_b(tiny_models):
+    """The section on a tiny model: one row per method, batch 1 and batch 2, the agreement checks, finite
+    positive ratios, the Markdown table and the SparseVLM target."""
+    llm = tiny_models[torch.float32]
+    out = in_llm_section(llm, TINY, [64], repeats=1, warmup=0, timer=DeviceTimer("cpu"), with_plain=True, batch=2)
+    assert out["batch"] == 2 and out["prompt_tokens"] == 636
+    rows = out["rows"]
+    assert [(r["method"], r["config"]) for r in rows] == [
+        ("sparsevlm", "sparsevlm_64"), ("sparsevlm2", "sparsevlm2_64"), ("fastv", "fastv_64"), ("deferred", "visionzip_64@L3")
+    ]  # fmt: skip
+    for r in rows:
+        assert r["check"]["kept_identical"] and r["check"]["batch_row0_kept_identical"], r["config"]
+        assert set(r["times"]) == {"ours", "eager", "plain", "ours_b2"}
+        assert {"eager_vs_ours", "eager_x2_vs_ours_b2", "speedup_vs_plain", "efficiency_ratio"} <= set(r["ratios"])
+        assert r["tokens_per_layer"][0] == 636 and len(r["tokens_per_layer"]) == 16
+    assert [r["pruning_layers"] for r in rows] == [[2, 6, 15], [2, 6, 15], [1], [2]]
+    assert rows[1]["check"]["heads_identical"]
+    assert rows[3]["check"]["kept_counts"] == [64] and rows[2]["check"]["kept_counts"] == [47]
+    assert not _finite_positive(_ratios(out))
+    json.dumps(out)  # the JSON report
+
+    report = {"meta": _meta(), "pruning": out}
+    text = render(report)
+    assert "### 4. In-LLM pruning" in text and "2 × eager / ours at batch 2" in text
+    for label in ("SparseVLM v1.5", "SparseVLM v2.0", "FastV", "deferred", "`visionzip_64@L3`"):
+        assert label in text
+    target = {t["name"]: t for t in evaluate_targets(report)}["sparsevlm_vs_eager"]
+    assert target["measured"] == rows[0]["ratios"]["eager_vs_ours"]
+
+    # a report of earlier versions (section "sparsevlm", v1.5 budgets) still renders and feeds the target
+    legacy = {k: v for k, v in out.items() if k not in ("rows", "methods", "budgets")}
+    legacy["budgets"] = {"64": {k: v for k, v in rows[0].items() if k not in ("config", "method", "budget")}}
+    old = {"meta": _meta(), "sparsevlm": legacy}
+    assert pruning_section(old)["rows"][0]["config"] == "sparsevlm_64"
+    assert "`sparsevlm_64`" in render(old)
+    assert {t["name"]: t for t in evaluate_targets(old)}["sparsevlm_vs_eager"]["measured"] == target["measured"]
+
+
+def _meta() -> dict:
+    return {"device": "cpu", "device_name": "cpu", "dtype": "float32", "torch": "t", "transformers": "t",
+            "threads": 1, "quick": True, "settings": {"repeats": 1, "warmup": 0}}  # fmt: skip
+
+
+def test_section_4_options_and_the_sparsevlm_alias():
+    def parse(*argv: str):
+        return settings_from_args(_parser().parse_args(["--device", "cpu", *argv]))
+
+    assert "pruning" in SECTIONS and "sparsevlm" not in SECTIONS
+    assert tuple(PRUNING_METHODS) == tuple(METHODS)
+    old = parse("--sections", "sparsevlm", "--sparsevlm-budgets", "64,128", "--sparsevlm-batch", "4", "--no-sparsevlm-plain")
+    assert old.sections == ["pruning"] and old.pruning_budgets == [64, 128] and old.pruning_batch == 4
+    assert old.pruning_plain is False and old.pruning_methods == list(METHODS)
+    assert parse("--sections", "sparsevlm,pruning").sections == ["pruning"]
+    new = parse("--sections", "pruning", "--pruning-methods", "fastv,deferred", "--pruning-width", "1024")
+    assert new.pruning_methods == ["fastv", "deferred"] and new.pruning_dims["width"] == 1024
+    quick = parse("--quick")
+    assert quick.pruning_batch == 1 and quick.pruning_plain is False and quick.pruning_dims["width"] == 1024
+    default = parse()
+    assert default.pruning_batch == 8 and default.pruning_budgets == [64] and default.pruning_llm_layers == 16
+    with pytest.raises(SystemExit):
+        parse("--pruning-methods", "fastv,nope")
+    with pytest.raises(SystemExit):
+        parse("--sections", "nope")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_config(method):
+    label, cfg = method_config(method, 128)
+    assert label == ("visionzip_128@L3" if method == "deferred" else f"{method}_128")
+    if method == "deferred":
+        assert cfg.method == "visionzip" and cfg.prune_layer == 3
+        keep = deferred_keep(3, 128, "cpu")  # [3, 576], rows differ, fixed by the seed
+        assert keep.shape == (3, 576) and keep.sum(dim=1).tolist() == [128] * 3
+        assert not torch.equal(keep[0], keep[1]) and torch.equal(keep, deferred_keep(3, 128, "cpu"))
+    else:
+        assert cfg.method == method
+    with pytest.raises(ValueError):
+        method_config("nope", 64)
+
+
+def test_sparsevlm_generate_is_the_v15_decoder(tiny_models):
+    llm = tiny_models[torch.float32]
+    embeds = _prompt(3, torch.float32)
+    cfg = load_config("sparsevlm_64")
+    ours = sparsevlm_generate(llm, embeds, None, torch.tensor([35]), cfg, max_new_tokens=1)
+    ref = eager_sparsevlm_prefill(llm, embeds, 35, cfg)
+    assert all(torch.equal(a[0], b) for a, b in zip(ours.kept, ref.kept, strict=True))

@@ -7,7 +7,9 @@ Sections (``--sections``, default all):
 2. ``ops``       every compression config's op relative to the CLIP forward of the same batch;
 3. ``prefill``   LLaVA-shaped LLM prefill, 576 visual tokens vs each config's budget, against the
                  FLOPs bound (32 LLaMA-7B layers on a GPU, fewer on a CPU);
-4. ``sparsevlm`` our SparseVLM pruning decoder vs the eager (official-style) computation;
+4. ``pruning``   our in-LLM pruning decoder vs an eager, one-prompt-at-a-time (official-style)
+                 computation, for SparseVLM v1.5, SparseVLM v2.0, FastV and a deferred VisionZip
+                 selection, batch 1 and 8 (``sparsevlm`` is accepted for it);
 5. ``harness``   the lmms-eval CLI on the tiny checkpoint, samples/s at batch 1 vs batch 8.
 
 Prints Markdown tables to stdout and writes everything (every sample time) to ``--json``.
@@ -32,7 +34,9 @@ from .report import evaluate_targets, render
 
 __all__ = ["Settings", "main", "run"]
 
-SECTIONS = ("vision", "ops", "prefill", "sparsevlm", "harness")
+SECTIONS = ("vision", "ops", "prefill", "pruning", "harness")
+SECTION_ALIASES = {"sparsevlm": "pruning"}  # the name section 4 had when it timed SparseVLM v1.5 alone
+PRUNING_METHODS = ("sparsevlm", "sparsevlm2", "fastv", "deferred")
 # --quick times the prefill at these configs only (one per budget); the full run does every config.
 QUICK_PREFILL_CONFIGS = ("keep_all", "visionzip_64", "visionzip_128", "visionzip_192", "sparsezip_64")
 
@@ -52,11 +56,12 @@ class Settings:
     llm_repeats: int  # sections 3 and 4
     llm_warmup: int
     llm_layers: int
-    sparsevlm_layers: int
-    sparsevlm_dims: dict
-    sparsevlm_budgets: list[int]
-    sparsevlm_plain: bool
-    sparsevlm_batch: int
+    pruning_llm_layers: int  # section 4
+    pruning_dims: dict
+    pruning_methods: list[str]
+    pruning_budgets: list[int]
+    pruning_plain: bool
+    pruning_batch: int
     harness_model: str
     harness_config: str
     harness_batches: list[int]
@@ -72,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--quick", action="store_true", help="smoke-test sizes: ~2 minutes on a 2-core CPU")
     p.add_argument("--json", default="bench_results.json", help="where to write the JSON (default: %(default)s)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="comma-separated subset of " + ",".join(SECTIONS) + " (sparsevlm = pruning)")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="model dtype (default: float32 on CPU, float16 on CUDA)")  # fmt: skip
     p.add_argument("--batches", default=None, help="batch sizes of sections 1-2 (default: 1,8; quick: 1)")
@@ -80,12 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats of sections 1, 3, 4")
     p.add_argument("--warmup", type=int, default=None, help="warm-up rounds of sections 1, 3, 4")
     p.add_argument("--llm-layers", type=int, default=None, help="LLaMA layers in section 3 (default: 32 GPU, 2 CPU, 1 quick)")
-    p.add_argument("--sparsevlm-layers", type=int, default=None, help="LLaMA layers in section 4 (default 16 CPU, 32 GPU)")
-    p.add_argument("--sparsevlm-width", type=int, default=None, help="LLaMA width in section 4 (default 4096; quick 1024)")
-    p.add_argument("--sparsevlm-budgets", default=None, help="SparseVLM budgets of section 4 (default: 64,128,192 GPU; 64 CPU)")
-    p.add_argument("--sparsevlm-plain", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time the unpruned prefill in section 4 (default: on, off with --quick)")  # fmt: skip
-    p.add_argument("--sparsevlm-batch", type=int, default=None,
+    p.add_argument("--pruning-llm-layers", "--sparsevlm-layers", dest="pruning_llm_layers", type=int, default=None,
+                   help="LLaMA layers in section 4 (default 16 CPU, 32 GPU)")  # fmt: skip
+    p.add_argument("--pruning-width", "--sparsevlm-width", dest="pruning_width", type=int, default=None,
+                   help="LLaMA width in section 4 (default 4096; quick on CPU 1024)")  # fmt: skip
+    p.add_argument("--pruning-methods", default=None,
+                   help="in-LLM methods of section 4, subset of " + ",".join(PRUNING_METHODS) + " (default: all)")  # fmt: skip
+    p.add_argument("--pruning-budgets", "--sparsevlm-budgets", dest="pruning_budgets", default=None,
+                   help="budgets of every method in section 4 (default: 64,128,192 GPU; 64 CPU)")  # fmt: skip
+    p.add_argument("--pruning-plain", "--sparsevlm-plain", dest="pruning_plain", action=argparse.BooleanOptionalAction,
+                   default=None, help="also time the unpruned prefill in section 4 (default: on, off with --quick)")  # fmt: skip
+    p.add_argument("--pruning-batch", "--sparsevlm-batch", dest="pruning_batch", type=int, default=None,
                    help="also time ours at this batch against the eager reference run prompt by prompt "
                    "(default: 8; off with --quick)")  # fmt: skip
     p.add_argument("--harness-model", default="llava_sparsezip")
@@ -107,10 +118,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch.cuda.is_available() is False")
     gpu, quick = device == "cuda", args.quick
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    sections = [SECTION_ALIASES.get(s.strip(), s.strip()) for s in args.sections.split(",") if s.strip()]
+    sections = list(dict.fromkeys(sections))  # "sparsevlm,pruning" runs section 4 once
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"error: unknown section(s) {unknown}; choose from {','.join(SECTIONS)}")
+    methods = [m.strip() for m in (args.pruning_methods or ",".join(PRUNING_METHODS)).split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(PRUNING_METHODS))
+    if unknown:
+        raise SystemExit(f"error: unknown in-LLM method(s) {unknown}; choose from {','.join(PRUNING_METHODS)}")
     if quick:
         repeats, warmup, ops, llm = (3, 1, (5, 1), (3, 1)) if gpu else (1, 0, (3, 1), (1, 0))
     elif gpu:
@@ -121,7 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     warmup = args.warmup if args.warmup is not None else warmup
     llm = (args.repeats, llm[1]) if args.repeats is not None else llm
     llm = (llm[0], args.warmup) if args.warmup is not None else llm
-    width = args.sparsevlm_width or (1024 if quick and not gpu else 4096)
+    width = args.pruning_width or (1024 if quick and not gpu else 4096)
     svlm_dims = LLAMA_7B if width == 4096 else LlamaDims(width, _mlp_for(width), max(1, width // 128), max(1, width // 128))
     return Settings(
         device=device,
@@ -137,11 +153,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         llm_repeats=llm[0],
         llm_warmup=llm[1],
         llm_layers=args.llm_layers or (32 if gpu else 1 if quick else 2),
-        sparsevlm_layers=args.sparsevlm_layers or (32 if gpu else 16),
-        sparsevlm_dims=asdict(svlm_dims),
-        sparsevlm_budgets=_ints(args.sparsevlm_budgets) if args.sparsevlm_budgets else ([64, 128, 192] if gpu else [64]),
-        sparsevlm_plain=args.sparsevlm_plain if args.sparsevlm_plain is not None else not quick,
-        sparsevlm_batch=args.sparsevlm_batch or (1 if quick else 8),
+        pruning_llm_layers=args.pruning_llm_layers or (32 if gpu else 16),
+        pruning_dims=asdict(svlm_dims),
+        pruning_methods=methods,
+        pruning_budgets=_ints(args.pruning_budgets) if args.pruning_budgets else ([64, 128, 192] if gpu else [64]),
+        pruning_plain=args.pruning_plain if args.pruning_plain is not None else not quick,
+        pruning_batch=args.pruning_batch or (1 if quick else 8),
         harness_model=args.harness_model,
         harness_config=args.harness_config,
         harness_batches=[1, args.harness_batch],
@@ -284,15 +301,16 @@ def run(s: Settings, argv: list[str]) -> dict:
         del vb, compressed, captured
         gc.collect()
 
-    if "sparsevlm" in s.sections:
-        from .sparsevlm_section import sparsevlm_section
+    if "pruning" in s.sections:
+        from .in_llm_section import in_llm_section
 
-        dims = LlamaDims(**s.sparsevlm_dims)
-        _log(f"section 4: SparseVLM, {s.sparsevlm_layers} layers, {dims.describe()}")
-        llm = build_llama(s.sparsevlm_layers, dims, device, dtype)
-        report["sparsevlm"] = sparsevlm_section(
-            llm, dims, s.sparsevlm_budgets, s.llm_repeats, s.llm_warmup, timer, s.sparsevlm_plain, s.sparsevlm_batch
-        )
+        dims = LlamaDims(**s.pruning_dims)
+        _log(f"section 4: in-LLM pruning {','.join(s.pruning_methods)}, {s.pruning_llm_layers} layers, {dims.describe()}")
+        llm = build_llama(s.pruning_llm_layers, dims, device, dtype)
+        report["pruning"] = in_llm_section(
+            llm, dims, s.pruning_budgets, s.llm_repeats, s.llm_warmup, timer, s.pruning_plain, s.pruning_batch,
+            s.pruning_methods,
+        )  # fmt: skip
         del llm
         gc.collect()
 
@@ -335,10 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(render(report))
     print(f"JSON: {args.json} ({report['meta']['duration_s']:.0f} s)")
-    svlm = report.get("sparsevlm")
-    if svlm and not all(e["check"]["kept_identical"] for e in svlm["budgets"].values()):
+    pruning = report.get("pruning")
+    differ = [r["config"] for r in (pruning or {}).get("rows", []) if not r["check"]["kept_identical"]]
+    if differ:
         # in half precision near-ties may legitimately resolve differently (different rounding of the scores)
         exact = settings.dtype == "float32"
-        _log(f"{'ERROR' if exact else 'warning'}: the eager SparseVLM reference kept different tokens than ours")
+        _log(f"{'ERROR' if exact else 'warning'}: the eager reference kept different tokens than ours for {differ}")
         return 1 if exact else 0
     return 0

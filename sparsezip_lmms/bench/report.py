@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["TARGETS", "evaluate_targets", "render"]
+__all__ = ["TARGETS", "evaluate_targets", "pruning_section", "render"]
+
+METHOD_LABELS = {"sparsevlm": "SparseVLM v1.5", "sparsevlm2": "SparseVLM v2.0", "fastv": "FastV", "deferred": "deferred"}
 
 # (name, description, threshold, "<=" or ">=")
 TARGETS = (
@@ -50,9 +52,10 @@ def evaluate_targets(report: dict) -> list[dict]:
     measured["sparsezip_op"] = max(ops) if ops else None
     prefill = _config_values(report.get("prefill"), "visionzip_64", "efficiency_ratio", ", visionzip_64")
     measured["prefill_64"] = min(prefill) if prefill else None
-    svlm = report.get("sparsevlm")
-    if svlm and "64" in svlm["budgets"]:
-        measured["sparsevlm_vs_eager"] = (svlm["budgets"]["64"]["ratios"]["eager_vs_ours"], "budget 64, batch 1")
+    pruning = pruning_section(report)
+    v15 = [r for r in (pruning or {}).get("rows", []) if r["method"] == "sparsevlm" and int(r["budget"]) == 64]
+    if v15:
+        measured["sparsevlm_vs_eager"] = (v15[0]["ratios"]["eager_vs_ours"], "budget 64, batch 1")
     verdicts = []
     for name, text, threshold, op in TARGETS:
         got = measured[name]
@@ -65,6 +68,53 @@ def evaluate_targets(report: dict) -> list[dict]:
             entry.update(measured=value, where=where, met=bool(met))
         verdicts.append(entry)
     return verdicts
+
+
+def pruning_section(report: dict) -> dict | None:
+    """Section 4 of a report: ``report["pruning"]``, or the v1.5-only ``report["sparsevlm"]`` of earlier
+    versions (``budgets`` keyed by budget) in the same layout."""
+    if "pruning" in report:
+        return report["pruning"]
+    old = report.get("sparsevlm")
+    if not old:
+        return None
+    rows = [{"config": f"sparsevlm_{b}", "method": "sparsevlm", "budget": int(b), **e} for b, e in old["budgets"].items()]
+    return {**{k: v for k, v in old.items() if k != "budgets"}, "methods": ["sparsevlm"], "rows": rows}
+
+
+def _render_pruning(s: dict) -> str:
+    batch = s.get("batch", 1)
+    rows = []
+    for e in s["rows"]:
+        t, r, c = e["times"], e["ratios"], e["check"]
+        row = [METHOD_LABELS.get(e["method"], e["method"]), f"`{e['config']}`", str(e["pruning_layers"]),
+               " / ".join(str(k) for k in c["kept_counts"]), _ms(t["ours"]["median_s"]), _ms(t["eager"]["median_s"]),
+               _x(r["eager_vs_ours"]), "yes" if c["kept_identical"] else "NO", f"{c['equal_tokens']:.2f}",
+               _x(r["speedup_vs_plain"]) if "speedup_vs_plain" in r else "—",
+               _x(r["efficiency_ratio"]) if "efficiency_ratio" in r else "—"]  # fmt: skip
+        if batch > 1:
+            row += [_ms(t[f"ours_b{batch}"]["median_s"]), _x(r[f"eager_x{batch}_vs_ours_b{batch}"])]
+        rows.append(row)
+    header = ["method", "config", "pruned after layers", "kept per pruning", "ours ms", "eager ms", "eager / ours",
+              "same kept tokens", "equal tokens", "speed-up vs unpruned", "speed-up / bound"]  # fmt: skip
+    if batch > 1:
+        header += [f"ours at batch {batch} ms", f"{batch} × eager / ours at batch {batch}"]
+    cores: dict = {}
+    for e in s["rows"]:
+        cores.update(e["attention_cores"])
+    core_text = "; ".join(
+        f"{n} tokens: SDPA {_ms(c['sdpa']['median_s'])} ms, eager {_ms(c['eager']['median_s'])} ms "
+        f"({_x(c['eager_core_vs_sdpa_core'])})"
+        for n, c in sorted(cores.items(), key=lambda kv: -int(kv[0]))
+    )
+    models = ", ".join(f"{e['config']}: {_x(e['ratios']['eager_vs_ours_attention_model'])}" for e in s["rows"])
+    return (
+        f"### 4. In-LLM pruning prefill (max_new_tokens=1, batch 1{f' and {batch}' if batch > 1 else ''}), "
+        f"{s['layers']} layers ({s['dims']}), {s['prompt_tokens']}-token prompt\n\n"
+        + _table(header, rows)
+        + f"\n\nAttention core alone, one layer (eager / SDPA): {core_text}. eager / ours if only the attention "
+        f"cores differed (1 + Σ_layers (eager − SDPA core at the layer's length) / ours): {models}"
+    )
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -128,36 +178,9 @@ def render(report: dict) -> str:
                 + _table(["config", "visual tokens", "prefill ms", "speed-up", "FLOPs bound", "speed-up / bound",
                          "MLP GEMM rate vs 576", "speed-up / (bound × GEMM rate)"], rows)
             )
-    if "sparsevlm" in report:
-        s = report["sparsevlm"]
-        batch = s.get("batch", 1)
-        rows = []
-        for budget, e in s["budgets"].items():
-            t, r, c = e["times"], e["ratios"], e["check"]
-            row = [budget, _ms(t["ours"]["median_s"]), _ms(t["eager"]["median_s"]), _x(r["eager_vs_ours"]),
-                   "yes" if c["kept_identical"] else "NO", f"{c['equal_tokens']:.2f}",
-                   _x(r["speedup_vs_plain"]) if "speedup_vs_plain" in r else "—",
-                   _x(r["efficiency_ratio"]) if "efficiency_ratio" in r else "—"]  # fmt: skip
-            if batch > 1:
-                row.append(_x(r[f"eager_x{batch}_vs_ours_b{batch}"]))
-            rows.append(row)
-        header = ["budget", "ours ms", "eager ms", "eager / ours", "same kept tokens", "equal tokens",
-                  "speed-up vs unpruned", "speed-up / bound"]  # fmt: skip
-        if batch > 1:
-            header.append(f"{batch} × eager / ours at batch {batch}")
-        first = next(iter(s["budgets"].values()))
-        full = str(max(int(n) for n in first["attention_cores"]))
-        core = first["attention_cores"][full]
-        models = ", ".join(f"budget {b}: {_x(e['ratios']['eager_vs_ours_attention_model'])}" for b, e in s["budgets"].items())
-        parts.append(
-            f"### 4. SparseVLM prefill (max_new_tokens=1, batch 1), {s['layers']} layers ({s['dims']}), "
-            f"pruning layers {first['pruning_layers']}, {s['prompt_tokens']}-token prompt\n\n"
-            + _table(header, rows)
-            + f"\n\nAttention core alone, one layer at {full} tokens: SDPA "
-            f"{_ms(core['sdpa']['median_s'])} ms, eager {_ms(core['eager']['median_s'])} ms "
-            f"(eager / SDPA {_x(core['eager_core_vs_sdpa_core'])}). eager / ours if only the attention cores "
-            f"differed (1 + Σ_layers (eager − SDPA core at the layer's length) / ours): {models}"
-        )
+    pruning = pruning_section(report)
+    if pruning:
+        parts.append(_render_pruning(pruning))
     if "harness" in report:
         h = report["harness"]
         if h.get("skipped"):

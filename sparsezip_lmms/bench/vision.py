@@ -39,11 +39,12 @@ from .timing import DeviceTimer, measure, paired_ratio
 __all__ = ["VisionBench", "compression_configs", "compression_section", "official_capture", "vision_section"]
 
 def compression_configs() -> tuple[str, ...]:
-    """Every named config that compresses on the vision side (all but SparseVLM), ordered by method
-    then budget: keep_all, visionzip_*, sparsezip_* (+ dynamic), ablations/*, random_*, pool_*."""
-    from ..config import available_configs
+    """Every named config that compresses on the vision side (all but the in-LLM methods SparseVLM v1.5 /
+    v2.0 and FastV, timed in section 4), ordered by method then budget: keep_all, visionzip_*,
+    sparsezip_* (+ dynamic), ablations/*, random_*, pool_*."""
+    from ..config import IN_LLM_METHODS, available_configs
 
-    names = [n for n in available_configs() if load_config(n).method != "sparsevlm"]
+    names = [n for n in available_configs() if load_config(n).method not in IN_LLM_METHODS]
     order = {"none": 0, "visionzip": 1, "sparsezip": 2, "divprune": 3.1, "cdpruner": 3.2, "random": 4, "pool": 5}
 
     def key(name: str) -> tuple:
