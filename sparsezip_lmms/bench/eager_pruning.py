@@ -190,7 +190,7 @@ def eager_pruned_prefill(
                 keep = keep[kept]
             else:
                 rows = text_start + raters  # [R] sequence rows of the query tokens
-                scores, heads = _scores(method, config, probs[0].to(work), cos_sin, layer, rows, v_start, text_start)
+                scores, heads = _scores(method, config, probs[0], cos_sin, layer, rows, v_start, text_start)
             if method == "sparsevlm":
                 h, span_ids, kept_ids = _prune_and_recycle(h[0], scores, span_ids, v_start, v_num, stage, config, generator)
             else:
@@ -231,7 +231,7 @@ def eager_sparsevlm_prefill(
 def _scores(
     method: str,
     config: Any,
-    probs: torch.Tensor,  # [H, n, n] the pruning layer's attention probabilities
+    probs: torch.Tensor,  # [H, n, n] the pruning layer's attention probabilities (model dtype)
     cos_sin: tuple[torch.Tensor, torch.Tensor],  # [1, n, hd] each, at the rows' position ids
     layer: nn.Module,
     rows: torch.Tensor,  # [R] query rows
@@ -240,9 +240,10 @@ def _scores(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(score of every visual-span token [n_v], priority heads [h] or None) read from the full matrix."""
     span = probs[:, rows, v_start:text_start]  # [H, R, n_v]
+    span = span.to(torch.promote_types(span.dtype, torch.float32))  # scores in at least float32
     if method != "sparsevlm2":  # v1.5 raters, FastV's last row: mean over heads, then over the rows
         return span.mean(dim=0).mean(dim=0), None
-    bias = _rope_only_term(cos_sin, rows, v_start, text_start, layer.self_attn.scaling, probs.dtype)  # [R, n_v]
+    bias = _rope_only_term(cos_sin, rows, v_start, text_start, layer.self_attn.scaling, span.dtype)  # [R, n_v]
     if not bool((bias > 0).all()):
         raise ValueError("SparseVLM v2.0: the RoPE-only term is not positive for this model and prompt length")
     corrected = span / bias[None]  # [H, R, n_v]
