@@ -14,10 +14,11 @@ from sparsezip_lmms.compress import (
     pool,
     pool_grid,
     random_keep,
+    selects_after_projector,
     sparsezip,
     visionzip,
 )
-from sparsezip_lmms.config import available_configs, load_config
+from sparsezip_lmms.config import IN_LLM_METHODS, available_configs, load_config
 
 from _compress_helpers import golden_inputs, synthetic_inputs
 
@@ -132,7 +133,13 @@ def test_baseline_bad_input():
         keep_all(bad)
 
 
-@pytest.mark.parametrize("name", [n for n in available_configs() if load_config(n).method not in ("sparsevlm", "divprune", "cdpruner")])
+def _vision_side(name: str) -> bool:
+    """Configs ``compress`` runs: neither an in-LLM method nor one that selects after the projector."""
+    config = load_config(name)
+    return config.method not in IN_LLM_METHODS and not selects_after_projector(config)
+
+
+@pytest.mark.parametrize("name", [n for n in available_configs() if _vision_side(n)])
 def test_dispatch_every_config(name):
     config = load_config(name)
     hidden, cls_attn, keys = golden_inputs()
@@ -157,6 +164,9 @@ def test_dispatch_rejects_other_configs():
     hidden, cls_attn, keys = golden_inputs()
     with pytest.raises(ValueError, match="config"):
         compress(hidden, cls_attn, keys, load_config("sparsevlm_64"))
+    for name in ("sparsevlm2_64", "fastv_64"):
+        with pytest.raises(ValueError, match="prunes inside the LLM prefill"):
+            compress(hidden, cls_attn, keys, load_config(name))
     for name in ("divprune_64", "cdpruner_64"):  # they select among the projected tokens
         with pytest.raises(ValueError, match="selects among the projected tokens"):
             compress(hidden, cls_attn, keys, load_config(name))
