@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 from sparsezip_lmms.compress.in_llm import DeferredRule, FastVRule, SparseVLM2Rule, rope_bias, rule_for_config
 from sparsezip_lmms.config import ConfigError, load_config
 from sparsezip_lmms.llava import pruned_generate, sparsevlm_generate
-from sparsezip_lmms.llava.pruning_decoder import run_rule
 from _tiny_llama import tiny_llama
 
 DATA = Path(__file__).parent / "data"
@@ -243,7 +242,7 @@ def test_deferred_keep_everything_is_the_plain_model(fastv):
     cases, meta, model = fastv
     embeds, mask, starts = _batch(cases, meta, ["s1"])
     keep = torch.ones(1, 576, dtype=torch.bool)
-    out = run_rule(model, embeds, mask, starts, DeferredRule(4), 4, visual_keep=keep)
+    out = pruned_generate(model, embeds, mask, starts, DeferredRule(4), 4, visual_keep=keep)
     plain = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert out.sequences.equal(plain[:, -4:])
     logits = model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1]

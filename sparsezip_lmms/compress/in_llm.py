@@ -16,8 +16,7 @@ Deferred      after L-1          none        (given selection)  selection   eith
 ============  =================  ==========  =================  ==========  ============
 
 "after layer l" = the output of layer l is pruned, i.e. layer l + 1 is the first to see fewer tokens.
-A new method is a new :class:`PruningRule` subclass, run with ``pruning_decoder.run_rule`` (or passed to
-``pruned_generate`` as its ``config``).
+A new method is a new :class:`PruningRule` subclass, passed to ``pruned_generate`` as its ``config``.
 """
 
 from __future__ import annotations

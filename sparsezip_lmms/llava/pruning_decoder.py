@@ -61,7 +61,7 @@ from .compat import cache_kwargs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RECYCLED_ID_BASE", "PrunedOutput", "pruned_generate", "run_rule"]
+__all__ = ["RECYCLED_ID_BASE", "PrunedOutput", "pruned_generate"]
 
 RECYCLED_ID_BASE = 1000  # recycled token c of stage s (0-based) has identity 1000 * (s + 1) + c
 
@@ -664,6 +664,7 @@ def pruned_generate(
     visual_keep: torch.Tensor | None = None,
     eos_token_id: int | None = None,
     streamer: Any | None = None,
+    seed: int | None = None,
 ) -> PrunedOutput:
     """Greedy generation (``max_new_tokens`` tokens) with in-LLM pruning of the visual tokens.
 
@@ -683,33 +684,10 @@ def pruned_generate(
         runs exactly ``max_new_tokens`` steps.
     streamer: optional object with ``put(tensor)`` / ``end()`` (a transformers streamer): it receives
         an empty [B, 0] prompt tensor first, then each step's tokens as a host tensor [B].
+    seed: the recycling's tie-break draws (SparseVLM v1.5); default: the config's ``seed`` (0 for a rule).
     """
     rule = config if isinstance(config, PruningRule) else rule_for_config(config)
-    seed = getattr(config, "seed", 0)
-    return run_rule(
-        language_model, inputs_embeds, attention_mask, image_start, rule, max_new_tokens, recycle_noise,
-        seed=seed, lm_head=lm_head, num_visual_tokens=num_visual_tokens, visual_keep=visual_keep,
-        eos_token_id=eos_token_id, streamer=streamer,
-    )
-
-
-def run_rule(
-    language_model: nn.Module,
-    inputs_embeds: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    image_start: torch.Tensor,
-    rule: PruningRule,
-    max_new_tokens: int,
-    recycle_noise: Sequence[torch.Tensor] | None = None,
-    *,
-    seed: int = 0,
-    lm_head: nn.Module | None = None,
-    num_visual_tokens: int | Sequence[int] | torch.Tensor = 576,
-    visual_keep: torch.Tensor | None = None,
-    eos_token_id: int | None = None,
-    streamer: Any | None = None,
-) -> PrunedOutput:
-    """:func:`pruned_generate` with the rule object given (``seed``: the recycling's tie-break draws)."""
+    seed = getattr(config, "seed", 0) if seed is None else seed
     decoder, head = _resolve_modules(language_model, lm_head)
     depth = len(decoder.layers)
     _check_rule(rule, depth, int(decoder.config.num_attention_heads))

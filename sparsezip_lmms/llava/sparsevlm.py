@@ -37,8 +37,6 @@ def sparsevlm_generate(
     """Greedy generation with SparseVLM v1.5 pruning (see :func:`pruned_generate` for the arguments)."""
     if getattr(config, "method", None) != "sparsevlm":
         raise ConfigError(f"sparsevlm_generate needs a SparseVLM config (method 'sparsevlm'), got {config!r}")
-    if int(num_visual_tokens) < 1:
-        raise ValueError("num_visual_tokens must be >= 1 (prompts without an image do not use SparseVLM)")
     return pruned_generate(
         language_model,
         inputs_embeds,
