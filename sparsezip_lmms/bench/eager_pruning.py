@@ -41,6 +41,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from ..compress.in_llm import fastv_keep_count
+from ..config import IN_LLM_METHODS
 from ..compress.sparsevlm_recycle import (
     density_peak_merge,
     keep_count,
@@ -79,7 +80,7 @@ EagerSparseVLMOutput = EagerPrunedOutput  # the v1.5-only name of earlier versio
 def eager_method(config: Any) -> str:
     """"sparsevlm", "sparsevlm2", "fastv" or "deferred" (a vision-side config with ``prune_layer > 0``)."""
     method = getattr(config, "method", None)
-    if method in ("sparsevlm", "sparsevlm2", "fastv"):
+    if method in IN_LLM_METHODS:
         return method
     if getattr(config, "prune_layer", 0) > 0:
         return "deferred"

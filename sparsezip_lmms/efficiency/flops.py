@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..config import IN_LLM_METHODS
+
 
 @dataclass(frozen=True)
 class Dims:
@@ -86,7 +88,7 @@ def compression_flops(config, n_images: int, dims: Dims, text_tokens: int = 0, c
     c = dims.vision_width
     ck = c // dims.vision_heads  # width of the head-averaged keys
     method = config.method
-    if method in ("none", "sparsevlm", "sparsevlm2", "fastv", "random", "pool"):
+    if method in ("none", "random", "pool") or method in IN_LLM_METHODS:
         return 0
     if method in ("divprune", "cdpruner"):
         d, k = dims.llm_width, config.keep
