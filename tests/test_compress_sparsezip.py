@@ -191,7 +191,7 @@ def test_merge_visionzip_uses_visionzip_merge():
         n = int(out.kept[b].sum())
         keep[b, out.index[b, :n]] = True
         assert int(out.counts[b]) == n + 10
-    ctx, valid = visionzip_merge(hidden, keys, ~keep, 10)
+    ctx, valid, _ = visionzip_merge(hidden, keys, ~keep, 10)
     assert valid.all()
     for b in range(3):
         n = int(out.kept[b].sum())

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .types import Compressed, check_finite, check_hidden, check_int, score_dtype
 
-__all__ = ["image_keys", "keep_all", "pool", "pool_grid", "random_keep"]
+__all__ = ["image_keys", "keep_all", "pool", "pool_grid", "pool_members", "random_keep"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -139,8 +139,27 @@ def pool(hidden: Tensor, k: int) -> Compressed:
     grid = hidden[:, 1:].to(score_dtype(hidden)).transpose(1, 2).reshape(b, c, side, side)  # [B, C, s, s]
     pooled = F.adaptive_avg_pool2d(grid, (rows, cols)).flatten(2).transpose(1, 2)  # [B, rows*cols, C]
     t = rows * cols
+    members = pool_members(side, rows, cols, hidden.device)  # [t, 1+N]
     return Compressed(
         tokens=pooled.to(hidden.dtype),
         valid=torch.ones(b, t, dtype=torch.bool, device=hidden.device),
         index=torch.full((b, t), -1, dtype=torch.long, device=hidden.device),
+        members=members.expand(b, t, n + 1),
     )
+
+
+def pool_members(side: int, rows: int, cols: int, device: torch.device | str = "cpu") -> Tensor:
+    """[rows·cols, 1+side²] bool: the patches (CLIP positions, CLS = 0 never) each output cell of
+    ``adaptive_avg_pool2d`` from a side×side grid averages, cells in row-major order. Its windows are
+    [floor(i·side/rows), ceil((i+1)·side/rows)), so neighbouring cells may share a patch."""
+
+    def windows(out: int) -> Tensor:  # [out, side] bool
+        i = torch.arange(out, device=device)
+        start = (i * side) // out
+        end = ((i + 1) * side + out - 1) // out
+        grid = torch.arange(side, device=device)
+        return (grid >= start[:, None]) & (grid < end[:, None])
+
+    cells = windows(rows)[:, None, :, None] & windows(cols)[None, :, None, :]  # [rows, cols, side, side]
+    members = cells.reshape(rows * cols, side * side)
+    return torch.cat([members.new_zeros(rows * cols, 1), members], dim=1)

@@ -17,6 +17,7 @@ __all__ = [
     "agglomerate_midpoint",
     "assign",
     "cluster_merge",
+    "cluster_token_labels",
     "kmeans_pp_init",
     "lloyd",
     "weighted_cluster_tokens",
@@ -166,6 +167,21 @@ def agglomerate_midpoint(centres: Tensor, centre_valid: Tensor, n_clusters: int)
     return buf, alive
 
 
+def cluster_token_labels(labels: Tensor, member: Tensor, n_clusters: int, order: str = "position") -> Tensor:
+    """The cluster each output token of :func:`weighted_cluster_tokens` is made of, [B, n_clusters] long.
+
+    ``order`` "position": clusters by their lowest member position (empty clusters last), "cluster": by label.
+    """
+    b, m = labels.shape
+    ids = torch.arange(n_clusters, device=labels.device)  # [S]
+    if order != "position":
+        return ids.expand(b, n_clusters)
+    one_hot = (labels.unsqueeze(-1) == ids) & member.unsqueeze(-1)  # [B, M, S]
+    positions = torch.arange(m, device=labels.device).view(1, m, 1)
+    first = torch.where(one_hot, positions, m).amin(1)  # [B, S] lowest member position (m if empty)
+    return first.argsort(dim=1, stable=True)  # [B, S]
+
+
 def weighted_cluster_tokens(
     hidden: Tensor,
     labels: Tensor,
@@ -183,7 +199,6 @@ def weighted_cluster_tokens(
     ``empty_token``: "drop" = an empty cluster is an invalid zero row, "zero" = a valid zero token.
     Returns (tokens [B, n_clusters, C], valid [B, n_clusters]).
     """
-    m = hidden.shape[1]
     ids = torch.arange(n_clusters, device=hidden.device)  # [S]
     one_hot = (labels.unsqueeze(-1) == ids) & member.unsqueeze(-1)  # [B, M, S]
     w = one_hot.to(hidden.dtype)  # [B, M, S]
@@ -194,9 +209,7 @@ def weighted_cluster_tokens(
     tokens = w.transpose(1, 2) @ hidden / total.unsqueeze(-1)  # [B, S, C]
     valid = one_hot.any(1)  # [B, S]
     if order == "position":
-        positions = torch.arange(m, device=hidden.device).view(1, m, 1)
-        first = torch.where(one_hot, positions, m).amin(1)  # [B, S] lowest member position (m if empty)
-        perm = first.argsort(dim=1, stable=True)  # [B, S]
+        perm = cluster_token_labels(labels, member, n_clusters, order)  # [B, S]
         valid = valid.gather(1, perm)
         tokens = tokens.gather(1, perm.unsqueeze(-1).expand_as(tokens))
     tokens = tokens.masked_fill(~valid.unsqueeze(-1), 0)
@@ -250,7 +263,8 @@ def cluster_merge(
     ``init`` [B, K] / ``reinit`` [B, R] long replay recorded draws: indices into each image's member list
     (ascending position), in draw order (−1 = none). Without them the draws come from a CPU generator
     seeded by ``seed`` (the same uniforms for every image). ``trace``: filled with ``labels`` [B, M]
-    (final cluster id of each member, −1 elsewhere) and ``init`` [B, K] (seed indices into the member list).
+    (final cluster id of each member, −1 elsewhere), ``token_labels`` [B, contextual] (the cluster id of each
+    output token, :func:`cluster_token_labels`) and ``init`` [B, K] (seed indices into the member list).
     """
     b = hidden.shape[0]
     points = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [B, M, Ck]
@@ -291,6 +305,7 @@ def cluster_merge(
             labels = group.gather(1, labels)  # [B, M]
     if trace is not None:
         trace["labels"] = labels.masked_fill(~member, -1)
+        trace["token_labels"] = cluster_token_labels(labels, member, contextual, order)
         trace["init"] = init if init is not None else None
         trace["uniforms"] = gen_uniforms
     return weighted_cluster_tokens(hidden, labels, member, weights, contextual, order, empty_token)

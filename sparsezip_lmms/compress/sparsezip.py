@@ -25,8 +25,8 @@ from torch import Tensor
 from ..config import SparseZipConfig
 from .cluster import cluster_merge
 from .text import seed_zscore, zscore
-from .types import Compressed, assemble, check_patch_scores, check_scoring_inputs, score_dtype
-from .visionzip import first_positions, top_mask, visionzip_merge
+from .types import Compressed, assemble, check_patch_scores, check_scoring_inputs, merge_members, score_dtype
+from .visionzip import top_mask, visionzip_merge
 
 __all__ = [
     "SparseZipTrace",
@@ -287,9 +287,10 @@ def sparsezip_trace(
     if merge == "none" or n_ctx == 0:
         out = assemble(hidden, keep)
     elif merge == "visionzip":
-        ctx, ctx_valid = visionzip_merge(hidden, keys, ~keep, n_ctx)  # [B, S, C], [B, S]
-        out = assemble(hidden, keep, ctx, ctx_valid)
-        labels = _visionzip_slots(keys.to(key_dtype or score_dtype(keys)), ~keep, ctx_valid.shape[1])[:, 1:]
+        ctx, ctx_valid, slot = visionzip_merge(hidden, keys, ~keep, n_ctx)  # [B, S, C], [B, S], [B, 1+N]
+        slots = torch.arange(ctx.shape[1], device=hidden.device).expand(b, -1)  # [B, S] token s = slot s
+        out = assemble(hidden, keep, ctx, ctx_valid, merged_members=merge_members(slot, slots))
+        labels = slot[:, 1:]
     else:
         m = config.merging
         weights = minmax(scores) + _WEIGHT_FLOOR if m.weighting == "score" else None  # [B, N] > 0
@@ -313,21 +314,7 @@ def sparsezip_trace(
             reinit=kmeans_reinit,
             trace=trace,
         )  # [B, S, C], [B, S]
-        out = assemble(hidden, keep, ctx, ctx_valid)
-        labels = trace["labels"]
+        labels = trace["labels"]  # [B, N]
+        with_cls = torch.cat([labels.new_full((b, 1), -1), labels], dim=1)  # [B, 1+N]
+        out = assemble(hidden, keep, ctx, ctx_valid, merged_members=merge_members(with_cls, trace["token_labels"]))
     return SparseZipTrace(out, scores, k - cls_off, top, labels)
-
-
-def _visionzip_slots(keys: Tensor, remain: Tensor, contextual: int) -> Tensor:
-    """The contextual slot of each remaining token under :func:`visionzip_merge` (a target its own), [B, L]
-    long, −1 elsewhere (trace only: the same rule as the merge)."""
-    metric = F.normalize(keys, dim=-1)  # [B, L, Ck]
-    r = remain.sum(1, keepdim=True)  # [B, 1]
-    step = (r // max(contextual, 1)).clamp(min=1)  # [B, 1]
-    rank = remain.cumsum(1) - 1  # [B, L]
-    is_target = remain & (rank % step == 0) & (rank // step < contextual)  # [B, L]
-    target_pos, slot_valid = first_positions(is_target, contextual)  # [B, S]
-    target_metric = metric.gather(1, target_pos.unsqueeze(-1).expand(-1, -1, metric.shape[-1]))  # [B, S, Ck]
-    sim = (metric @ target_metric.transpose(1, 2)).masked_fill(~slot_valid.unsqueeze(1), float("-inf"))  # [B, L, S]
-    slot = torch.where(is_target, rank // step, sim.argmax(2))  # [B, L]
-    return slot.masked_fill(~remain, -1)

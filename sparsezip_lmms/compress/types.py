@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Compressed", "assemble", "score_dtype"]
+__all__ = ["Compressed", "assemble", "merge_members", "score_dtype"]
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,14 @@ class Compressed:
     ``valid`` ``[B, T]`` bool: False marks padding (per-image counts may differ).
     ``index`` ``[B, T]`` long: source position 0..N of a kept token (0 = CLS), −1 for a merged token
     and for padding.
+    ``members`` ``[B, T, 1+N]`` bool or None: the source positions each merged token is made of (all
+    False for kept tokens and padding); None when the method merges nothing.
     """
 
     tokens: Tensor
     valid: Tensor
     index: Tensor
+    members: Tensor | None = None
 
     @property
     def counts(self) -> Tensor:
@@ -131,16 +134,27 @@ def check_patch_scores(name: str, t: object, b: int, n: int, device: torch.devic
 # --------------------------------------------------------------------------- assembly
 
 
+def merge_members(labels: Tensor, token_labels: Tensor) -> Tensor:
+    """Which source positions each merged token is made of, ``[B, S, L]`` bool.
+
+    labels [B, L] long: the group each source position went into (−1: none); token_labels [B, S] long:
+    the group each merged token was made from, in token order.
+    """
+    return (labels.unsqueeze(1) == token_labels.unsqueeze(2)) & (labels >= 0).unsqueeze(1)
+
+
 def assemble(
     hidden: Tensor,
     keep: Tensor,
     merged: Tensor | None = None,
     merged_valid: Tensor | None = None,
     width: int | None = None,
+    merged_members: Tensor | None = None,
 ) -> Compressed:
     """Kept source tokens in ascending position, then the valid merged tokens, padded to a common T.
 
-    hidden [B, L, C]; keep [B, L] bool; merged [B, M, C] (any float dtype); merged_valid [B, M] bool.
+    hidden [B, L, C]; keep [B, L] bool; merged [B, M, C] (any float dtype); merged_valid [B, M] bool;
+    merged_members [B, M, L] bool: the source positions of each merged token (:func:`merge_members`).
     ``width``: T when the caller knows it (fixed budgets); otherwise one host sync computes it.
     """
     b, length, c = hidden.shape
@@ -161,4 +175,10 @@ def assemble(
     index = cand_index.gather(1, order).masked_fill(~valid, -1)  # [B, T]
     tokens = cand_tokens.gather(1, order.unsqueeze(-1).expand(b, width, c))  # [B, T, C]
     tokens = tokens.masked_fill(~valid.unsqueeze(-1), 0)
-    return Compressed(tokens=tokens, valid=valid, index=index)
+    members = None
+    if merged_members is not None and merged is not None and merged.shape[1] > 0:
+        merged_slot = order - length  # [B, T] row among the merged tokens (negative: a source token)
+        is_merged = (merged_slot >= 0) & valid  # [B, T]
+        rows = merged_slot.clamp(min=0).unsqueeze(-1).expand(b, width, merged_members.shape[-1])  # [B, T, L]
+        members = merged_members.gather(1, rows) & is_merged.unsqueeze(-1)  # [B, T, L]
+    return Compressed(tokens=tokens, valid=valid, index=index, members=members)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .types import Compressed, assemble, check_int, check_scoring_inputs, score_dtype
+from .types import Compressed, assemble, check_int, check_scoring_inputs, merge_members, score_dtype
 
 __all__ = ["first_positions", "top_mask", "visionzip", "visionzip_merge"]
 
@@ -48,17 +48,18 @@ def first_positions(mask: Tensor, count: int) -> tuple[Tensor, Tensor]:
     return order.masked_fill(~found, 0), found
 
 
-def visionzip_merge(hidden: Tensor, keys: Tensor, remain: Tensor, contextual: int) -> tuple[Tensor, Tensor]:
+def visionzip_merge(hidden: Tensor, keys: Tensor, remain: Tensor, contextual: int) -> tuple[Tensor, Tensor, Tensor]:
     """VisionZip's contextual tokens of the tokens flagged in ``remain``.
 
     hidden [B, L, C]; keys [B, L, Ck]; remain [B, L] bool (R_b = remain[b].sum() may differ per image).
-    Returns (tokens [B, S, C] in promoted float dtype, valid [B, S] bool), S = min(contextual, L); an
+    Returns (tokens [B, S, C] in promoted float dtype, valid [B, S] bool, slot [B, L] long: the contextual
+    token each remaining token went into, a target its own, −1 elsewhere), S = min(contextual, L); an
     image with R_b < contextual gets R_b tokens (each remaining token is then its own target).
     """
     b, length, c = hidden.shape
     contextual = min(contextual, length)  # never more targets than tokens
     if contextual <= 0:
-        return hidden.new_zeros(b, 0, c), remain.new_zeros(b, 0)
+        return hidden.new_zeros(b, 0, c), remain.new_zeros(b, 0), torch.full_like(remain, -1, dtype=torch.long)
     work = score_dtype(hidden)
     metric = F.normalize(keys.to(score_dtype(keys)), dim=-1)  # [B, L, Ck]
     slots = torch.arange(contextual, device=hidden.device)  # [S]
@@ -83,7 +84,8 @@ def visionzip_merge(hidden: Tensor, keys: Tensor, remain: Tensor, contextual: in
     counts = one_hot.sum(1).clamp(min=1).unsqueeze(-1)  # [B, S, 1]
     merged = one_hot.transpose(1, 2) @ hidden.to(work) / counts  # [B, S, C]
     tokens = (target_hidden + merged).masked_fill(~slot_valid.unsqueeze(-1), 0)  # [B, S, C]
-    return tokens, slot_valid
+    slot_of = torch.where(is_target, slot, assign).masked_fill(~remain, -1)  # [B, L]
+    return tokens, slot_valid, slot_of
 
 
 def visionzip(hidden: Tensor, cls_attn: Tensor, keys: Tensor, dominant: int, contextual: int) -> Compressed:
@@ -107,5 +109,6 @@ def visionzip(hidden: Tensor, cls_attn: Tensor, keys: Tensor, dominant: int, con
     n_ctx = min(contextual, remaining)
     if n_ctx == 0:
         return assemble(hidden, keep, width=dominant)
-    ctx, ctx_valid = visionzip_merge(hidden, keys, ~keep, n_ctx)  # [B, n_ctx, C], [B, n_ctx]
-    return assemble(hidden, keep, ctx, ctx_valid, width=dominant + n_ctx)
+    ctx, ctx_valid, slot = visionzip_merge(hidden, keys, ~keep, n_ctx)  # [B, n_ctx, C], [B, n_ctx], [B, 1+N]
+    members = merge_members(slot, torch.arange(n_ctx, device=hidden.device).expand(b, n_ctx))  # [B, n_ctx, 1+N]
+    return assemble(hidden, keep, ctx, ctx_valid, width=dominant + n_ctx, merged_members=members)

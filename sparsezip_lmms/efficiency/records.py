@@ -50,6 +50,7 @@ class EfficiencyRecord:
     warmup: bool = False  # excluded from timing aggregates
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None  # what the model kept (llava.selection), logged as eff_selection
 
     @classmethod
     def failed(cls, model: str, config: str, error: str) -> "EfficiencyRecord":
@@ -62,6 +63,7 @@ class EfficiencyRecord:
         """The record in reporting units (TFLOPs, MiB) for results files and log rows."""
         out = self.to_dict()
         out.pop("extra")
+        out.pop("selection")
         out["prefill_tflops"] = None if self.prefill_flops is None else self.prefill_flops / 1e12
         out["kv_cache_mb"] = None if self.kv_cache_bytes is None else self.kv_cache_bytes / 2**20
         out["peak_memory_mb"] = None if self.peak_memory_bytes is None else self.peak_memory_bytes / 2**20

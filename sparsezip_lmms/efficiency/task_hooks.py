@@ -67,17 +67,45 @@ def _usable(figures: dict[str, Any], field: str) -> bool:
     return not (field in TIMING_FIELDS and figures.get("warmup"))
 
 
+# the record fields the bookkeeping metrics read (each logged sample carries the whole record once)
+_BOOKKEEPING_FIELDS = ("missing", "error", "warmup", "ttft_s", "unpruned")
+
+
+def doc_fields(doc: dict) -> dict[str, Any]:
+    """The document's text and number fields (its question, category, ids; not its image), logged as
+    ``eff_doc``: lmms-eval leaves the document out of the samples file it writes."""
+    out = {}
+    for key, value in doc.items():
+        if key == UID_COLUMN:
+            continue
+        if isinstance(value, (str, int, float, bool)) or (
+            isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value)
+        ):
+            out[key] = value
+    return out
+
+
+def selection_of(doc: dict) -> dict[str, Any] | None:
+    """What the model kept for ``doc`` (``EfficiencyRecord.selection``); None when not logged."""
+    record = get_record_by_uid(doc.get(UID_COLUMN))
+    return None if record is None else record.selection
+
+
 def _with_efficiency(scores: dict[str, Any], doc: dict) -> dict[str, Any]:
-    """Upstream scores + the request's whole record (``eff_record``) + one scalar per summary metric
-    (None where the figure is unusable: warm-up, failed request, not measured on this device) + the
-    failure bookkeeping (``eff_failed``, ``eff_first_error``, ``eff_timed``, ``eff_unpruned``)."""
+    """Upstream scores + the request's whole record (``eff_record``) + what it kept (``eff_selection``)
+    + the document's fields (``eff_doc``) + one scalar per summary metric (None where the figure is unusable: warm-up, failed request, not
+    measured on this device) + the failure bookkeeping (``eff_failed``, ``eff_first_error``,
+    ``eff_timed``, ``eff_unpruned``: the few fields they count)."""
     figures = efficiency_of(doc)
+    bookkeeping = {key: figures[key] for key in _BOOKKEEPING_FIELDS if key in figures}
     scores = dict(scores)
     scores["eff_record"] = figures
-    scores["eff_failed"] = figures
-    scores["eff_first_error"] = figures
-    scores["eff_timed"] = figures
-    scores["eff_unpruned"] = figures
+    scores["eff_selection"] = selection_of(doc)
+    scores["eff_doc"] = doc_fields(doc)
+    scores["eff_failed"] = bookkeeping
+    scores["eff_first_error"] = bookkeeping
+    scores["eff_timed"] = bookkeeping
+    scores["eff_unpruned"] = bookkeeping
     for suffix, field, _ in SCALAR_METRICS:
         value = figures.get(field) if _usable(figures, field) else None
         scores[f"eff_{suffix}"] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -131,6 +159,16 @@ def first_error(records: list[dict]) -> str | None:
 def count_timed(records: list[dict]) -> int:
     """eff_timed: requests behind the timing figures (neither warm-up nor failed)."""
     return sum(1 for r in records if _usable(r, "ttft_s") and r.get("ttft_s") is not None)
+
+
+def count_selections(selections: list[dict | None]) -> int:
+    """eff_selection: requests whose log carries what the model kept (model argument ``log_selection``)."""
+    return sum(1 for s in selections if s)
+
+
+def count_docs(docs: list[dict]) -> int:
+    """eff_doc: documents scored (each sample's log carries its document's fields)."""
+    return len(docs)
 
 
 def count_unpruned(records: list[dict]) -> int:

@@ -21,6 +21,7 @@ class ImageTokens:
     valid: torch.Tensor  # [n_images, T_max] bool
     source_index: torch.Tensor | None  # [n_images, T_max] long, CLIP position or -1 (merged); None = all patches
     patches: torch.Tensor | None = None  # [n_images, N, D_llm] every projected patch token (deferred pruning)
+    members: torch.Tensor | None = None  # [n_images, T_max, 1+N] bool: CLIP positions of each merged token
 
     @property
     def counts(self) -> torch.Tensor:  # [n_images]
@@ -142,7 +143,7 @@ def image_tokens(
     )
     features = projector(compressed.tokens)  # [n, T_max, D_llm]
     patches = projector(inputs.hidden[:, 1:]) if with_patches else None  # [n, N, D_llm]
-    return ImageTokens(features, compressed.valid, compressed.index, patches)
+    return ImageTokens(features, compressed.valid, compressed.index, patches, compressed.members)
 
 
 def deferred_span(selected: ImageTokens) -> tuple[ImageTokens, torch.Tensor]:

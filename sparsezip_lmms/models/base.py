@@ -37,12 +37,13 @@ from ..efficiency.records import EfficiencyRecord, peak_memory, record_request, 
 from ..efficiency.task_hooks import UID_COLUMN
 from ..compress import image_keys, needs_text
 from ..llava.features import deferred_span, image_tokens, text_pull_back, uses_stock_features
+from ..llava.selection import image_fingerprint
 from ..llava.tokens import placeholder_runs, resize_image_placeholders, splice_image_features
 
 # Constructor arguments of the upstream adapter; everything else is ours or a config override.
 _PARENT_ARGS = frozenset(inspect.signature(_LlavaHfSimple.__init__).parameters) - {"self", "kwargs"}
 # Our own model_args (besides config overrides).
-_OWN_ARGS = frozenset({"config", "warmup", "clip_text_tower"})
+_OWN_ARGS = frozenset({"config", "warmup", "clip_text_tower", "log_selection"})
 
 
 def class_default_config(model_id: str) -> str:
@@ -90,6 +91,7 @@ class CompressedLlava(_LlavaHfChat):
         # Everything about the config is checked before a single weight is loaded.
         self.compression: CompressionConfig = self.resolve_config(own_args.get("config"), overrides)
         self.warmup = self._count_arg("warmup", own_args.get("warmup", 0))
+        self.log_selection = self._flag_arg("log_selection", own_args.get("log_selection", True))
         self.geometry = self._check_checkpoint(pretrained, parent_args, self.compression)
         self._clip_text_tower = self._check_clip_text_tower(own_args.get("clip_text_tower"), parent_args)
 
@@ -98,6 +100,35 @@ class CompressedLlava(_LlavaHfChat):
         self._fix_data_parallel_ranks()
         self.model.eval()
         self._requests_seen = 0
+        self._set_up_config(str(own_args.get("config") or self.default_config))
+
+    def with_config(
+        self, model_id: str, config: str | None = None, overrides: dict[str, Any] | None = None, clip_text_tower: str | None = None
+    ) -> "CompressedLlava":
+        """Model id ``model_id`` with ``config`` (and overrides) on this instance's loaded checkpoint: a
+        new instance that shares the weights, the processor and the device placement (weights are only
+        read, so neither changes how the other generates). Checked like a fresh load."""
+        from lmms_eval.models import get_model
+
+        from ..budgets import check_fits
+
+        cls = get_model(model_id)
+        if not (isinstance(cls, type) and issubclass(cls, CompressedLlava)):
+            raise ConfigError(f"{model_id} is not one of this package's model ids")
+        other = cls.__new__(cls)
+        other.__dict__.update(self.__dict__)
+        other.compression = cls.resolve_config(config, dict(overrides or {}))
+        try:
+            check_fits(other.compression, self.geometry)
+        except ConfigError as err:
+            raise ConfigError(f"{model_id} config {config or cls.default_config}: {err}") from None
+        other._clip_text_tower = other._check_clip_text_tower(clip_text_tower, {})
+        other._requests_seen = 0
+        other._set_up_config(str(config or cls.default_config))
+        return other
+
+    def _set_up_config(self, config_name: str) -> None:
+        """What the model derives from its config once the weights are loaded."""
         self._effective_config = config_to_dict(self.compression)
         self._text_aware = needs_text(self.compression)
         # the projector's folded pull-back (question tokens -> CLIP space), made once per model
@@ -114,7 +145,7 @@ class CompressedLlava(_LlavaHfChat):
         self._stock_vision_dims = Dims.from_llava_config(
             self.model.config, vision_layers_run=self.model.config.vision_config.num_hidden_layers
         )  # the stock feature path runs every CLIP layer
-        self.config_name = str(own_args.get("config") or self.default_config)
+        self.config_name = config_name
         eval_logger.info(
             f"{self.model_id}: config {self.config_name} -> {json.dumps(config_to_dict(self.compression), sort_keys=True)}"
         )
@@ -145,6 +176,16 @@ class CompressedLlava(_LlavaHfChat):
         parsed = parse_value(value)
         if isinstance(parsed, bool) or not isinstance(parsed, int) or parsed < 0:
             raise ConfigError(f"{cls.model_id} --model_args: {key} must be a whole number >= 0, got {value!r}")
+        return parsed
+
+    @classmethod
+    def _flag_arg(cls, key: str, value: Any) -> bool:
+        """A true/false model argument (``log_selection``), read like a config value."""
+        from ..config import parse_value
+
+        parsed = parse_value(value)
+        if not isinstance(parsed, bool):
+            raise ConfigError(f"{cls.model_id} --model_args: {key} must be true or false, got {value!r}")
         return parsed
 
     @classmethod
@@ -302,11 +343,17 @@ class CompressedLlava(_LlavaHfChat):
 
     @torch.no_grad()
     def _generate_batch(
-        self, texts: list[str], images: list, gen_kwargs: dict[str, Any], prune: bool = False, questions: list[str] | None = None
+        self,
+        texts: list[str],
+        images: list,
+        gen_kwargs: dict[str, Any],
+        prune: bool = False,
+        questions: list[str] | None = None,
+        fingerprints: list[str] | None = None,
     ) -> "BatchOutput":
         """Generate for one batch of prompts (their images in prompt order); ``prune``: run the in-LLM
         pruning decoder (every prompt then has exactly one image); ``questions``: each prompt's user text
-        (CDPruner's CLIP question)."""
+        (CDPruner's CLIP question); ``fingerprints``: one per image, given when the selection is logged."""
         device = self.device
         reset_peak_memory(device)
         t_start = now(device)
@@ -320,6 +367,7 @@ class CompressedLlava(_LlavaHfChat):
 
         t_vision = now(device)
         question_mask = self._question_mask(input_ids, attention_mask, n_images)  # [n_images, L]
+        config = self.compression if (prune or not self._prunes_in_llm) else self._unpruned_config
         if n_images:
             question = self._question_embeddings(input_ids, question_mask, row_of_image) if self._text_aware else None
             # random baseline: one key per image from the processor's float32 pixels (batch-invariant draws)
@@ -332,7 +380,6 @@ class CompressedLlava(_LlavaHfChat):
                 strip = self.compression.strip_answer_format
                 per_image = [question_for_clip((questions or [""] * len(texts))[row], strip) for row in row_of_image.tolist()]
                 clip_questions = self._clip_text.embed(per_image)  # ([n_images, M, P], [n_images, M])
-            config = self.compression if (prune or not self._prunes_in_llm) else self._unpruned_config
             deferred = prune and getattr(config, "prune_layer", 0) > 0
             visual = image_tokens(
                 self.model,
@@ -346,6 +393,7 @@ class CompressedLlava(_LlavaHfChat):
                 question_embeds=clip_questions,
                 with_patches=deferred,
             )
+            selected = visual  # what the method keeps (from layer prune_layer on, when deferred)
             visual_keep = None
             if deferred:  # every patch enters the LLM; the selection takes effect at layer prune_layer
                 visual, visual_keep = deferred_span(visual)
@@ -357,7 +405,7 @@ class CompressedLlava(_LlavaHfChat):
                 )
         else:
             visual, counts, clip_questions = None, torch.zeros(0, dtype=torch.long, device=device), None
-            visual_keep = None
+            visual_keep, selected, deferred = None, None, False
         t_vision_end = now(device)
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -379,14 +427,17 @@ class CompressedLlava(_LlavaHfChat):
         if prune:
             if not bool((images_per_row == 1).all()):
                 raise ValueError(f"{self.model_id}: the pruning decoder needs exactly one image per prompt")
-            tokens, step_times, layer_stats = self._generate_pruned(inputs_embeds, prompt, args, counts, visual_keep)
+            tokens, step_times, layer_stats, pruned = self._generate_pruned(inputs_embeds, prompt, args, counts, visual_keep)
         else:
             clock = TokenClock() if args["num_beams"] == 1 else None
             tokens = self.model.generate(
                 inputs_embeds=inputs_embeds, attention_mask=prompt.attention_mask, streamer=clock, **args
             )  # [B, new] (no prompt ids when generating from embeddings)
-            step_times, layer_stats = (clock.step_times if clock else []), None
+            step_times, layer_stats, pruned = (clock.step_times if clock else []), None, None
         t_end = now(device)
+        selections = None
+        if fingerprints is not None:
+            selections = self._selections(config, selected, n_images, fingerprints, images_per_row.tolist(), pruned, deferred)
 
         out_texts, out_counts = self._decode(tokens, args)
         decode_steps = len(step_times) - 1
@@ -416,6 +467,7 @@ class CompressedLlava(_LlavaHfChat):
             clip_segments=clip_segments.tolist(),
             layer_stats=layer_stats,
             timing=timing,
+            selections=selections,
         )
 
     def _decode(self, tokens: torch.Tensor, args: dict[str, Any]) -> tuple[list[str], list[int]]:
@@ -467,7 +519,26 @@ class CompressedLlava(_LlavaHfChat):
             "equal_tokens": out.equal_tokens.tolist(),
             "cache_lengths": out.cache_lengths.tolist(),
         }
-        return out.sequences, clock.step_times, stats
+        return out.sequences, clock.step_times, stats, out
+
+    def _selections(self, config, selected, n_images, fingerprints, images_per_row, pruned, deferred) -> list[dict]:
+        """Each prompt's selection record (``llava.selection``): the vision-side choice, and for the
+        in-LLM methods the patches each pruning layer kept."""
+        from ..llava.selection import image_selections, layer_kept_patches, request_records
+
+        n_patches = self.geometry.patches
+        layers = None
+        if pruned is not None and not deferred:
+            layers = layer_kept_patches(pruned.kept, pruned.pruning_layers, n_patches)
+        return request_records(
+            config.method,
+            n_patches,
+            image_selections(selected, n_images, n_patches),
+            fingerprints,
+            images_per_row,
+            layers=layers,
+            prune_layer=getattr(config, "prune_layer", None) if deferred else None,
+        )
 
     # ------------------------------------------------------------------ accounting
 
@@ -504,6 +575,7 @@ class CompressedLlava(_LlavaHfChat):
             kv_cache_bytes=kv_cache_bytes(cache, dims, self.model.dtype.itemsize),
             warmup=self._requests_seen <= self.warmup,
             extra={"effective_config": self._effective_config},
+            selection=out.selections[row] if out.selections is not None else None,
         )
 
     # ------------------------------------------------------------------ lmms-eval entry point
@@ -522,6 +594,7 @@ class CompressedLlava(_LlavaHfChat):
         if any(image is None for image in images):
             raise ValueError(f"doc {doc_id} of {task}/{split} has no image where its prompt expects one (None)")
         text = self._chat_text(messages)
+        fingerprints = [image_fingerprint(image) for image in images] if self.log_selection else None
         key = json.dumps(gen_kwargs, sort_keys=True, default=str)
         uid = doc.get(UID_COLUMN) if isinstance(doc, dict) else None
         question = " ".join(
@@ -531,7 +604,7 @@ class CompressedLlava(_LlavaHfChat):
             for item in message["content"]
             if item.get("type") == "text" and item.get("text")
         )  # the user's text alone (CDPruner's CLIP question)
-        return _Prepared(key, index, text, list(images), gen_kwargs, task, split, doc_id, uid, question)
+        return _Prepared(key, index, text, list(images), gen_kwargs, task, split, doc_id, uid, question, fingerprints)
 
     def _document_key(self, task: str, split: str, doc_id: int) -> str | None:
         """The ``*_eff`` key of a document whose row cannot be read whole (its key column alone)."""
@@ -620,9 +693,12 @@ class CompressedLlava(_LlavaHfChat):
     def _run_group(self, batch: list["_Prepared"], prune: bool) -> list[tuple[GenerationResult, EfficiencyRecord]]:
         texts = [item.text for item in batch]
         images = [img for item in batch for img in item.images]
+        fingerprints = [f for item in batch for f in item.fingerprints] if self.log_selection else None
         gen_kwargs = batch[0].gen_kwargs
         try:
-            out = self._generate_batch(texts, images, gen_kwargs, prune=prune, questions=[item.question for item in batch])
+            out = self._generate_batch(
+                texts, images, gen_kwargs, prune=prune, questions=[item.question for item in batch], fingerprints=fingerprints
+            )
         except Exception as err:  # noqa: BLE001 - one bad sample must not take the run down
             if len(batch) > 1:
                 eval_logger.warning(f"{self.model_id}: batch failed ({err!r}); retrying its {len(batch)} requests one by one")
@@ -660,6 +736,7 @@ class _Prepared:
     doc_id: int
     uid: str | None  # the document's key from the *_eff tasks' process_docs
     question: str = ""  # the user's text without the chat template
+    fingerprints: list[str] | None = None  # llava.selection.image_fingerprint of each image (log_selection)
 
 
 @dataclass
@@ -675,3 +752,4 @@ class BatchOutput:
     clip_segments: list[int]  # CDPruner: 77-token CLIP text segments embedded for the prompt
     layer_stats: dict[str, list] | None  # SparseVLM per-layer figures
     timing: dict[str, Any]
+    selections: list[dict] | None = None  # per row: llava.selection record (log_selection)

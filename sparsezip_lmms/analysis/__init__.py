@@ -1,0 +1,1 @@
+"""Analyses of logged runs: which visual patches each method kept, and how the runs' answers compare."""

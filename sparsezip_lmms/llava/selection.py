@@ -1,0 +1,118 @@
+"""What a model kept for each request, as a compact JSON record (logged as ``eff_selection``).
+
+One record per request (format version 1; ``docs/ALGORITHMS.md``, "Selection records")::
+
+    {"version": 1, "method": "visionzip", "grid": [24, 24],
+     "images": [{"image": "3fa2c1d09b7e", "tokens": 64, "cls": true, "kept": "3,7-9,120",
+                 "merged": ["0-2,24", ...], "layers": {"2": "0-9,300"}, "prune_layer": 3}]}
+
+Patches are numbered 0..rows·cols−1 row-major on the CLIP grid; sets are range strings
+(``analysis.selection.format_ranges``). ``kept``: patches that enter the LLM as their own token;
+``merged``: the member patches of each merged token (VisionZip's and SparseZip's contextual tokens,
+pooling cells); ``layers``: in-LLM methods, the patches still in the sequence after pruning at that
+decoder layer; ``prune_layer``: deferred pruning, the layer from which ``kept`` holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import torch
+
+from ..analysis.selection import format_ranges
+from .features import ImageTokens
+
+SELECTION_VERSION = 1
+
+
+def image_fingerprint(image: Any) -> str:
+    """12 hex digits identifying an image's pixels (the same picture gives the same string)."""
+    digest = hashlib.sha1(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()[:12]
+
+
+def patch_grid(n_patches: int) -> list[int]:
+    """[rows, cols] of a square CLIP patch grid."""
+    side = math.isqrt(n_patches)
+    if side * side != n_patches:
+        raise ValueError(f"a selection record needs a square patch grid, got {n_patches} patches")
+    return [side, side]
+
+
+def image_selections(selected: ImageTokens | None, n_images: int, n_patches: int) -> list[dict[str, Any]]:
+    """Per image: ``tokens``, ``cls``, ``kept`` and ``merged`` of the tokens ``selected`` sends into the
+    LLM (``source_index`` None: all patches, as LLaVA's own feature path). One host transfer."""
+    if n_images == 0:
+        return []
+    if selected is None or selected.source_index is None:
+        tokens = selected.counts.tolist() if selected is not None else [n_patches] * n_images
+        everything = format_ranges(range(n_patches))
+        return [{"tokens": int(t), "cls": False, "kept": everything} for t in tokens]
+    index, valid = selected.source_index, selected.valid  # [n, T]
+    is_kept = valid & (index >= 0)  # [n, T]
+    slot = torch.where(is_kept, index, n_patches + 1)  # [n, T] merged tokens and padding -> a spare column
+    kept = torch.zeros(n_images, n_patches + 2, dtype=torch.bool, device=index.device)  # [n, 1+N+1]
+    kept.scatter_(1, slot, is_kept)  # duplicate positions (DivPrune's repeats) all write True
+    kept = kept[:, : n_patches + 1]  # [n, 1+N] by CLIP position
+    is_merged = valid & (index < 0)  # [n, T]
+    members = selected.members  # [n, T, 1+N] or None
+    merged_rows = members[is_merged][:, 1:].cpu() if members is not None else None  # [n_merged, N]
+    owner = is_merged.nonzero()[:, 0].tolist()  # image of each merged row
+    kept_cpu, counts = kept.cpu(), selected.counts.tolist()
+    out = []
+    for i in range(n_images):
+        entry = {
+            "tokens": int(counts[i]),
+            "cls": bool(kept_cpu[i, 0]),
+            "kept": format_ranges(kept_cpu[i, 1:].nonzero()[:, 0].tolist()),
+        }
+        if merged_rows is not None:
+            entry["merged"] = [
+                format_ranges(merged_rows[j].nonzero()[:, 0].tolist()) for j, image in enumerate(owner) if image == i
+            ]
+        out.append(entry)
+    return out
+
+
+def layer_kept_patches(kept: list[torch.Tensor], layers: tuple[int, ...], n_patches: int) -> list[dict[str, str]]:
+    """Per row, {decoder layer: range string} of the patch identities (0..N−1) each pruning layer kept.
+
+    kept: the pruning decoder's ``PrunedOutput.kept``, per pruning layer [B, k_max] identities padded
+    with −1 (recycled tokens, ids ≥ 1000, and anything outside the patch grid are left out)."""
+    if not kept:
+        return []
+    rows = kept[0].shape[0]
+    out: list[dict[str, str]] = [{} for _ in range(rows)]
+    for layer, ids in zip(layers, kept):
+        for row, values in enumerate(ids.tolist()):
+            out[row][str(layer)] = format_ranges(v for v in values if 0 <= v < n_patches)
+    return out
+
+
+def request_records(
+    method: str,
+    n_patches: int,
+    images: list[dict[str, Any]],
+    fingerprints: list[str],
+    images_per_row: list[int],
+    layers: list[dict[str, str]] | None = None,
+    prune_layer: int | None = None,
+) -> list[dict[str, Any]]:
+    """One record per prompt from its images' selections (``image_selections``, prompt order)."""
+    grid = patch_grid(n_patches)
+    records, start = [], 0
+    for row, count in enumerate(images_per_row):
+        entries = []
+        for offset in range(count):
+            entry = {"image": fingerprints[start + offset], **images[start + offset]}
+            if layers is not None:
+                entry["layers"] = layers[row]
+            if prune_layer is not None:
+                entry["prune_layer"] = prune_layer
+            entries.append(entry)
+        start += count
+        records.append({"version": SELECTION_VERSION, "method": method, "grid": grid, "images": entries})
+    return records
