@@ -1,4 +1,4 @@
-"""Command line: ``python -m sparsezip_lmms {demo,doctor,leaderboard,bench,calibrate,import-config,tasks-path,configs,show-config}``."""
+"""Command line: ``python -m sparsezip_lmms {demo,doctor,leaderboard,analyze,explain,report,sweep,bench,calibrate,import-config,tasks-path,configs,show-config}``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ _WITH_OWN_OPTIONS = {
     "demo": ("sparsezip_lmms.demo.run", "main"),
     "doctor": ("sparsezip_lmms.doctor", "main"),
     "leaderboard": ("sparsezip_lmms.leaderboard", "main"),
+    "analyze": ("sparsezip_lmms.analysis.analyze", "main"),
+    "explain": ("sparsezip_lmms.analysis.explain", "main"),
+    "report": ("sparsezip_lmms.analysis.report", "main"),
+    "sweep": ("sparsezip_lmms.sweep", "main"),
     "bench": ("sparsezip_lmms.bench", "main"),
     "calibrate": ("sparsezip_lmms.calibrate", "main"),
     "import-config": ("sparsezip_lmms.seed_config", "main"),
@@ -45,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. merging.contextual_num=16")
 
     sub.add_parser("leaderboard", help="merge results folders into a table (Markdown, CSV) and a Pareto plot", add_help=False)
+    sub.add_parser("analyze", help="compare --log_samples runs of one task: kept-patch overlap, text sensitivity, categories, agreement", add_help=False)
+    sub.add_parser("explain", help="one image + question through several configs -> PNG of the kept patches per method", add_help=False)
+    sub.add_parser("report", help="one self-contained HTML page: leaderboard, Pareto plots, categories, overlap, overlay gallery", add_help=False)
+    sub.add_parser("sweep", help="one lmms-eval run per config x grid override x task (resumable), then leaderboard and report", add_help=False)
     sub.add_parser("bench", help="speed benchmark of every part (table + JSON)", add_help=False)
     sub.add_parser("calibrate", help="fit SparseZip's dynamic K on a task's images and write a config", add_help=False)
     sub.add_parser("import-config", help="convert a seed SparseZip YAML into this package's config", add_help=False)
