@@ -1,11 +1,12 @@
 # make demo : install into .venv (pinned to constraints/lock.txt), then run the offline demo
-# make test : install into .venv (pinned to constraints/lock.txt), then run the whole offline test suite
+# make test : install into .venv (pinned to constraints/lock.txt) and a headless browser, then run the whole offline test suite
+# make browser : find or install (apt-get, as root) the headless Chromium the report tests render in; never fails
 # make lock : re-resolve today's newest versions into constraints/lock.txt (then run make test)
 # make doctor : environment check (versions against the lock, torch build, lmms-eval, model ids, tasks)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test bench lock doctor
+.PHONY: install demo test browser bench lock doctor
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt constraints/lock.txt scripts/install.sh
@@ -15,8 +16,11 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt constraints/lock.txt scri
 demo: install
 	$(PY) -m sparsezip_lmms demo
 
-test: install
+test: install browser
 	$(PY) -m pytest tests
+
+browser:
+	VENV=$(VENV) bash scripts/install_browser.sh
 
 bench: install
 	$(PY) -m sparsezip_lmms bench --quick
