@@ -38,7 +38,7 @@ TASK_METRICS: dict[str, list[tuple[str, str, bool]]] = {
     "docvqa": [("DocVQA ANLS", "anls", True), ("DocVQA EM", "exact_match", False)],
 }
 TASK_LABEL = {"pope": "POPE", "mme": "MME", "docvqa": "DocVQA"}
-_ARG_KEYS_NOT_IN_LABEL = {"pretrained", "dtype", "device_map", "device", "warmup"}
+_ARG_KEYS_NOT_IN_LABEL = {"pretrained", "dtype", "device_map", "device", "warmup", "log_selection"}
 
 
 def task_family(task: str) -> str | None:

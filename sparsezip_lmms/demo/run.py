@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..doctor import FAIL, format_table, run_checks
+from ..analysis.report import build_report
 from ..leaderboard import build as build_leaderboard
 from .harness import lmms_eval_command, run_lmms_eval, write_local_tasks
 from .mini_datasets import MINI_BUILDERS
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         result_dir = out / "results" / f"{model}__{config.replace('/', '_')}"
         cmd = lmms_eval_command(
             model,
-            f"pretrained={checkpoint},config={config},dtype=float32,warmup={args.batch_size}"
+            f"pretrained={checkpoint},config={config},dtype=float32,warmup={args.batch_size},log_selection=true"
             + tiny_model_args(model, out),
             task_names,
             result_dir,
@@ -88,4 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n" + board)
     print(f"\nleaderboard files: {out / 'leaderboard'}/leaderboard.{{md,csv}}, leaderboard_pareto.png")
+    report = build_report([out / "results"], out / "report.html", title="sparsezip-lmms demo (tiny checkpoint, RANDOM weights)")
+    print(f"report (leaderboard, categories, overlap, overlays of every run; open in a browser): {report}")
     return 0

@@ -1,0 +1,345 @@
+"""One self-contained HTML page from results folders: leaderboard, Pareto plots, per-category scores,
+overlap of the kept patches, text sensitivity, answer agreement, and a gallery of overlays.
+
+    python -m sparsezip_lmms report results/ more_results/ --out report.html
+
+Everything is inside the file (CSS inline, figures as base64 PNG), so it opens offline and can be
+sent as one attachment. The analyses need ``--log_samples`` runs; the gallery reads each sample's
+image back from the task's dataset (the path the results file records: a local ``load_from_disk``
+folder or the hub cache) and draws what every run kept on it, one panel per run (per pruning layer
+for in-LLM methods); where the dataset cannot be read it draws on a grey canvas and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as _dt
+import html
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from PIL import Image
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;color:#1d2330;padding:0 16px}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:2px solid #dde3ee;padding-bottom:4px}h3{margin-top:1.4em}
+table{border-collapse:collapse;font-size:13px;margin:8px 0 16px}th,td{border:1px solid #d5dae4;padding:3px 7px;text-align:right}
+th{background:#eef2f8;position:sticky;top:0}td.text,th.text{text-align:left}tr:nth-child(even) td{background:#f8fafc}
+.scroll{overflow-x:auto;max-width:100%}.note{color:#6a7385;font-size:13px}.warn{color:#a2400b}
+figure{margin:12px 0 28px}figcaption{font-size:13px;color:#3d4555;margin-top:4px}img{max-width:100%;height:auto}
+.gallery figure{border:1px solid #dde3ee;padding:8px;border-radius:6px}
+"""
+
+
+# ----------------------------------------------------------------------------- html pieces
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def html_table(columns: list[str], rows: Iterable[Iterable[Any]], css_id: str | None = None, text_columns: int = 1) -> str:
+    """A table; the first ``text_columns`` columns are left-aligned text, the rest numbers."""
+
+    def cell(tag: str, i: int, value: Any) -> str:
+        cls = ' class="text"' if i < text_columns else ""
+        return f"<{tag}{cls}>{_esc(value)}</{tag}>"
+
+    head = "".join(cell("th", i, c) for i, c in enumerate(columns))
+    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
+    ident = f' id="{_esc(css_id)}"' if css_id else ""
+    return f'<div class="scroll"><table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def png_img(data: bytes, alt: str, css_class: str = "") -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    cls = f' class="{_esc(css_class)}"' if css_class else ""
+    return f'<img{cls} alt="{_esc(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def fmt(value: Any) -> str:
+    """Numbers to 4 significant digits, None as an em dash."""
+    from ..leaderboard import MISSING
+
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def leaderboard_section(paths: list[Path], work: Path) -> str:
+    from ..leaderboard import collect, pareto_plot, table
+
+    rows = collect(paths)
+    columns, cells = table(rows)
+    plot = pareto_plot(cells, work / "pareto.png")
+    body = html_table(columns, ([fmt(c.get(col)) for col in columns] for c in cells), css_id="leaderboard", text_columns=4)
+    return (
+        "<h2>Leaderboard</h2>"
+        '<p class="note">One row per model id, config, checkpoint and dtype; retention and TTFT speed-up are '
+        "relative to the llava_hf_timed row of the same checkpoint and dtype.</p>"
+        + body
+        + "<h3>Accuracy vs time to first token</h3>"
+        + png_img(plot.read_bytes(), "Pareto plot", "pareto")
+    )
+
+
+def analysis_section(analysis, work: Path) -> str:
+    """Per-category scores, overlap, text sensitivity and agreement of one task (``analyze.Analysis``)."""
+    from .analyze import category_plot, overlap_plot, text_sensitivity_plot
+
+    task = analysis.task
+    slug = "".join(ch if ch.isalnum() else "_" for ch in task)
+    parts = [f'<h2 id="task-{_esc(slug)}">{_esc(task)}</h2>']
+    for note in analysis.notes:
+        parts.append(f'<p class="note warn">{_esc(note)}</p>')
+
+    parts.append("<h3>Scores per sub-category</h3>")
+    mme = analysis.family == "mme"
+    columns = ["run", "category", "n", "score"] + (["acc+", "MME score"] if mme else [])
+    rows = [
+        [c.run, c.category, c.n, fmt(c.score)] + ([fmt(c.accuracy_plus), fmt(c.mme_score)] if mme else [])
+        for c in analysis.categories
+    ]
+    parts.append(html_table(columns, rows, css_id=f"categories-{slug}", text_columns=2))
+    if analysis.categories:
+        path = category_plot(analysis.categories, analysis.family, work / f"categories_{slug}.png")
+        if path is not None and Path(path).is_file():
+            parts.append(png_img(Path(path).read_bytes(), f"scores per category, {task}"))
+
+    parts.append("<h3>Overlap of the kept patches (mean Jaccard)</h3>")
+    overlap = analysis.overlap
+    if overlap.views:
+        rows = [[view] + [fmt(v) for v in line] for view, line in zip(overlap.views, overlap.mean)]
+        parts.append(html_table(["view", *overlap.views], rows, css_id=f"overlap-{slug}"))
+        path = overlap_plot(overlap, work / f"overlap_{slug}.png")
+        if path is not None and Path(path).is_file():
+            parts.append(png_img(Path(path).read_bytes(), f"overlap matrix, {task}"))
+        parts.append(
+            '<p class="note">1.0 = the same patches, 0.0 = none in common; in-LLM methods have one view per pruning '
+            "layer (@L&lt;layer&gt;).</p>"
+        )
+        parts.append("<h3>Text sensitivity</h3>")
+        rows = [[t.view, fmt(t.value), t.images, t.pairs, t.note] for t in analysis.text_sensitivity]
+        parts.append(html_table(["view", "text sensitivity", "images", "pairs", "note"], rows, css_id=f"sensitivity-{slug}"))
+        path = text_sensitivity_plot(analysis.text_sensitivity, work / f"sensitivity_{slug}.png")
+        if path is not None and Path(path).is_file():
+            parts.append(png_img(Path(path).read_bytes(), f"text sensitivity, {task}"))
+        parts.append(
+            '<p class="note">Mean overlap of a method\'s selections for different questions on the same image: '
+            "1.0 = the method ignores the question.</p>"
+        )
+    else:
+        parts.append('<p class="note">No selections logged for this task.</p>')
+
+    parts.append("<h3>Answer agreement</h3>")
+    columns = ["run A", "run B", "agree", "disagree", "A on agree", "B on agree", "A on disagree", "B on disagree"]
+    rows = [
+        [a.run_a, a.run_b, a.n_agree, a.n_disagree, fmt(a.a_on_agree), fmt(a.b_on_agree), fmt(a.a_on_disagree), fmt(a.b_on_disagree)]
+        for a in analysis.agreement
+    ]
+    parts.append(html_table(columns, rows, css_id=f"agreement-{slug}", text_columns=2))
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------------- gallery
+
+
+@dataclass
+class LoggedRequest:
+    """One run's logged sample, as the gallery draws it."""
+
+    answer: str
+    question: str | None
+    target: str | None
+    selection: dict[str, Any] | None
+
+
+def logged_requests(samples_path: Path) -> dict[int, LoggedRequest]:
+    """doc_id -> what one samples file logged (malformed lines are skipped; ``analyze`` counts them)."""
+    out: dict[int, LoggedRequest] = {}
+    for line in samples_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("doc_id"), int):
+            continue
+        answer = row.get("filtered_resps")
+        while isinstance(answer, list):
+            answer = answer[0] if answer else ""
+        doc = row.get("doc") if isinstance(row.get("doc"), dict) else row.get("eff_doc") or {}
+        selection = row.get("eff_selection")
+        out[row["doc_id"]] = LoggedRequest(
+            answer=answer if isinstance(answer, str) else "",
+            question=doc.get("question") if isinstance(doc.get("question"), str) else row.get("input"),
+            target=None if row.get("target") is None else str(row.get("target")),
+            selection=selection if isinstance(selection, dict) and selection.get("images") else None,
+        )
+    return out
+
+
+def results_of(samples_path: Path) -> Path:
+    """The ``*_results.json`` written with a ``*_samples_<task>.jsonl``."""
+    stamp = samples_path.name.split("_samples_")[0]
+    return samples_path.with_name(f"{stamp}_results.json")
+
+
+def dataset_images(results_path: Path, task: str, doc_ids: list[int]) -> tuple[dict[int, Image.Image], str | None]:
+    """({doc_id: the document's first image}, problem) from the dataset the results file names."""
+    try:
+        import datasets
+
+        config = json.loads(results_path.read_text(encoding="utf-8"))["configs"][task]
+        path, kwargs = config["dataset_path"], dict(config.get("dataset_kwargs") or {})
+        split = config.get("test_split") or config.get("validation_split")
+        if kwargs.pop("load_from_disk", False):
+            docs = datasets.load_from_disk(path)[split]
+        else:
+            kwargs.pop("token", None)
+            docs = datasets.load_dataset(path, config.get("dataset_name"), split=split, **kwargs)
+        out = {}
+        for doc_id in doc_ids:
+            row = docs[int(doc_id)]
+            image = next((v for v in row.values() if isinstance(v, Image.Image)), None)
+            if image is not None:
+                out[doc_id] = image.convert("RGB")
+        return out, None
+    except Exception as err:  # noqa: BLE001 - the gallery then draws on a grey canvas and says why
+        return {}, f"images of {task} not readable from its dataset ({type(err).__name__}: {err})"
+
+
+def gallery_docs(requests: dict[str, dict[int, LoggedRequest]], count: int) -> list[int]:
+    """``count`` doc ids spread evenly over those every run logged a single-image selection for."""
+    shared = None
+    for by_doc in requests.values():
+        ids = {d for d, r in by_doc.items() if r.selection is not None and len(r.selection["images"]) == 1}
+        shared = ids if shared is None else shared & ids
+    ordered = sorted(shared or ())
+    if len(ordered) <= count:
+        return ordered
+    step = len(ordered) / count
+    return [ordered[int(i * step)] for i in range(count)]
+
+
+def gallery_section(task: str, runs: list, work: Path, count: int, columns: int = 5) -> str:
+    """Overlays of ``count`` requests of ``task``: one figure per request, one panel per run (and layer)."""
+    from ..llava.selection import image_fingerprint
+    from .overlay import model_view, overlay_figure, panels_of
+
+    requests: dict[str, dict[int, LoggedRequest]] = {}
+    results_path = None
+    for run in runs:
+        merged: dict[int, LoggedRequest] = {}
+        for source in run.sources:
+            if source.endswith(".jsonl") and Path(source).is_file():
+                merged.update(logged_requests(Path(source)))
+                results_path = results_path or results_of(Path(source))
+        requests[run.label] = merged
+    docs = gallery_docs(requests, count)
+    if not docs:
+        return f"<h3>Gallery: {_esc(task)}</h3><p class=\"note\">No request with a selection logged by every run.</p>"
+    images, problem = dataset_images(results_path, task, docs) if results_path else ({}, "no results file found")
+    parts = [f"<h3>Gallery: {_esc(task)}</h3>", '<div class="gallery">']
+    if problem:
+        parts.append(f'<p class="note warn">{_esc(problem)}; the selections are drawn on a grey canvas.</p>')
+    for doc_id in docs:
+        first = next(r[doc_id] for r in requests.values())
+        entries = {label: by_doc[doc_id] for label, by_doc in requests.items()}
+        fingerprint = entries[next(iter(entries))].selection["images"][0]["image"]
+        image = images.get(doc_id)
+        caption_note = ""
+        if image is None:
+            picture = Image.new("RGB", (336, 336), (150, 150, 150))
+        else:
+            picture = model_view(image)
+            if image_fingerprint(image) != fingerprint:
+                caption_note = " (the dataset's image differs from the one the runs logged)"
+        panels = []
+        for label, request in entries.items():
+            selection = request.selection
+            panels += panels_of(selection["images"][0], tuple(selection["grid"]), label, request.answer)
+        path = overlay_figure(picture, panels, work / f"gallery_{task}_{doc_id}.png", columns=columns, dpi=90)
+        caption = f"doc {doc_id}: {first.question or ''} — expected: {first.target or '—'}{caption_note}"
+        alt = f"overlays, {task} doc {doc_id}: {', '.join(entries)}"
+        parts.append(f"<figure>{png_img(path.read_bytes(), alt, 'overlay')}"
+                     f"<figcaption>{_esc(caption)}</figcaption></figure>")  # fmt: skip
+    parts.append("</div>")
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------------- page
+
+
+def build_report(paths: list[str | Path], out_html: str | Path, title: str | None = None, gallery: int = 3) -> Path:
+    """Write the HTML report of the results under ``paths`` to ``out_html``; returns its path. A task
+    that cannot be analysed gets a section saying why; only a page with nothing at all raises."""
+    from .analyze import AnalysisError, analyze
+    from .samples import load_runs
+
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    runs, problems = load_runs(paths)
+    tasks = sorted({run.task for run in runs})
+    title = title or "sparsezip-lmms report"
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        sections = [leaderboard_section(paths, work)]
+        galleries = []
+        for task in tasks:
+            try:
+                sections.append(analysis_section(analyze(paths, task), work))
+            except AnalysisError as err:
+                sections.append(f"<h2>{_esc(task)}</h2><p class=\"note warn\">{_esc(err)}</p>")
+            task_runs = sorted((r for r in runs if r.task == task), key=lambda r: r.label)
+            galleries.append(gallery_section(task, task_runs, work, gallery))
+        contents = "".join(f'<li><a href="#task-{_esc("".join(c if c.isalnum() else "_" for c in t))}">{_esc(t)}</a></li>' for t in tasks)
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+        notes = "".join(f'<p class="note warn">{_esc(p)}</p>' for p in problems)
+        page = (
+            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{_esc(title)}</h1><p class=\"note\">Written {stamp} from {len(paths)} path(s): "
+            f"{_esc(', '.join(map(str, paths)))}</p>{notes}"
+            f"<ul>{contents}<li><a href=\"#gallery\">Gallery</a></li></ul>"
+            + "".join(sections)
+            + '<h2 id="gallery">Gallery of overlays</h2>'
+            + '<p class="note">What every run kept for a few requests (the image as the vision tower saw it: shortest side '
+            "336, centre crop). Bright, outlined: kept patch; tinted: merged into a token (one colour per token); dark: "
+            "dropped.</p>"
+            + "".join(galleries)
+            + "</body></html>"
+        )
+    out = Path(out_html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(page, encoding="utf-8")
+    partial.replace(out)  # a failed build never leaves half a page in place of a good one
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="results folders or *_results.json files (--log_samples runs)")
+    parser.add_argument("--out", default="report.html")
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--gallery", type=int, default=3, help="requests per task in the overlay gallery")
+    args = parser.parse_args(argv)
+    try:
+        path = build_report(args.paths, args.out, args.title, args.gallery)
+    except FileNotFoundError as err:
+        print(f"error: report: {err}", file=sys.stderr)
+        return 2
+    print(f"written: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
