@@ -78,14 +78,11 @@ def _parse_model_args(model_args: Any) -> dict[str, str]:
 
 def _default_config(model: str) -> str:
     try:
-        from .models.llava import LlavaHfTimed, LlavaSparseVLM, LlavaSparseZip, LlavaVisionZip
+        from .models.base import class_default_config
 
-        for cls in (LlavaHfTimed, LlavaSparseVLM, LlavaSparseZip, LlavaVisionZip):
-            if cls.model_id == model:
-                return cls.default_config
+        return class_default_config(model)
     except Exception:  # noqa: BLE001 - the leaderboard must work without the model stack
-        pass
-    return "default"
+        return "default"
 
 
 def _number(value: Any) -> float | None:

@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--columns", type=int, default=4)
+    parser.add_argument("--dpi", type=int, default=110, help="resolution of the PNG")
     parser.add_argument("--out", default="explain.png")
     parser.add_argument("--json", default=None, help="also write the answers and selection records here")
     args = parser.parse_args(argv)
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     resize, crop = crop_of(base)
     path = overlay_figure(
-        model_view(image, resize, crop), explained_panels(results), args.out, title=f"Q: {args.question}", columns=args.columns
+        model_view(image, resize, crop), explained_panels(results), args.out, title=f"Q: {args.question}", columns=args.columns,
+        dpi=args.dpi,
     )
     for result in results:
         print(f"{result.choice.label}: {result.visual_tokens} visual tokens -> {result.answer!r}")
