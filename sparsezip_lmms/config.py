@@ -58,6 +58,7 @@ __all__ = [
     "load_yaml",
     "parse_value",
     "split_args_string",
+    "split_top_level",
 ]
 
 
@@ -124,11 +125,9 @@ def parse_value(value: Any) -> Any:
         return value
 
 
-def split_args_string(text: str) -> dict[str, str]:
-    """``key=value,key2=[1,2],...`` -> {key: raw value}: commas inside brackets or quotes do not split.
-
-    The one reader of ``--model_args`` strings (model classes, leaderboard); values stay strings.
-    """
+def split_top_level(text: str, strict: bool = False) -> list[str]:
+    """``a,[1,2],"b,c"`` -> ``["a", "[1,2]", '"b,c"']`` (items stripped): commas inside brackets or
+    quotes do not split. ``strict``: unbalanced brackets or quotes are a ConfigError."""
     items, current, depth, quote = [], [], 0, None
     for char in text.strip():
         if quote:
@@ -139,12 +138,25 @@ def split_args_string(text: str) -> dict[str, str]:
             depth += 1
         elif char in "]})":
             depth -= 1
+            if depth < 0 and strict:
+                raise ConfigError(f"unbalanced brackets in {text!r}")
         elif char == "," and depth == 0:
-            items.append("".join(current))
+            items.append("".join(current).strip())
             current = []
             continue
         current.append(char)
-    items.append("".join(current))
+    if strict and (depth or quote):
+        raise ConfigError(f"unbalanced {'quotes' if quote else 'brackets'} in {text!r}")
+    items.append("".join(current).strip())
+    return items
+
+
+def split_args_string(text: str) -> dict[str, str]:
+    """``key=value,key2=[1,2],...`` -> {key: raw value}: commas inside brackets or quotes do not split.
+
+    The one reader of ``--model_args`` strings (model classes, leaderboard); values stay strings.
+    """
+    items = split_top_level(text)
     out = {}
     for item in (part.strip() for part in items):
         if not item:

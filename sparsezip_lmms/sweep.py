@@ -56,27 +56,12 @@ class GridError(ValueError):
 
 def split_values(text: str) -> list[str]:
     """``a,[1,2],b`` -> ``["a", "[1,2]", "b"]``: commas inside brackets or quotes do not split."""
-    values, current, depth, quote = [], [], 0, None
-    for char in text:
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "\"'":
-            quote = char
-        elif char in "[{(":
-            depth += 1
-        elif char in "]})":
-            depth -= 1
-            if depth < 0:
-                raise GridError(f"unbalanced brackets in {text!r}")
-        elif char == "," and depth == 0:
-            values.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    if depth or quote:
-        raise GridError(f"unbalanced {'quotes' if quote else 'brackets'} in {text!r}")
-    values.append("".join(current).strip())
-    return values
+    from .config import ConfigError, split_top_level
+
+    try:
+        return split_top_level(text, strict=True)
+    except ConfigError as err:
+        raise GridError(str(err)) from None
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:

@@ -78,17 +78,9 @@ def parse_choice(text: str) -> Choice:
 
 def split_choices(text: str) -> list[Choice]:
     """``--configs``: comma-separated entries (commas inside brackets do not split)."""
-    items, current, depth = [], [], 0
-    for char in text:
-        depth += char in "[{("
-        depth -= char in "]})"
-        if char == "," and depth == 0:
-            items.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    items.append("".join(current))
-    return [parse_choice(item.strip()) for item in items if item.strip()]
+    from ..config import split_top_level
+
+    return [parse_choice(item) for item in split_top_level(text, strict=True) if item]
 
 
 @dataclass

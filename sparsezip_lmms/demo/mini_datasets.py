@@ -48,21 +48,27 @@ def _document(rng: random.Random, lines: list[str], size: tuple[int, int] = (600
     return img
 
 
-def pope_rows(n: int = 12, seed: int = 0) -> list[dict]:
-    """Rows of lmms-lab/POPE (split ``test``): id, question_id, question, answer, image_source, image, category."""
+def pope_rows(n: int = 12, seed: int = 0, questions_per_image: int = 1) -> list[dict]:
+    """Rows of lmms-lab/POPE (split ``test``): id, question_id, question, answer, image_source, image, category.
+
+    ``questions_per_image`` > 1: as in POPE, consecutive rows ask about the same image (one question
+    per category for 3), which is what text-sensitivity analyses compare.
+    """
     rng = random.Random(seed)
     rows = []
     categories = ("adversarial", "popular", "random")
     for i in range(n):
         obj = rng.choice(_OBJECTS)
+        scene = _scene(rng, _SIZES[(i // questions_per_image) % len(_SIZES)])  # drawn for every row
+        first = i - i % questions_per_image  # the row whose image this row shares
         rows.append(
             {
                 "id": str(i),
                 "question_id": str(i + 1),
                 "question": f"Is there a {obj} in the image?",
                 "answer": "yes" if i % 2 == 0 else "no",
-                "image_source": f"COCO_val2014_{100000 + i:012d}",
-                "image": _scene(rng, _SIZES[i % len(_SIZES)]),
+                "image_source": f"COCO_val2014_{100000 + first:012d}",
+                "image": scene if first == i else rows[first]["image"],
                 "category": categories[i % len(categories)],
             }
         )
@@ -159,7 +165,7 @@ def build_mini_pope(out_dir: str | Path, n: int = 12, seed: int = 0) -> Path:
             "category": Value("string"),
         }
     )
-    return _save(pope_rows(n, seed), "test", Path(out_dir), features)
+    return _save(pope_rows(n, seed, questions_per_image=3), "test", Path(out_dir), features)
 
 
 def build_mini_mme(out_dir: str | Path, n_images: int = 8, seed: int = 0) -> Path:
