@@ -43,6 +43,7 @@ class Geometry:
     llm_layers: int
     max_positions: int | None  # the LLM's position limit (max_position_embeddings)
     vision_width: int = 0  # CLIP hidden size (what a CLIP visual_projection must take)
+    any_resolution: bool = False  # LLaVA-NeXT: a base view plus tiles per image (model_type "llava_next")
 
     @classmethod
     def from_llava_config(cls, config: Any) -> "Geometry":
@@ -56,6 +57,7 @@ class Geometry:
             llm_layers=int(text.num_hidden_layers),
             max_positions=getattr(text, "max_position_embeddings", None),
             vision_width=int(vision.hidden_size),
+            any_resolution=getattr(config, "model_type", "llava") == "llava_next",
         )
 
 

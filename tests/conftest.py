@@ -28,6 +28,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_next_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random LLaVA-NeXT checkpoint (any-resolution tiles, image newline, the NeXT processor)."""
+    from sparsezip_lmms.demo.tiny_checkpoint import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_next") / "tiny-llava-next", next_grid=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     """A tiny random CLIP checkpoint with tokenizer (CDPruner's text tower), matching tiny_checkpoint's vision width."""
     from sparsezip_lmms.demo.tiny_checkpoint import build_tiny_clip

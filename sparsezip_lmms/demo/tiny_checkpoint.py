@@ -72,6 +72,10 @@ def build_tokenizer(vocab_size: int = 512):
     )
 
 
+# LLaVA-NeXT's any-resolution grids (llava-hf v1.6 checkpoints): up to 2 x 2 tiles of 336 plus the base view
+NEXT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
 def build_tiny_llava(
     out_dir: str | Path,
     *,
@@ -80,10 +84,13 @@ def build_tiny_llava(
     text_layers: int = 16,
     text_width: int = 64,
     seed: int = 0,
+    next_grid: bool = False,
 ) -> Path:
-    """Build, save and return the path of a tiny random LLaVA-1.5 checkpoint (llava-hf format).
+    """Build, save and return the path of a tiny random LLaVA-1.5 checkpoint (llava-hf format); with
+    ``next_grid``, a LLaVA-NeXT one (``model_type`` "llava_next": any-resolution tiles from
+    :data:`NEXT_GRID_PINPOINTS`, the image-newline parameter, the NeXT processor).
 
-    ``LlavaForConditionalGeneration.from_pretrained(out_dir)`` and ``AutoProcessor.from_pretrained(out_dir)``
+    ``AutoModelForImageTextToText.from_pretrained(out_dir)`` and ``AutoProcessor.from_pretrained(out_dir)``
     load it back like a hub checkpoint.
     """
     from transformers import (
@@ -92,28 +99,36 @@ def build_tiny_llava(
         LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
         LlavaProcessor,
     )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 336},
-        crop_size={"height": 336, "width": 336},
-        do_center_crop=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        chat_template=CHAT_TEMPLATE,
-        image_token="<image>",
-        num_additional_image_tokens=1,
-    )
+    pixels = {
+        "size": {"shortest_edge": 336},
+        "crop_size": {"height": 336, "width": 336},
+        "do_center_crop": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
+    processor_args = {
+        "tokenizer": tokenizer,
+        "patch_size": 14,
+        "vision_feature_select_strategy": "default",
+        "chat_template": CHAT_TEMPLATE,
+        "image_token": "<image>",
+        "num_additional_image_tokens": 1,
+    }
+    if next_grid:
+        image_processor = LlavaNextImageProcessor(**pixels, image_grid_pinpoints=NEXT_GRID_PINPOINTS, do_pad=True)
+        processor = LlavaNextProcessor(image_processor=image_processor, **processor_args)
+    else:
+        processor = LlavaProcessor(image_processor=CLIPImageProcessor(**pixels), **processor_args)
     vision = CLIPVisionConfig(
         hidden_size=vision_width,
         intermediate_size=2 * vision_width,
@@ -139,17 +154,20 @@ def build_tiny_llava(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config_args = {
+        "vision_config": vision,
+        "text_config": text,
+        "image_token_id": tokenizer.convert_tokens_to_ids("<image>"),
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "projector_hidden_act": "gelu",
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
+    if next_grid:
+        model = LlavaNextForConditionalGeneration(LlavaNextConfig(**config_args, image_grid_pinpoints=NEXT_GRID_PINPOINTS))
+    else:
+        model = LlavaForConditionalGeneration(LlavaConfig(**config_args))
     _sharpen_attention(model)
     _answer_yes_or_no(model, processor, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -41,12 +41,19 @@ def uses_stock_features(config: CompressionConfig) -> bool:
     return config.method == "none" or config.method in IN_LLM_METHODS
 
 
-def stock_image_tokens(model, pixel_values: torch.Tensor) -> ImageTokens:
-    """All visual tokens exactly as ``LlavaForConditionalGeneration`` computes them."""
+def stock_image_tokens(model, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None) -> ImageTokens:
+    """All visual tokens exactly as the llava-hf model computes them: LLaVA-1.5's 576 per image, or
+    LLaVA-NeXT's packed sequence per image (base view, unpadded tiles with a newline token ending each
+    row; ``image_sizes`` [n_images, 2] from the processor), padded to the longest."""
     inner = getattr(model, "model", model)
-    out = inner.get_image_features(pixel_values=pixel_values, return_dict=True)
-    features = torch.stack(list(out.pooler_output))  # [n_images, 576, D_llm]
-    valid = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+    if image_sizes is None:
+        out = inner.get_image_features(pixel_values=pixel_values, return_dict=True)
+    else:
+        out = inner.get_image_features(pixel_values=pixel_values, image_sizes=image_sizes, return_dict=True)
+    per_image = list(out.pooler_output)  # n_images x [T_i, D_llm]
+    features = torch.nn.utils.rnn.pad_sequence(per_image, batch_first=True)  # [n_images, T_max, D_llm]
+    lengths = torch.tensor([t.shape[0] for t in per_image], device=features.device)  # [n_images]
+    valid = torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]  # [n, T_max]
     return ImageTokens(features, valid, None)
 
 
@@ -115,12 +122,15 @@ def image_tokens(
     clip_text=None,  # llava.clip_text.ClipText (CDPruner), loaded once by the caller
     question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # CDPruner: CLIP text embeds, mask
     with_patches: bool = False,  # also return every projected patch token (deferred pruning)
+    image_sizes: torch.Tensor | None = None,  # [n_images, 2] LLaVA-NeXT: each image's (height, width)
 ) -> ImageTokens:
     """Visual tokens entering the LLM for each image under ``config`` (its selection, before the LLM)."""
     from ..compress import selects_after_projector
 
     if uses_stock_features(config):
-        return stock_image_tokens(model, pixel_values)
+        return stock_image_tokens(model, pixel_values, image_sizes)
+    if image_sizes is not None:
+        raise ValueError(f"method {config.method!r} does not run on LLaVA-NeXT's tiles yet")
     if selects_after_projector(config):
         return projected_selection(model, pixel_values, config, clip_text, question_embeds, with_patches)
 

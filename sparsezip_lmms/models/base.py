@@ -211,11 +211,16 @@ class CompressedLlava(_LlavaHfChat):
             trust_remote_code=bool(parent_args.get("trust_remote_code", False)),
         )
         model_type = getattr(config, "model_type", None)
-        if model_type != "llava":
+        if model_type not in ("llava", "llava_next"):
             raise ValueError(
-                f"{cls.model_id}: {pretrained} is a {model_type!r} checkpoint; this model supports LLaVA-1.5-style "
-                "checkpoints (model_type 'llava', e.g. llava-hf/llava-1.5-7b-hf). LLaVA-NeXT's any-resolution "
-                "tiles and video models are not supported."
+                f"{cls.model_id}: {pretrained} is a {model_type!r} checkpoint; this model supports llava-hf LLaVA-1.5 "
+                "(model_type 'llava', e.g. llava-hf/llava-1.5-7b-hf) and LLaVA-NeXT (model_type 'llava_next', e.g. "
+                "llava-hf/llava-v1.6-vicuna-7b-hf) checkpoints; video models are not supported."
+            )
+        if model_type == "llava_next" and compression.method != "none":
+            raise ConfigError(
+                f"{cls.model_id} --model_args: {pretrained} is a LLaVA-NeXT (any-resolution) checkpoint; method "
+                f"{compression.method!r} does not run on NeXT's tiles yet (config keep_all, method 'none', does)"
             )
         geometry = Geometry.from_llava_config(config)
         try:
@@ -367,12 +372,14 @@ class CompressedLlava(_LlavaHfChat):
 
         t_vision = now(device)
         question_mask = self._question_mask(input_ids, attention_mask, n_images)  # [n_images, L]
+        image_sizes = inputs.get("image_sizes") if self.geometry.any_resolution else None  # [n_images, 2] (H, W)
+        crops = self._crops(image_sizes, n_images)  # vision-tower passes per image
         config = self.compression if (prune or not self._prunes_in_llm) else self._unpruned_config
         if n_images:
             question = self._question_embeddings(input_ids, question_mask, row_of_image) if self._text_aware else None
             # random baseline: one key per image from the processor's float32 pixels (batch-invariant draws)
             keys = image_keys(inputs["pixel_values"]) if self.compression.method == "random" else None
-            pixel_values = inputs["pixel_values"].to(self.model.dtype)
+            pixel_values = inputs["pixel_values"].to(self.model.dtype)  # [n, 3, H, W]; NeXT: [n, crops_max, 3, H, W]
             clip_questions = None
             if self._clip_text is not None:
                 from ..llava.clip_text import question_for_clip
@@ -392,6 +399,7 @@ class CompressedLlava(_LlavaHfChat):
                 clip_text=self._clip_text,
                 question_embeds=clip_questions,
                 with_patches=deferred,
+                image_sizes=image_sizes,
             )
             selected = visual  # what the method keeps (from layer prune_layer on, when deferred)
             visual_keep = None
@@ -437,7 +445,7 @@ class CompressedLlava(_LlavaHfChat):
         t_end = now(device)
         selections = None
         if fingerprints is not None:
-            selections = self._selections(config, selected, n_images, fingerprints, images_per_row.tolist(), pruned, deferred)
+            selections = self._selections(config, selected, n_images, fingerprints, images_per_row.tolist(), pruned, deferred, crops)
 
         out_texts, out_counts = self._decode(tokens, args)
         decode_steps = len(step_times) - 1
@@ -454,6 +462,9 @@ class CompressedLlava(_LlavaHfChat):
         visual_per_row = torch.zeros(len(texts), dtype=torch.long, device=device).index_add_(0, row_of_image, counts)
         text_per_image = question_mask.sum(dim=1)
         text_per_row = torch.zeros(len(texts), dtype=torch.long, device=device).index_add_(0, row_of_image, text_per_image)
+        crops_per_row = [0] * len(texts)
+        for image, row in enumerate(row_of_image.tolist()):
+            crops_per_row[row] += crops[image]
         clip_segments = torch.zeros(len(texts), dtype=torch.long, device=device)
         if clip_questions is not None:  # CDPruner: CLIP text segments embedded for each prompt
             clip_segments.index_add_(0, row_of_image, clip_questions[1].sum(dim=1).to(device))
@@ -463,6 +474,7 @@ class CompressedLlava(_LlavaHfChat):
             input_tokens=prompt.lengths.tolist(),
             visual_tokens=visual_per_row.tolist(),
             images=images_per_row.tolist(),
+            crops=crops_per_row,
             question_tokens=text_per_row.tolist(),
             clip_segments=clip_segments.tolist(),
             layer_stats=layer_stats,
@@ -521,19 +533,35 @@ class CompressedLlava(_LlavaHfChat):
         }
         return out.sequences, clock.step_times, stats, out
 
-    def _selections(self, config, selected, n_images, fingerprints, images_per_row, pruned, deferred) -> list[dict]:
+    def _crops(self, image_sizes: torch.Tensor | None, n_images: int) -> list[int]:
+        """Vision-tower passes of each image: 1 (LLaVA-1.5), or NeXT's base view + tiles for its size."""
+        if image_sizes is None:
+            return [1] * n_images
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        config = self.model.config
+        return [
+            int(image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size))
+            for size in image_sizes.tolist()
+        ]
+
+    def _selections(self, config, selected, n_images, fingerprints, images_per_row, pruned, deferred, crops) -> list[dict]:
         """Each prompt's selection record (``llava.selection``): the vision-side choice, and for the
-        in-LLM methods the patches each pruning layer kept."""
+        in-LLM methods the patches each pruning layer kept (LLaVA-NeXT: the base view's grid, and how
+        many crops the image had)."""
         from ..llava.selection import image_selections, layer_kept_patches, request_records
 
         n_patches = self.geometry.patches
         layers = None
         if pruned is not None and not deferred:
             layers = layer_kept_patches(pruned.kept, pruned.pruning_layers, n_patches)
+        images = image_selections(selected, n_images, n_patches)
+        if self.geometry.any_resolution:
+            images = [{**entry, "crops": count} for entry, count in zip(images, crops)]
         return request_records(
             config.method,
             n_patches,
-            image_selections(selected, n_images, n_patches),
+            images,
             fingerprints,
             images_per_row,
             layers=layers,
@@ -554,7 +582,10 @@ class CompressedLlava(_LlavaHfChat):
         else:
             per_layer_visual, tokens_per_layer, layer_avg = None, [n_in] * layers, float(n_visual)
         vision_dims = self._stock_vision_dims if uses_stock_features(self.compression) else dims
-        vision = vision_flops(out.images[row], n_visual, vision_dims) if out.images[row] else 0
+        if self.geometry.any_resolution:  # CLIP and the projector run on every crop (base view + tiles)
+            vision = vision_flops(out.crops[row], out.crops[row] * self.geometry.patches, vision_dims)
+        else:
+            vision = vision_flops(out.images[row], n_visual, vision_dims) if out.images[row] else 0
         clip_text = out.clip_segments[row] * self._clip_text.segment_flops() if self._clip_text is not None else 0
         compression = compression_flops(self.compression, out.images[row], dims, out.question_tokens[row], clip_text)
         llm = llm_prefill_flops(tokens_per_layer, dims)
@@ -748,6 +779,7 @@ class BatchOutput:
     input_tokens: list[int]  # real LLM input lengths (padding excluded)
     visual_tokens: list[int]  # visual tokens entering the LLM
     images: list[int]
+    crops: list[int]  # vision-tower passes (LLaVA-NeXT: base view + tiles of every image)
     question_tokens: list[int]
     clip_segments: list[int]  # CDPruner: 77-token CLIP text segments embedded for the prompt
     layer_stats: dict[str, list] | None  # SparseVLM per-layer figures

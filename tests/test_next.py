@@ -1,0 +1,97 @@
+"""LLaVA-NeXT (any-resolution) checkpoints: keep_all is the stock NeXT model, batched over mixed
+aspect ratios; methods that do not handle the tiles yet are refused before any weight is loaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsezip_lmms.config import ConfigError
+from sparsezip_lmms.demo.mini_datasets import mme_rows, pope_rows
+from sparsezip_lmms.efficiency.flops import Dims, clip_layer_flops
+from sparsezip_lmms.efficiency.records import get_record
+
+from _requests import make_requests, user_turn
+
+GEN = {"max_new_tokens": 4, "temperature": 0, "do_sample": False}
+SUFFIX = "\nAnswer the question using a single word or phrase."
+
+
+def _docs():
+    """POPE and MME questions on images of six sizes and aspect ratios (3, 4 and 5 crops)."""
+    rows = pope_rows(12, 0, questions_per_image=3)[::2] + mme_rows(4)[::2]
+    return [([row["image"]], row["question"] + SUFFIX) for row in rows]
+
+
+def _model(model_id, checkpoint, batch_size=1, **args):
+    from lmms_eval.models import get_model
+
+    return get_model(model_id)(pretrained=str(checkpoint), device="cpu", dtype="float64", batch_size=batch_size, **args)
+
+
+@pytest.fixture(scope="module")
+def stock(tiny_next_checkpoint):
+    """Plain transformers LLaVA-NeXT, one request at a time: (answers, placeholder counts, crops)."""
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_next_checkpoint, dtype=torch.float64).eval()
+    processor = AutoProcessor.from_pretrained(tiny_next_checkpoint)
+    answers, counts, crops = [], [], []
+    for images, question in _docs():
+        text = processor.apply_chat_template(user_turn([None], question), add_generation_prompt=True, tokenize=False)
+        inputs = processor(images=images, text=text, return_tensors="pt")
+        inputs["pixel_values"] = inputs["pixel_values"].to(torch.float64)
+        out = model.generate(**inputs, max_new_tokens=GEN["max_new_tokens"], do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+        new = out[0, inputs["input_ids"].shape[1] :].tolist()
+        eos = processor.tokenizer.eos_token_id
+        answers.append(processor.tokenizer.decode(new[: new.index(eos)] if eos in new else new, skip_special_tokens=True))
+        counts.append(int((inputs["input_ids"] == model.config.image_token_id).sum()))
+        crops.append(int(image_size_to_num_patches(inputs["image_sizes"][0].tolist(), model.config.image_grid_pinpoints, 336)))
+    return answers, counts, crops
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_keep_all_on_next_is_the_stock_model(batch_size, tiny_next_checkpoint, stock):
+    answers, counts, crops = stock
+    assert len(set(answers)) > 1 and len(set(counts)) > 2 and set(crops) >= {3, 5}  # a test that can fail
+    lmm = _model("llava_hf_timed", tiny_next_checkpoint, batch_size=batch_size)
+    assert lmm.geometry.any_resolution
+    docs = _docs()
+    assert [r.text for r in lmm.generate_until(make_requests(lmm, docs, GEN))] == answers
+    dims = Dims.from_llava_config(lmm.model.config, vision_layers_run=lmm.model.config.vision_config.num_hidden_layers)
+    for i, (count, n_crops) in enumerate(zip(counts, crops)):
+        record = get_record("unit", "test", i)
+        assert record.visual_tokens == count  # base view + unpadded tiles + one newline per row
+        assert record.selection["images"][0]["crops"] == n_crops
+        clip = n_crops * dims.vision_layers_run * clip_layer_flops(dims.vision_tokens, dims.vision_width, dims.vision_mlp)
+        projector = n_crops * 576 * (dims.vision_width * dims.llm_width + dims.llm_width * dims.llm_width)
+        assert record.vision_flops == clip + projector  # CLIP and the projector on every crop
+
+
+@pytest.mark.parametrize("model_id", ["llava_sparsezip", "llava_visionzip", "llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner"])
+def test_methods_without_next_support_are_refused_before_loading(model_id, tiny_next_checkpoint, monkeypatch):
+    from lmms_eval.models.chat.llava_hf import LlavaHf
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(LlavaHf, "__init__", never)
+    with pytest.raises(ConfigError, match="LLaVA-NeXT .*does not run on NeXT's tiles yet"):
+        _model(model_id, tiny_next_checkpoint)
+
+
+@pytest.mark.e2e
+def test_cli_runs_next_keep_all(tmp_path, mini_tasks, tiny_next_checkpoint):
+    from sparsezip_lmms.demo.harness import lmms_eval_command, run_lmms_eval
+
+    include, names = mini_tasks
+    out = tmp_path / "next"
+    cmd = lmms_eval_command(
+        "llava_hf_timed", f"pretrained={tiny_next_checkpoint},dtype=float32", [names["pope"], names["mme"]], out,
+        include_path=include, batch_size=4, extra=["--gen_kwargs", "max_new_tokens=2"],
+    )  # fmt: skip
+    run = run_lmms_eval(cmd, out, timeout=1200)
+    for task in (names["pope"], names["mme"]):
+        metrics = {k.split(",")[0]: v for k, v in run.results["results"][task].items()}
+        assert metrics["eff_failed"] == 0 and metrics["eff_visual_tokens"] > 1000
