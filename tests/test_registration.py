@@ -62,7 +62,7 @@ def test_bad_model_args_fail_before_loading_weights(model_id, args, fragment, tm
     assert model_id in str(info.value)
 
 
-@pytest.mark.parametrize("model_type", ["llava_next", "llava_onevision"])
+@pytest.mark.parametrize("model_type", ["llava_onevision", "llava_next_video"])
 def test_other_llava_architectures_are_refused_before_loading_weights(model_type, tmp_path):
     """Only config.json exists: the refusal must come from it, before any weight is read."""
     import json
@@ -73,3 +73,4 @@ def test_other_llava_architectures_are_refused_before_loading_weights(model_type
     with pytest.raises(ValueError, match=f"'{model_type}' checkpoint") as info:
         get_model("llava_sparsezip")(pretrained=str(tmp_path), device="cpu", config="sparsezip_64")
     assert "llava_sparsezip" in str(info.value) and "model_type 'llava'" in str(info.value)
+    assert "model_type 'llava_next'" in str(info.value)  # the message names what is supported
