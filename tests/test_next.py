@@ -1,5 +1,6 @@
 """LLaVA-NeXT (any-resolution) checkpoints: keep_all is the stock NeXT model, batched over mixed
-aspect ratios; methods that do not handle the tiles yet are refused before any weight is loaded."""
+aspect ratios; VisionZip compresses every crop in its official NeXT order; methods that do not
+handle the tiles yet are refused before any weight is loaded."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def test_keep_all_on_next_is_the_stock_model(batch_size, tiny_next_checkpoint, s
         assert record.vision_flops == clip + projector  # CLIP and the projector on every crop
 
 
-@pytest.mark.parametrize("model_id", ["llava_sparsezip", "llava_visionzip", "llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner"])
+@pytest.mark.parametrize("model_id", ["llava_sparsezip", "llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner"])
 def test_methods_without_next_support_are_refused_before_loading(model_id, tiny_next_checkpoint, monkeypatch):
     from lmms_eval.models.chat.llava_hf import LlavaHf
 
@@ -82,16 +83,79 @@ def test_methods_without_next_support_are_refused_before_loading(model_id, tiny_
 
 
 @pytest.mark.e2e
-def test_cli_runs_next_keep_all(tmp_path, mini_tasks, tiny_next_checkpoint):
+@pytest.mark.parametrize("model, config, low, high", [("llava_hf_timed", "keep_all", 1000, 2928), ("llava_visionzip", "visionzip_next_320", 192, 320)])
+def test_cli_runs_next(model, config, low, high, tmp_path, mini_tasks, tiny_next_checkpoint):
     from sparsezip_lmms.demo.harness import lmms_eval_command, run_lmms_eval
 
     include, names = mini_tasks
     out = tmp_path / "next"
     cmd = lmms_eval_command(
-        "llava_hf_timed", f"pretrained={tiny_next_checkpoint},dtype=float32", [names["pope"], names["mme"]], out,
+        model, f"pretrained={tiny_next_checkpoint},config={config},dtype=float32", [names["pope"], names["mme"]], out,
         include_path=include, batch_size=4, extra=["--gen_kwargs", "max_new_tokens=2"],
     )  # fmt: skip
     run = run_lmms_eval(cmd, out, timeout=1200)
     for task in (names["pope"], names["mme"]):
         metrics = {k.split(",")[0]: v for k, v in run.results["results"][task].items()}
-        assert metrics["eff_failed"] == 0 and metrics["eff_visual_tokens"] > 1000
+        assert metrics["eff_failed"] == 0 and low <= metrics["eff_visual_tokens"] <= high
+
+
+# ----------------------------------------------------------------------------- VisionZip, crop by crop
+
+
+def _official_visionzip_layout(crop_tokens, index, grid, side=24):
+    """The official VisionZip NeXT order for one image, one crop at a time: the base view's tokens,
+    the tiles' kept patches read row-major over the stitched tile grid, each tile's CLS, each tile's
+    contextual tokens. crop_tokens / index: per crop [T, D] and [T] (CLIP positions, -1 merged)."""
+    rows, cols = grid
+    base, tiles = crop_tokens[0], list(zip(crop_tokens[1:], index[1:]))
+    grid_tokens = {}
+    for t, (tokens, idx) in enumerate(tiles):
+        for token, position in zip(tokens, idx.tolist()):
+            if position > 0:
+                r, c = divmod(position - 1, side)
+                grid_tokens[((t // cols) * side + r, (t % cols) * side + c)] = token
+    dominant = [grid_tokens[key] for key in sorted(grid_tokens)]
+    cls = [tokens[idx == 0][0] for tokens, idx in tiles]
+    contextual = [token for tokens, idx in tiles for token in tokens[idx < 0]]
+    return torch.stack([*base, *dominant, *cls, *contextual])
+
+
+def test_visionzip_on_next_compresses_every_crop_in_the_official_order(tiny_next_checkpoint):
+    from sparsezip_lmms.config import load_config
+    from sparsezip_lmms.llava.features import image_tokens
+    from sparsezip_lmms.llava.next import crop_counts, tile_grids
+
+    lmm = _model("llava_visionzip", tiny_next_checkpoint, config="visionzip_next_320")
+    processor, config = lmm._image_processor, load_config("visionzip_next_320")
+    images = [row["image"] for row in pope_rows(12, 0, questions_per_image=3)[::3]] + [mme_rows(4)[2]["image"]]
+    inputs = processor.image_processor(images, return_tensors="pt")
+    pixels, sizes = inputs["pixel_values"].to(torch.float64), inputs["image_sizes"]
+    counts, grids = crop_counts(sizes, lmm.model.config), tile_grids(sizes, lmm.model.config)
+    assert len(set(counts)) > 1  # several tile grids in one batch
+    with torch.no_grad():
+        batched = image_tokens(lmm.model, pixels, config, image_sizes=sizes)
+        for i, (count, grid) in enumerate(zip(counts, grids)):
+            one = image_tokens(lmm.model, pixels[i, :count], config)  # the crops as LLaVA-1.5 images
+            crop_tokens = [one.features[c][one.valid[c]] for c in range(count)]
+            index = [one.source_index[c][one.valid[c]] for c in range(count)]
+            expected = _official_visionzip_layout(crop_tokens, index, grid)
+            assert expected.shape[0] == count * 64
+            assert int(batched.counts[i]) == count * 64
+            torch.testing.assert_close(batched.features[i, : count * 64], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_visionzip_on_next_batches_and_records(tiny_next_checkpoint):
+    docs = _docs()
+    one = _model("llava_visionzip", tiny_next_checkpoint, config="visionzip_next_160")
+    answers = [r.text for r in one.generate_until(make_requests(one, docs, GEN))]
+    records = [get_record("unit", "test", i) for i in range(len(docs))]
+    four = _model("llava_visionzip", tiny_next_checkpoint, batch_size=4, config="visionzip_next_160")
+    assert [r.text for r in four.generate_until(make_requests(four, docs, GEN))] == answers
+    for i, first in enumerate(records):
+        again = get_record("unit", "test", i)
+        assert again.selection == first.selection and again.visual_tokens == first.visual_tokens
+        entry = first.selection["images"][0]
+        assert first.visual_tokens == entry["crops"] * 32 == entry["tokens"]
+        assert len(entry["tiles"]) == entry["crops"] - 1
+        for crop in [entry, *entry["tiles"]]:
+            assert crop["cls"] and len(crop["merged"]) == 5

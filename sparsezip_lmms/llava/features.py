@@ -22,6 +22,7 @@ class ImageTokens:
     source_index: torch.Tensor | None  # [n_images, T_max] long, CLIP position or -1 (merged); None = all patches
     patches: torch.Tensor | None = None  # [n_images, N, D_llm] every projected patch token (deferred pruning)
     members: torch.Tensor | None = None  # [n_images, T_max, 1+N] bool: CLIP positions of each merged token
+    crops: "ImageTokens | None" = None  # LLaVA-NeXT: the compressed crops behind the tokens (llava.next)
 
     @property
     def counts(self) -> torch.Tensor:  # [n_images]
@@ -130,7 +131,7 @@ def image_tokens(
     if uses_stock_features(config):
         return stock_image_tokens(model, pixel_values, image_sizes)
     if image_sizes is not None:
-        raise ValueError(f"method {config.method!r} does not run on LLaVA-NeXT's tiles yet")
+        return next_image_tokens(model, pixel_values, image_sizes, config)
     if selects_after_projector(config):
         return projected_selection(model, pixel_values, config, clip_text, question_embeds, with_patches)
 
@@ -154,6 +155,24 @@ def image_tokens(
     features = projector(compressed.tokens)  # [n, T_max, D_llm]
     patches = projector(inputs.hidden[:, 1:]) if with_patches else None  # [n, N, D_llm]
     return ImageTokens(features, compressed.valid, compressed.index, patches, compressed.members)
+
+
+# methods that run on LLaVA-NeXT's crops, and how (llava.next)
+NEXT_METHODS = ("none", "visionzip")
+
+
+def next_image_tokens(model, pixel_values: torch.Tensor, image_sizes: torch.Tensor, config: CompressionConfig) -> ImageTokens:
+    """LLaVA-NeXT: every crop (base view and tiles) compressed as a LLaVA-1.5 image, then laid out per
+    image as the method's official NeXT code does (``llava.next.per_crop_layout``: VisionZip)."""
+    from .next import crop_counts, flatten_crops, per_crop_layout, tile_grids
+
+    if config.method not in NEXT_METHODS:
+        raise ValueError(f"method {config.method!r} does not run on LLaVA-NeXT's tiles yet")
+    _, _, llava_config = _llava_parts(model)
+    counts = crop_counts(image_sizes, llava_config)
+    crops = image_tokens(model, flatten_crops(pixel_values, counts), config)  # [C, T, D]
+    side = llava_config.vision_config.image_size // llava_config.vision_config.patch_size
+    return per_crop_layout(crops, counts, tile_grids(image_sizes, llava_config), side)
 
 
 def deferred_span(selected: ImageTokens) -> tuple[ImageTokens, torch.Tensor]:

@@ -217,7 +217,9 @@ class CompressedLlava(_LlavaHfChat):
                 "(model_type 'llava', e.g. llava-hf/llava-1.5-7b-hf) and LLaVA-NeXT (model_type 'llava_next', e.g. "
                 "llava-hf/llava-v1.6-vicuna-7b-hf) checkpoints; video models are not supported."
             )
-        if model_type == "llava_next" and compression.method != "none":
+        from ..llava.features import NEXT_METHODS
+
+        if model_type == "llava_next" and compression.method not in NEXT_METHODS:
             raise ConfigError(
                 f"{cls.model_id} --model_args: {pretrained} is a LLaVA-NeXT (any-resolution) checkpoint; method "
                 f"{compression.method!r} does not run on NeXT's tiles yet (config keep_all, method 'none', does)"
@@ -537,25 +539,24 @@ class CompressedLlava(_LlavaHfChat):
         """Vision-tower passes of each image: 1 (LLaVA-1.5), or NeXT's base view + tiles for its size."""
         if image_sizes is None:
             return [1] * n_images
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+        from ..llava.next import crop_counts
 
-        config = self.model.config
-        return [
-            int(image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size))
-            for size in image_sizes.tolist()
-        ]
+        return crop_counts(image_sizes, self.model.config)
 
     def _selections(self, config, selected, n_images, fingerprints, images_per_row, pruned, deferred, crops) -> list[dict]:
         """Each prompt's selection record (``llava.selection``): the vision-side choice, and for the
         in-LLM methods the patches each pruning layer kept (LLaVA-NeXT: the base view's grid, and how
         many crops the image had)."""
-        from ..llava.selection import image_selections, layer_kept_patches, request_records
+        from ..llava.selection import image_selections, layer_kept_patches, next_selections, request_records
 
         n_patches = self.geometry.patches
         layers = None
         if pruned is not None and not deferred:
             layers = layer_kept_patches(pruned.kept, pruned.pruning_layers, n_patches)
-        images = image_selections(selected, n_images, n_patches)
+        if selected is not None and selected.crops is not None:  # NeXT, compressed crop by crop
+            images = next_selections(selected, crops, n_patches)
+        else:
+            images = image_selections(selected, n_images, n_patches)
         if self.geometry.any_resolution:
             images = [{**entry, "crops": count} for entry, count in zip(images, crops)]
         return request_records(
@@ -582,12 +583,14 @@ class CompressedLlava(_LlavaHfChat):
         else:
             per_layer_visual, tokens_per_layer, layer_avg = None, [n_in] * layers, float(n_visual)
         vision_dims = self._stock_vision_dims if uses_stock_features(self.compression) else dims
-        if self.geometry.any_resolution:  # CLIP and the projector run on every crop (base view + tiles)
-            vision = vision_flops(out.crops[row], out.crops[row] * self.geometry.patches, vision_dims)
+        if self.geometry.any_resolution:  # CLIP on every crop (base view + tiles), the projector on what it reads
+            projected = out.crops[row] * self.geometry.patches if uses_stock_features(self.compression) else n_visual
+            vision = vision_flops(out.crops[row], projected, vision_dims)
         else:
             vision = vision_flops(out.images[row], n_visual, vision_dims) if out.images[row] else 0
         clip_text = out.clip_segments[row] * self._clip_text.segment_flops() if self._clip_text is not None else 0
-        compression = compression_flops(self.compression, out.images[row], dims, out.question_tokens[row], clip_text)
+        compressed = out.crops[row] if self.geometry.any_resolution else out.images[row]  # NeXT: per crop
+        compression = compression_flops(self.compression, compressed, dims, out.question_tokens[row], clip_text)
         llm = llm_prefill_flops(tokens_per_layer, dims)
         cache = [n + max(n_out - 1, 0) for n in tokens_per_layer]
         return EfficiencyRecord(
