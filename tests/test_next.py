@@ -70,7 +70,7 @@ def test_keep_all_on_next_is_the_stock_model(batch_size, tiny_next_checkpoint, s
         assert record.vision_flops == clip + projector  # CLIP and the projector on every crop
 
 
-@pytest.mark.parametrize("model_id", ["llava_sparsezip", "llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner"])
+@pytest.mark.parametrize("model_id", ["llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner"])
 def test_methods_without_next_support_are_refused_before_loading(model_id, tiny_next_checkpoint, monkeypatch):
     from lmms_eval.models.chat.llava_hf import LlavaHf
 
@@ -159,3 +159,22 @@ def test_visionzip_on_next_batches_and_records(tiny_next_checkpoint):
         assert len(entry["tiles"]) == entry["crops"] - 1
         for crop in [entry, *entry["tiles"]]:
             assert crop["cls"] and len(crop["merged"]) == 5
+
+
+def test_sparsezip_on_next_scores_every_crop_with_its_question(tiny_next_checkpoint):
+    """Each crop is a LLaVA-1.5 SparseZip image scored against its image's question (its own dynamic
+    budget), laid out like VisionZip; batching does not change what is kept."""
+    docs = _docs()
+    one = _model("llava_sparsezip", tiny_next_checkpoint, config="sparsezip_64")
+    answers = [r.text for r in one.generate_until(make_requests(one, docs, GEN))]
+    first = [get_record("unit", "test", i) for i in range(len(docs))]
+    four = _model("llava_sparsezip", tiny_next_checkpoint, batch_size=4, config="sparsezip_64")
+    assert [r.text for r in four.generate_until(make_requests(four, docs, GEN))] == answers
+    for i, record in enumerate(first):
+        again = get_record("unit", "test", i)
+        assert again.selection == record.selection
+        entry = record.selection["images"][0]
+        crops = [entry, *entry["tiles"]]
+        tokens = [entry["base_tokens"]] + [tile["tokens"] for tile in entry["tiles"]]
+        assert len(tokens) == entry["crops"] and sum(tokens) == entry["tokens"] == record.visual_tokens
+        assert all(c["cls"] for c in crops) and max(tokens) <= 64 and len(set(tokens)) > 1  # a budget per crop

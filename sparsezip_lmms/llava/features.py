@@ -131,7 +131,7 @@ def image_tokens(
     if uses_stock_features(config):
         return stock_image_tokens(model, pixel_values, image_sizes)
     if image_sizes is not None:
-        return next_image_tokens(model, pixel_values, image_sizes, config)
+        return next_image_tokens(model, pixel_values, image_sizes, config, text_embeds, text_mask, pull_back)
     if selects_after_projector(config):
         return projected_selection(model, pixel_values, config, clip_text, question_embeds, with_patches)
 
@@ -158,19 +158,34 @@ def image_tokens(
 
 
 # methods that run on LLaVA-NeXT's crops, and how (llava.next)
-NEXT_METHODS = ("none", "visionzip")
+NEXT_METHODS = ("none", "visionzip", "sparsezip")
 
 
-def next_image_tokens(model, pixel_values: torch.Tensor, image_sizes: torch.Tensor, config: CompressionConfig) -> ImageTokens:
-    """LLaVA-NeXT: every crop (base view and tiles) compressed as a LLaVA-1.5 image, then laid out per
-    image as the method's official NeXT code does (``llava.next.per_crop_layout``: VisionZip)."""
+def next_image_tokens(
+    model,
+    pixel_values: torch.Tensor,  # [n_images, crops_max, 3, H, W]
+    image_sizes: torch.Tensor,  # [n_images, 2] (height, width)
+    config: CompressionConfig,
+    text_embeds: torch.Tensor | None = None,  # [n_images, L_text, D_llm]
+    text_mask: torch.Tensor | None = None,  # [n_images, L_text]
+    pull_back=None,
+) -> ImageTokens:
+    """LLaVA-NeXT: every crop (base view and tiles) compressed as a LLaVA-1.5 image (a text-aware
+    method scores each crop against its image's question), then laid out per image in VisionZip's
+    official NeXT order (``llava.next.per_crop_layout``; SparseZip uses the same, each crop with its
+    own dynamic budget)."""
     from .next import crop_counts, flatten_crops, per_crop_layout, tile_grids
 
     if config.method not in NEXT_METHODS:
         raise ValueError(f"method {config.method!r} does not run on LLaVA-NeXT's tiles yet")
     _, _, llava_config = _llava_parts(model)
     counts = crop_counts(image_sizes, llava_config)
-    crops = image_tokens(model, flatten_crops(pixel_values, counts), config)  # [C, T, D]
+    repeat = torch.tensor(counts, device=pixel_values.device)  # [n_images] crops of each image
+    if text_embeds is not None:
+        text_embeds = text_embeds.repeat_interleave(repeat, dim=0)  # [C, L_text, D_llm]
+        text_mask = text_mask.repeat_interleave(repeat, dim=0)  # [C, L_text]
+    flat = flatten_crops(pixel_values, counts)  # [C, 3, H, W]
+    crops = image_tokens(model, flat, config, text_embeds, text_mask, pull_back=pull_back)  # [C, T, D]
     side = llava_config.vision_config.image_size // llava_config.vision_config.patch_size
     return per_crop_layout(crops, counts, tile_grids(image_sizes, llava_config), side)
 

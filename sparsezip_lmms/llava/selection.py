@@ -79,12 +79,13 @@ def image_selections(selected: ImageTokens | None, n_images: int, n_patches: int
 
 def next_selections(selected: ImageTokens, crops: list[int], n_patches: int) -> list[dict[str, Any]]:
     """Per LLaVA-NeXT image compressed crop by crop (``selected.crops``): its base view's selection as
-    ``kept`` / ``merged`` / ``cls``, ``tokens`` of the whole image, and each tile's selection in
-    ``tiles`` (row-major over the tile grid)."""
+    ``kept`` / ``merged`` / ``cls`` (``base_tokens`` of them), ``tokens`` of the whole image, and each
+    tile's selection in ``tiles`` (row-major over the tile grid)."""
     per_crop = image_selections(selected.crops, sum(crops), n_patches)
     out, start = [], 0
     for count, tokens in zip(crops, selected.counts.tolist()):
-        out.append({**per_crop[start], "tokens": int(tokens), "tiles": per_crop[start + 1 : start + count]})
+        base = per_crop[start]
+        out.append({**base, "tokens": int(tokens), "base_tokens": base["tokens"], "tiles": per_crop[start + 1 : start + count]})
         start += count
     return out
 
