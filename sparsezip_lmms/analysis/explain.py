@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     resize, crop = crop_of(base)
     path = overlay_figure(
-        model_view(image, resize, crop), explained_panels(results), args.out, title=f"Q: {args.question}", columns=args.columns,
+        model_view(image, resize, crop, squash=base.geometry.any_resolution), explained_panels(results), args.out, title=f"Q: {args.question}", columns=args.columns,
         dpi=args.dpi,
     )
     for result in results:

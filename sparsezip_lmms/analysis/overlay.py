@@ -34,10 +34,13 @@ class Panel:
     merged: tuple[tuple[int, ...], ...] = ()  # member patches of each merged token
 
 
-def model_view(image: Image.Image, resize: int = 336, crop: tuple[int, int] = (336, 336)) -> Image.Image:
+def model_view(image: Image.Image, resize: int = 336, crop: tuple[int, int] = (336, 336), squash: bool = False) -> Image.Image:
     """The part of ``image`` the vision tower sees: shortest side to ``resize`` (bicubic), centre crop
-    ``crop`` (height, width), RGB."""
+    ``crop`` (height, width), RGB. ``squash``: LLaVA-NeXT's base view, the whole image resized to
+    ``crop`` (the panels then show the base view's selection)."""
     image = image.convert("RGB")
+    if squash:
+        return image.resize((crop[1], crop[0]), Image.Resampling.BICUBIC)
     width, height = image.size
     scale = resize / min(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -68,6 +71,8 @@ def panels_of(entry: dict[str, Any], grid: tuple[int, int], label: str, answer: 
     if merged:
         parts.append(f"{len(merged)} merged")
     when = f", from layer {entry['prune_layer']}" if entry.get("prune_layer") is not None else ""
+    if entry.get("crops"):  # LLaVA-NeXT: the panel shows the base view's selection
+        when += f"\nbase view of {entry['crops']} crops"
     return [Panel(f"{label}\n{' · '.join(parts)}{when}{said}", grid, kept, merged)]
 
 

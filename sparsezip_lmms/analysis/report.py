@@ -261,7 +261,8 @@ def gallery_section(task: str, runs: list, work: Path, count: int, columns: int 
         if image is None:
             picture = Image.new("RGB", (336, 336), (150, 150, 150))
         else:
-            picture = model_view(image)
+            squash = "crops" in entries[next(iter(entries))].selection["images"][0]  # LLaVA-NeXT: the base view
+            picture = model_view(image, squash=squash)
             if image_fingerprint(image) != fingerprint:
                 caption_note = " (the dataset's image differs from the one the runs logged)"
         panels = []
