@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sparsezip_lmms.analysis.selection import parse_ranges
 from sparsezip_lmms.config import ConfigError
 from sparsezip_lmms.demo.mini_datasets import mme_rows, pope_rows
 from sparsezip_lmms.efficiency.flops import Dims, clip_layer_flops
@@ -70,7 +71,7 @@ def test_keep_all_on_next_is_the_stock_model(batch_size, tiny_next_checkpoint, s
         assert record.vision_flops == clip + projector  # CLIP and the projector on every crop
 
 
-@pytest.mark.parametrize("model_id", ["llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner"])
+@pytest.mark.parametrize("model_id", ["llava_divprune", "llava_cdpruner"])
 def test_methods_without_next_support_are_refused_before_loading(model_id, tiny_next_checkpoint, monkeypatch):
     from lmms_eval.models.chat.llava_hf import LlavaHf
 
@@ -178,3 +179,33 @@ def test_sparsezip_on_next_scores_every_crop_with_its_question(tiny_next_checkpo
         tokens = [entry["base_tokens"]] + [tile["tokens"] for tile in entry["tiles"]]
         assert len(tokens) == entry["crops"] and sum(tokens) == entry["tokens"] == record.visual_tokens
         assert all(c["cls"] for c in crops) and max(tokens) <= 64 and len(set(tokens)) > 1  # a budget per crop
+
+
+@pytest.mark.parametrize("model_id, config", [("llava_fastv", "fastv_64"), ("llava_sparsevlm", "sparsevlm_64"), ("llava_sparsevlm", "sparsevlm2_64")])
+def test_in_llm_methods_on_next_prune_the_packed_image_span(model_id, config, tiny_next_checkpoint):
+    """The visual span is each image's packed sequence (base view, tiles, newlines), its length per
+    row; batching over different lengths does not change what is kept."""
+    docs = _docs()[:6]
+    one = _model(model_id, tiny_next_checkpoint, config=config)
+    answers = [r.text for r in one.generate_until(make_requests(one, docs, GEN))]
+    first = [get_record("unit", "test", i) for i in range(len(docs))]
+    four = _model(model_id, tiny_next_checkpoint, batch_size=4, config=config)
+    assert [r.text for r in four.generate_until(make_requests(four, docs, GEN))] == answers
+    spans = set()
+    for i, record in enumerate(first):
+        again = get_record("unit", "test", i)
+        assert again.selection == record.selection and again.visual_tokens_per_layer == record.visual_tokens_per_layer
+        (entry,) = record.selection["images"]
+        spans.add(entry["tokens"])
+        assert record.visual_tokens_per_layer[0] == entry["tokens"] > 1000
+        layers = [set(parse_ranges(v)) for _, v in sorted(entry["layers"].items(), key=lambda kv: int(kv[0]))]
+        assert all(max(kept) < entry["tokens"] for kept in layers)
+        assert all(later <= earlier for earlier, later in zip(layers, layers[1:]))
+    assert len(spans) > 1
+
+
+def test_next_refuses_what_needs_llava_15_positions(tiny_next_checkpoint):
+    with pytest.raises(ConfigError, match="span: fixed"):
+        _model("llava_fastv", tiny_next_checkpoint, config="fastv_64", span="fixed")
+    with pytest.raises(ConfigError, match="deferred pruning"):
+        _model("llava_sparsezip", tiny_next_checkpoint, config="confound/agnostic_inside")

@@ -158,7 +158,7 @@ def image_tokens(
 
 
 # methods that run on LLaVA-NeXT's crops, and how (llava.next)
-NEXT_METHODS = ("none", "visionzip", "sparsezip")
+NEXT_METHODS = ("none", "visionzip", "sparsezip", "sparsevlm", "sparsevlm2", "fastv")
 
 
 def next_image_tokens(

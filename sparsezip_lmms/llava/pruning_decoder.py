@@ -66,14 +66,24 @@ __all__ = ["RECYCLED_ID_BASE", "PrunedOutput", "pruned_generate"]
 RECYCLED_ID_BASE = 1000  # recycled token c of stage s (0-based) has identity 1000 * (s + 1) + c
 
 
+def recycled_id_base(span: int) -> int:
+    """The identity base of recycled tokens for a visual span of ``span`` tokens: 1000 (the parity
+    sets' convention) for LLaVA-1.5's 576, the next power of ten above longer spans (LLaVA-NeXT)."""
+    base = RECYCLED_ID_BASE
+    while base <= span:
+        base *= 10
+    return base
+
+
+
 @dataclass
 class PrunedOutput:
     """What :func:`pruned_generate` returns. ``T`` = generated tokens, ``N`` = number of decoder layers.
 
     ``kept[s]`` / ``scores[s]`` / ``positions[l]`` are padded with -1 / NaN / -1 where samples of a batch
     keep different counts. Identities: the visual token's index in the span that entered the LLM (0..575
-    for LLaVA-1.5's patches; FastV with ``span: fixed``: position - 35), ``1000 * (s + 1) + c`` for the
-    c-th token recycled at pruning layer s.
+    for LLaVA-1.5's patches; FastV with ``span: fixed``: position - 35), ``base * (s + 1) + c`` for the
+    c-th token recycled at pruning layer s (``base`` = :func:`recycled_id_base` of the span: 1000 for 576).
     """
 
     sequences: torch.Tensor  # [B, T] greedy token ids
@@ -107,6 +117,7 @@ class _Sample:
     generator: torch.Generator
     prompt_length: int  # unpruned prompt length (where original positions continue when decoding)
     keep: torch.Tensor | None = None  # [v_num] bool, the given selection (deferred pruning)
+    recycled_base: int = RECYCLED_ID_BASE  # identities of recycled tokens start here (recycled_id_base)
 
     @property
     def text_start(self) -> int:
@@ -247,7 +258,7 @@ def _split_samples(
         positions = torch.arange(hidden.shape[0], device=hidden.device)  # [n_b]
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         samples.append(
-            _Sample(hidden, positions, v_start, count, raters, span_ids, generator, hidden.shape[0], keep)
+            _Sample(hidden, positions, v_start, count, raters, span_ids, generator, hidden.shape[0], keep, recycled_id_base(count))
         )
     return samples
 
@@ -490,7 +501,7 @@ def _apply_pruning(
         noise = _noise(sample, b, stage, n_in, recycle_noise, work)
         merged = density_peak_merge(work, decision.clusters, noise).merged.to(x.dtype)  # [clusters, d]
         parts.append(merged)
-        ids.append(RECYCLED_ID_BASE * (stage + 1) + torch.arange(merged.shape[0], device=kept_ids.device))
+        ids.append(sample.recycled_base * (stage + 1) + torch.arange(merged.shape[0], device=kept_ids.device))
     parts.append(out_rows[kept_end + n_in :])
     sample.hidden = torch.cat(parts, dim=0)  # [n', d]
     if original_positions:

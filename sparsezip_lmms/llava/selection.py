@@ -94,7 +94,7 @@ def layer_kept_patches(kept: list[torch.Tensor], layers: tuple[int, ...], n_patc
     """Per row, {decoder layer: range string} of the patch identities (0..N−1) each pruning layer kept.
 
     kept: the pruning decoder's ``PrunedOutput.kept``, per pruning layer [B, k_max] identities padded
-    with −1 (recycled tokens, ids ≥ 1000, and anything outside the patch grid are left out)."""
+    with −1 (recycled tokens, ids from ``recycled_id_base``, and anything outside the patch grid are left out)."""
     if not kept:
         return []
     rows = kept[0].shape[0]

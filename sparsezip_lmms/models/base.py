@@ -222,7 +222,17 @@ class CompressedLlava(_LlavaHfChat):
         if model_type == "llava_next" and compression.method not in NEXT_METHODS:
             raise ConfigError(
                 f"{cls.model_id} --model_args: {pretrained} is a LLaVA-NeXT (any-resolution) checkpoint; method "
-                f"{compression.method!r} does not run on NeXT's tiles yet (config keep_all, method 'none', does)"
+                f"{compression.method!r} does not run on NeXT's tiles yet (it runs: {', '.join(NEXT_METHODS)})"
+            )
+        if model_type == "llava_next" and getattr(compression, "prune_layer", 0) > 0:
+            raise ConfigError(
+                f"{cls.model_id} --model_args: {pretrained} is a LLaVA-NeXT checkpoint; deferred pruning "
+                "(prune_layer > 0) does not run on NeXT's tiles yet"
+            )
+        if model_type == "llava_next" and getattr(compression, "span", None) == "fixed":
+            raise ConfigError(
+                f"{cls.model_id} --model_args: span: fixed is FastV's LLaVA-1.5 span (positions 35..610); on a "
+                "LLaVA-NeXT checkpoint use span: image"
             )
         geometry = Geometry.from_llava_config(config)
         try:
@@ -551,8 +561,9 @@ class CompressedLlava(_LlavaHfChat):
 
         n_patches = self.geometry.patches
         layers = None
-        if pruned is not None and not deferred:
-            layers = layer_kept_patches(pruned.kept, pruned.pruning_layers, n_patches)
+        if pruned is not None and not deferred:  # NeXT: positions in each image's packed sequence
+            span = int(selected.features.shape[1]) if self.geometry.any_resolution else n_patches
+            layers = layer_kept_patches(pruned.kept, pruned.pruning_layers, span)
         if selected is not None and selected.crops is not None:  # NeXT, compressed crop by crop
             images = next_selections(selected, crops, n_patches)
         else:
