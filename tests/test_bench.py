@@ -23,7 +23,7 @@ from sparsezip_lmms.config import load_config
 from sparsezip_lmms.llava import sparsevlm_generate
 from sparsezip_lmms.llava.pruning_decoder import pruned_generate
 
-REPORT_SECTIONS = ("vision", "compression", "prefill", "pruning", "harness")
+REPORT_SECTIONS = ("vision", "compression", "prefill", "pruning", "harness", "next")
 # GQA (2 query heads per KV head), head size 64: SparseVLM v2.0's RoPE-only term stays positive over 636
 # positions with rope_theta 10000 (at head size 32 or less it changes sign, and the decoder refuses)
 TINY = LlamaDims(width=256, mlp=128, heads=4, kv_heads=2, vocab=512)
@@ -78,7 +78,7 @@ def test_bench_quick_produces_every_section(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--json", str(out), "--workdir", str(tmp_path / "work")]) == 0
     printed = capsys.readouterr().out
-    for title in ("### 1.", "### 2.", "### 3.", "### 4.", "### 5.", "### Targets"):
+    for title in ("### 1.", "### 2.", "### 3.", "### 4.", "### 5.", "### 6.", "### Targets"):
         assert title in printed
     assert "scoring / plain" in printed and "JSON:" in printed
 
@@ -109,6 +109,10 @@ def test_bench_quick_produces_every_section(tmp_path, capsys):
     assert all(r["check"]["kept_identical"] for r in rows)
     harness = report["harness"]["batches"]
     assert set(harness) == {"1", "8"} and all(e["timed_samples"] > 0 for e in harness.values())
+    # LLaVA-NeXT shapes: the stock packed sequence of a 672 x 672 image vs VisionZip per crop
+    assert {r["config"]: r["visual_tokens"] for r in report["next"]["rows"]} == {
+        "keep_all": 2928, "visionzip_next_320": 320, "visionzip_next_160": 160,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -10,7 +10,9 @@ Sections (``--sections``, default all):
 4. ``pruning``   our in-LLM pruning decoder vs an eager, one-prompt-at-a-time (official-style)
                  computation, for SparseVLM v1.5, SparseVLM v2.0, FastV and a deferred VisionZip
                  selection, batch 1 and 8 (``sparsevlm`` is accepted for it);
-5. ``harness``   the lmms-eval CLI on the tiny checkpoint, samples/s at batch 1 vs batch 8.
+5. ``harness``   the lmms-eval CLI on the tiny checkpoint, samples/s at batch 1 vs batch 8;
+6. ``next``      LLaVA-NeXT-shaped inputs (5 crops per image): CLIP + VisionZip per crop vs the stock
+                 features, and the prefill of the packed 2928 visual tokens vs VisionZip's 320 / 160.
 
 Prints Markdown tables to stdout and writes everything (every sample time) to ``--json``.
 """
@@ -34,7 +36,7 @@ from .report import evaluate_targets, render
 
 __all__ = ["Settings", "main", "run"]
 
-SECTIONS = ("vision", "ops", "prefill", "pruning", "harness")
+SECTIONS = ("vision", "ops", "prefill", "pruning", "harness", "next")
 SECTION_ALIASES = {"sparsevlm": "pruning"}  # the name section 4 had when it timed SparseVLM v1.5 alone
 PRUNING_METHODS = ("sparsevlm", "sparsevlm2", "fastv", "deferred")
 # --quick times the prefill at these configs only (one per budget); the full run does every config.
@@ -242,7 +244,7 @@ def run(s: Settings, argv: list[str]) -> dict:
     _EVENTS.clear()
     torch.manual_seed(0)
 
-    needs_vision = any(x in s.sections for x in ("vision", "ops", "prefill"))
+    needs_vision = any(x in s.sections for x in ("vision", "ops", "prefill", "next"))
     compressed = None
     if needs_vision:
         from .timing import measure
@@ -297,6 +299,13 @@ def run(s: Settings, argv: list[str]) -> dict:
                     f"SparseVLM rows need more than {max(load_pruning_layers())} layers (its pruning layers); "
                     "see section 4"
                 )
+            del llm
+        if "next" in s.sections:
+            from .next_section import next_section
+
+            _log(f"section 6: LLaVA-NeXT-shaped inputs, {s.llm_layers} LLaMA layers")
+            llm = build_llama(s.llm_layers, LLAMA_7B, device, dtype)
+            report["next"] = next_section(vb, llm, LLAMA_7B, s.prefill_batches[0], s.llm_repeats, s.llm_warmup, timer)
             del llm
         del vb, compressed, captured
         gc.collect()

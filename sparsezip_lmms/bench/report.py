@@ -178,6 +178,19 @@ def render(report: dict) -> str:
                 + _table(["config", "visual tokens", "prefill ms", "speed-up", "FLOPs bound", "speed-up / bound",
                          "MLP GEMM rate vs 576", "speed-up / (bound × GEMM rate)"], rows)
             )
+    if "next" in report:
+        n = report["next"]
+        rows = [
+            [r["config"], str(r["visual_tokens"]), _x(r["vision_ratio_to_clip"]), _ms(r["prefill_median_s"]),
+             _x(r["prefill_speedup"]), _x(r["speedup_bound"]), _x(r["efficiency_ratio"])]
+            for r in n["rows"]
+        ]  # fmt: skip
+        parts.append(
+            f"### 6. LLaVA-NeXT-shaped inputs, {n['crops_per_image']} crops per image, batch {n['batch']}, "
+            f"{n['layers']} LLaMA layers ({n['dims']})\n\n"
+            + _table(["config", "visual tokens", "vision side / CLIP on the crops", "prefill ms", "prefill speed-up",
+                     "FLOPs bound", "speed-up / bound"], rows)
+        )
     pruning = pruning_section(report)
     if pruning:
         parts.append(_render_pruning(pruning))
