@@ -84,7 +84,14 @@ def test_methods_without_next_support_are_refused_before_loading(model_id, tiny_
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("model, config, low, high", [("llava_hf_timed", "keep_all", 1000, 2928), ("llava_visionzip", "visionzip_next_320", 192, 320)])
+@pytest.mark.parametrize(
+    "model, config, low, high",
+    [
+        ("llava_hf_timed", "keep_all", 1000, 2928), ("llava_visionzip", "visionzip_next_320", 192, 320),
+        ("llava_sparsezip", "sparsezip_64", 3, 320), ("llava_sparsevlm", "sparsevlm2_64", 30, 400),
+        ("llava_fastv", "fastv_64", 30, 400),
+    ],
+)  # fmt: skip
 def test_cli_runs_next(model, config, low, high, tmp_path, mini_tasks, tiny_next_checkpoint):
     from sparsezip_lmms.demo.harness import lmms_eval_command, run_lmms_eval
 

@@ -238,13 +238,15 @@ def gallery_section(task: str, runs: list, work: Path, count: int, columns: int 
 
     requests: dict[str, dict[int, LoggedRequest]] = {}
     results_path = None
-    for run in runs:
+    from .analyze import run_labels
+
+    for label, run in zip(run_labels(runs), runs):  # runs of one model:config on two checkpoints stay apart
         merged: dict[int, LoggedRequest] = {}
         for source in run.sources:
             if source.endswith(".jsonl") and Path(source).is_file():
                 merged.update(logged_requests(Path(source)))
                 results_path = results_path or results_of(Path(source))
-        requests[run.label] = merged
+        requests[label] = merged
     docs = gallery_docs(requests, count)
     if not docs:
         return f"<h3>Gallery: {_esc(task)}</h3><p class=\"note\">No request with a selection logged by every run.</p>"
@@ -254,26 +256,30 @@ def gallery_section(task: str, runs: list, work: Path, count: int, columns: int 
         parts.append(f'<p class="note warn">{_esc(problem)}; the selections are drawn on a grey canvas.</p>')
     for doc_id in docs:
         first = next(r[doc_id] for r in requests.values())
-        entries = {label: by_doc[doc_id] for label, by_doc in requests.items()}
-        fingerprint = entries[next(iter(entries))].selection["images"][0]["image"]
+        # LLaVA-1.5 runs see the centre crop, LLaVA-NeXT runs (records with "crops") the squashed base view
+        views: dict[bool, dict[str, LoggedRequest]] = {}
+        for label, by_doc in requests.items():
+            views.setdefault("crops" in by_doc[doc_id].selection["images"][0], {})[label] = by_doc[doc_id]
         image = images.get(doc_id)
-        caption_note = ""
-        if image is None:
-            picture = Image.new("RGB", (336, 336), (150, 150, 150))
-        else:
-            squash = "crops" in entries[next(iter(entries))].selection["images"][0]  # LLaVA-NeXT: the base view
-            picture = model_view(image, squash=squash)
-            if image_fingerprint(image) != fingerprint:
-                caption_note = " (the dataset's image differs from the one the runs logged)"
-        panels = []
-        for label, request in entries.items():
-            selection = request.selection
-            panels += panels_of(selection["images"][0], tuple(selection["grid"]), label, request.answer)
-        path = overlay_figure(picture, panels, work / f"gallery_{task}_{doc_id}.png", columns=columns, dpi=90)
-        caption = f"doc {doc_id}: {first.question or ''} — expected: {first.target or '—'}{caption_note}"
-        alt = f"overlays, {task} doc {doc_id}: {', '.join(entries)}"
-        parts.append(f"<figure>{png_img(path.read_bytes(), alt, 'overlay')}"
-                     f"<figcaption>{_esc(caption)}</figcaption></figure>")  # fmt: skip
+        for squash, entries in sorted(views.items()):
+            fingerprint = entries[next(iter(entries))].selection["images"][0]["image"]
+            caption_note = " (LLaVA-NeXT runs: their base view)" if squash else ""
+            if image is None:
+                picture = Image.new("RGB", (336, 336), (150, 150, 150))
+            else:
+                picture = model_view(image, squash=squash)
+                if image_fingerprint(image) != fingerprint:
+                    caption_note += " (the dataset's image differs from the one the runs logged)"
+            panels = []
+            for label, request in entries.items():
+                selection = request.selection
+                panels += panels_of(selection["images"][0], tuple(selection["grid"]), label, request.answer)
+            name = f"gallery_{task}_{doc_id}_{'next' if squash else 'crop'}.png"
+            path = overlay_figure(picture, panels, work / name, columns=columns, dpi=90)
+            alt = f"overlays, {task} doc {doc_id}: {', '.join(entries)}"
+            caption = f"doc {doc_id}: {first.question or ''} — expected: {first.target or '—'}{caption_note}"
+            parts.append(f"<figure>{png_img(path.read_bytes(), alt, 'overlay')}"
+                         f"<figcaption>{_esc(caption)}</figcaption></figure>")  # fmt: skip
     parts.append("</div>")
     return "".join(parts)
 

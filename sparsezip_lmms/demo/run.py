@@ -33,6 +33,10 @@ EXTRA_RUNS = [
 ]
 
 
+# on the tiny LLaVA-NeXT checkpoint (any-resolution tiles): the stock model and VisionZip crop by crop
+NEXT_RUNS = [("llava_hf_timed", "keep_all"), ("llava_visionzip", "visionzip_next_320")]
+
+
 def tiny_model_args(model: str, root: Path) -> str:
     """Extra ``--model_args`` a model id needs on what :func:`prepare` built under ``root`` (CDPruner: the tiny CLIP)."""
     return f",clip_text_tower={root / 'tiny-clip'}" if model == "llava_cdpruner" else ""
@@ -65,14 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(checks).splitlines()[-1], "(python -m sparsezip_lmms doctor for the table)", flush=True)
     out = Path(args.out).resolve()
     runs = [tuple(r.split(":", 1)) for r in args.runs] if args.runs else demo_runs()
-    print(f"building the tiny random-weight checkpoint and mini datasets under {out} ...", flush=True)
+    print(f"building the tiny random-weight checkpoints and mini datasets under {out} ...", flush=True)
     checkpoint, task_dir, task_names = prepare(out)
-    for model, config in runs:
-        print(f"lmms-eval --model {model} --model_args pretrained=<tiny>,config={config} ...", flush=True)
-        result_dir = out / "results" / f"{model}__{config.replace('/', '_')}"
+    plan = [(model, config, checkpoint, "") for model, config in runs]
+    if not args.runs:  # and LLaVA-NeXT: its own checkpoint, so its rows compare among themselves
+        next_checkpoint = build_tiny_llava(out / "tiny-llava-next", next_grid=True)
+        plan += [(model, config, next_checkpoint, "next__") for model, config in NEXT_RUNS]
+    for model, config, weights, prefix in plan:
+        print(f"lmms-eval --model {model} --model_args pretrained=<{weights.name}>,config={config} ...", flush=True)
+        result_dir = out / "results" / f"{prefix}{model}__{config.replace('/', '_')}"
         cmd = lmms_eval_command(
             model,
-            f"pretrained={checkpoint},config={config},dtype=float32,warmup={args.batch_size},log_selection=true"
+            f"pretrained={weights},config={config},dtype=float32,warmup={args.batch_size},log_selection=true"
             + tiny_model_args(model, out),
             task_names,
             result_dir,
