@@ -76,10 +76,16 @@ def max_visual_tokens(config: CompressionConfig, patches: int) -> int:
     return patches  # none and the in-LLM methods: every patch enters the LLM
 
 
+# methods that run on LLaVA-NeXT checkpoints (llava.next, llava.features.next_image_tokens)
+NEXT_METHODS = ("none", "visionzip", "sparsezip", "sparsevlm", "sparsevlm2", "fastv")
+
+
 def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
     """Raise :class:`ConfigError` when ``config`` cannot run on, or would not compress, this checkpoint."""
     n = geometry.patches
     method = config.method
+    if geometry.any_resolution:
+        _check_next(config)
     if method == "none":
         return
     if method not in IN_LLM_METHODS:
@@ -140,6 +146,21 @@ def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
         raise ConfigError(
             f"{method} config sends up to {tokens} visual tokens per image into the LLM, not fewer than the {n} "
             "patches: nothing is compressed (lower the budget, or use config keep_all)"
+        )
+
+
+def _check_next(config: CompressionConfig) -> None:
+    """What a LLaVA-NeXT (any-resolution) checkpoint cannot run yet, or runs only with LLaVA-1.5's positions."""
+    if config.method not in NEXT_METHODS:
+        raise ConfigError(
+            f"this is a LLaVA-NeXT (any-resolution) checkpoint; method {config.method!r} does not run on NeXT's "
+            f"tiles yet (it runs: {', '.join(NEXT_METHODS)})"
+        )
+    if getattr(config, "prune_layer", 0) > 0:
+        raise ConfigError("this is a LLaVA-NeXT checkpoint; deferred pruning (prune_layer > 0) does not run on NeXT's tiles yet")
+    if getattr(config, "span", None) == "fixed":
+        raise ConfigError(
+            "span: fixed is FastV's LLaVA-1.5 span (positions 35..610); on a LLaVA-NeXT checkpoint use span: image"
         )
 
 

@@ -152,16 +152,23 @@ def test_visionzip_on_next_compresses_every_crop_in_the_official_order(tiny_next
             torch.testing.assert_close(batched.features[i, : count * 64], expected, rtol=1e-12, atol=1e-12)
 
 
-def test_visionzip_on_next_batches_and_records(tiny_next_checkpoint):
-    docs = _docs()
-    one = _model("llava_visionzip", tiny_next_checkpoint, config="visionzip_next_160")
+def _records_at_batch_1_and_4(model_id, checkpoint, config, docs):
+    """The batch-1 records of ``docs``, after checking that batch 4 gives the same answers, selections
+    and visual-token counts (every layer's)."""
+    one = _model(model_id, checkpoint, config=config)
     answers = [r.text for r in one.generate_until(make_requests(one, docs, GEN))]
     records = [get_record("unit", "test", i) for i in range(len(docs))]
-    four = _model("llava_visionzip", tiny_next_checkpoint, batch_size=4, config="visionzip_next_160")
+    four = _model(model_id, checkpoint, batch_size=4, config=config)
     assert [r.text for r in four.generate_until(make_requests(four, docs, GEN))] == answers
-    for i, first in enumerate(records):
+    for i, record in enumerate(records):
         again = get_record("unit", "test", i)
-        assert again.selection == first.selection and again.visual_tokens == first.visual_tokens
+        assert again.selection == record.selection and again.visual_tokens == record.visual_tokens
+        assert again.visual_tokens_per_layer == record.visual_tokens_per_layer
+    return records
+
+
+def test_visionzip_on_next_batches_and_records(tiny_next_checkpoint):
+    for first in _records_at_batch_1_and_4("llava_visionzip", tiny_next_checkpoint, "visionzip_next_160", _docs()):
         entry = first.selection["images"][0]
         assert first.visual_tokens == entry["crops"] * 32 == entry["tokens"]
         assert len(entry["tiles"]) == entry["crops"] - 1
@@ -172,15 +179,7 @@ def test_visionzip_on_next_batches_and_records(tiny_next_checkpoint):
 def test_sparsezip_on_next_scores_every_crop_with_its_question(tiny_next_checkpoint):
     """Each crop is a LLaVA-1.5 SparseZip image scored against its image's question (its own dynamic
     budget), laid out like VisionZip; batching does not change what is kept."""
-    docs = _docs()
-    one = _model("llava_sparsezip", tiny_next_checkpoint, config="sparsezip_64")
-    answers = [r.text for r in one.generate_until(make_requests(one, docs, GEN))]
-    first = [get_record("unit", "test", i) for i in range(len(docs))]
-    four = _model("llava_sparsezip", tiny_next_checkpoint, batch_size=4, config="sparsezip_64")
-    assert [r.text for r in four.generate_until(make_requests(four, docs, GEN))] == answers
-    for i, record in enumerate(first):
-        again = get_record("unit", "test", i)
-        assert again.selection == record.selection
+    for record in _records_at_batch_1_and_4("llava_sparsezip", tiny_next_checkpoint, "sparsezip_64", _docs()):
         entry = record.selection["images"][0]
         crops = [entry, *entry["tiles"]]
         tokens = [entry["base_tokens"]] + [tile["tokens"] for tile in entry["tiles"]]
@@ -192,16 +191,8 @@ def test_sparsezip_on_next_scores_every_crop_with_its_question(tiny_next_checkpo
 def test_in_llm_methods_on_next_prune_the_packed_image_span(model_id, config, tiny_next_checkpoint):
     """The visual span is each image's packed sequence (base view, tiles, newlines), its length per
     row; batching over different lengths does not change what is kept."""
-    docs = _docs()[:6]
-    one = _model(model_id, tiny_next_checkpoint, config=config)
-    answers = [r.text for r in one.generate_until(make_requests(one, docs, GEN))]
-    first = [get_record("unit", "test", i) for i in range(len(docs))]
-    four = _model(model_id, tiny_next_checkpoint, batch_size=4, config=config)
-    assert [r.text for r in four.generate_until(make_requests(four, docs, GEN))] == answers
     spans = set()
-    for i, record in enumerate(first):
-        again = get_record("unit", "test", i)
-        assert again.selection == record.selection and again.visual_tokens_per_layer == record.visual_tokens_per_layer
+    for record in _records_at_batch_1_and_4(model_id, tiny_next_checkpoint, config, _docs()[:6]):
         (entry,) = record.selection["images"]
         spans.add(entry["tokens"])
         assert record.visual_tokens_per_layer[0] == entry["tokens"] > 1000

@@ -93,9 +93,9 @@ def selection_of(doc: dict) -> dict[str, Any] | None:
 
 def _with_efficiency(scores: dict[str, Any], doc: dict) -> dict[str, Any]:
     """Upstream scores + the request's whole record (``eff_record``) + what it kept (``eff_selection``)
-    + the document's fields (``eff_doc``) + one scalar per summary metric (None where the figure is unusable: warm-up, failed request, not
-    measured on this device) + the failure bookkeeping (``eff_failed``, ``eff_first_error``,
-    ``eff_timed``, ``eff_unpruned``: the few fields they count)."""
+    + the document's fields (``eff_doc``) + one scalar per summary metric (None where the figure is
+    unusable: warm-up, failed request, not measured on this device) + the failure bookkeeping
+    (``eff_failed``, ``eff_first_error``, ``eff_timed``, ``eff_unpruned``: the few fields they count)."""
     figures = efficiency_of(doc)
     bookkeeping = {key: figures[key] for key in _BOOKKEEPING_FIELDS if key in figures}
     scores = dict(scores)

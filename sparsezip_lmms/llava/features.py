@@ -157,10 +157,6 @@ def image_tokens(
     return ImageTokens(features, compressed.valid, compressed.index, patches, compressed.members)
 
 
-# methods that run on LLaVA-NeXT's crops, and how (llava.next)
-NEXT_METHODS = ("none", "visionzip", "sparsezip", "sparsevlm", "sparsevlm2", "fastv")
-
-
 def next_image_tokens(
     model,
     pixel_values: torch.Tensor,  # [n_images, crops_max, 3, H, W]
@@ -174,6 +170,7 @@ def next_image_tokens(
     method scores each crop against its image's question), then laid out per image in VisionZip's
     official NeXT order (``llava.next.per_crop_layout``; SparseZip uses the same, each crop with its
     own dynamic budget)."""
+    from ..budgets import NEXT_METHODS
     from .next import crop_counts, flatten_crops, per_crop_layout, tile_grids
 
     if config.method not in NEXT_METHODS:

@@ -61,7 +61,7 @@ from .compat import cache_kwargs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RECYCLED_ID_BASE", "PrunedOutput", "pruned_generate"]
+__all__ = ["RECYCLED_ID_BASE", "PrunedOutput", "pruned_generate", "recycled_id_base"]
 
 RECYCLED_ID_BASE = 1000  # recycled token c of stage s (0-based) has identity 1000 * (s + 1) + c
 
@@ -73,7 +73,6 @@ def recycled_id_base(span: int) -> int:
     while base <= span:
         base *= 10
     return base
-
 
 
 @dataclass

@@ -217,23 +217,6 @@ class CompressedLlava(_LlavaHfChat):
                 "(model_type 'llava', e.g. llava-hf/llava-1.5-7b-hf) and LLaVA-NeXT (model_type 'llava_next', e.g. "
                 "llava-hf/llava-v1.6-vicuna-7b-hf) checkpoints; video models are not supported."
             )
-        from ..llava.features import NEXT_METHODS
-
-        if model_type == "llava_next" and compression.method not in NEXT_METHODS:
-            raise ConfigError(
-                f"{cls.model_id} --model_args: {pretrained} is a LLaVA-NeXT (any-resolution) checkpoint; method "
-                f"{compression.method!r} does not run on NeXT's tiles yet (it runs: {', '.join(NEXT_METHODS)})"
-            )
-        if model_type == "llava_next" and getattr(compression, "prune_layer", 0) > 0:
-            raise ConfigError(
-                f"{cls.model_id} --model_args: {pretrained} is a LLaVA-NeXT checkpoint; deferred pruning "
-                "(prune_layer > 0) does not run on NeXT's tiles yet"
-            )
-        if model_type == "llava_next" and getattr(compression, "span", None) == "fixed":
-            raise ConfigError(
-                f"{cls.model_id} --model_args: span: fixed is FastV's LLaVA-1.5 span (positions 35..610); on a "
-                "LLaVA-NeXT checkpoint use span: image"
-            )
         geometry = Geometry.from_llava_config(config)
         try:
             check_fits(compression, geometry)
@@ -593,15 +576,13 @@ class CompressedLlava(_LlavaHfChat):
             layer_avg = float(out.layer_stats["equal_tokens"][row])
         else:
             per_layer_visual, tokens_per_layer, layer_avg = None, [n_in] * layers, float(n_visual)
-        vision_dims = self._stock_vision_dims if uses_stock_features(self.compression) else dims
-        if self.geometry.any_resolution:  # CLIP on every crop (base view + tiles), the projector on what it reads
-            projected = out.crops[row] * self.geometry.patches if uses_stock_features(self.compression) else n_visual
-            vision = vision_flops(out.crops[row], projected, vision_dims)
-        else:
-            vision = vision_flops(out.images[row], n_visual, vision_dims) if out.images[row] else 0
+        stock = uses_stock_features(self.compression)
+        vision_dims = self._stock_vision_dims if stock else dims
+        # CLIP on every crop (one per LLaVA-1.5 image; NeXT: base view + tiles), the projector on what it reads
+        projected = out.crops[row] * self.geometry.patches if stock else n_visual
+        vision = vision_flops(out.crops[row], projected, vision_dims)
         clip_text = out.clip_segments[row] * self._clip_text.segment_flops() if self._clip_text is not None else 0
-        compressed = out.crops[row] if self.geometry.any_resolution else out.images[row]  # NeXT: per crop
-        compression = compression_flops(self.compression, compressed, dims, out.question_tokens[row], clip_text)
+        compression = compression_flops(self.compression, out.crops[row], dims, out.question_tokens[row], clip_text)
         llm = llm_prefill_flops(tokens_per_layer, dims)
         cache = [n + max(n_out - 1, 0) for n in tokens_per_layer]
         return EfficiencyRecord(
