@@ -71,13 +71,15 @@ def max_visual_tokens(config: CompressionConfig, patches: int) -> int:
         dominant = (config.dominant if config.skip_dynamic_k else k_max) + (0 if config.k_counts_cls else 1)  # + CLS
         merged = 0 if (config.merge == "none" and not config.skip_ctx_merge) else config.merging.contextual_num
         return dominant + min(merged, tokens - dominant)
-    if isinstance(config, (RandomKeepConfig, PoolConfig, DivPruneConfig, CDPrunerConfig)):
+    if isinstance(config, DivPruneConfig):
+        return config.budget(patches)
+    if isinstance(config, (RandomKeepConfig, PoolConfig, CDPrunerConfig)):
         return config.keep
     return patches  # none and the in-LLM methods: every patch enters the LLM
 
 
 # methods that run on LLaVA-NeXT checkpoints (llava.next, llava.features.next_image_tokens)
-NEXT_METHODS = ("none", "visionzip", "sparsezip", "sparsevlm", "sparsevlm2", "fastv")
+NEXT_METHODS = ("none", "visionzip", "sparsezip", "divprune", "cdpruner", "sparsevlm", "sparsevlm2", "fastv", "random", "pool")
 
 
 def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
@@ -100,6 +102,8 @@ def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
                 f"method {method!r} needs one vision_feature_layer within the {geometry.clip_layers} CLIP layers; "
                 f"this checkpoint has {layer!r}"
             )
+    if geometry.any_resolution and isinstance(config, DivPruneConfig):
+        return  # it chooses from each image's packed sequence, whose length varies: checked per request
     if isinstance(config, VisionZipConfig):
         _at_most("dominant", config.dominant, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
     elif isinstance(config, SparseZipConfig):
@@ -108,6 +112,11 @@ def check_fits(config: CompressionConfig, geometry: Geometry) -> None:
             _at_most("dominant", config.dominant, limit, what)
         else:
             _at_most("k_max", config.k_max, limit, what)
+    elif isinstance(config, DivPruneConfig) and config.keep_ratio is not None:
+        if config.budget(n) < 1:
+            raise ConfigError(
+                f"key 'keep_ratio': int(round({config.keep_ratio} * {n})) keeps no image token; at least {0.5 / n:.6f}"
+            )
     elif isinstance(config, (RandomKeepConfig, PoolConfig, DivPruneConfig, CDPrunerConfig)):
         if config.keep >= n:
             raise ConfigError(

@@ -228,8 +228,25 @@ class DivPruneConfig(_Deferrable):
 
     method: Literal["divprune"] = "divprune"
     keep: int = Field(64, ge=1, description="image tokens kept per image (the official int(round(ratio * N)))")
+    keep_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="the official budget as a ratio instead of keep: int(round(keep_ratio * N)) of the N image "
+        "tokens of each image (LLaVA-NeXT: its whole packed sequence, newline tokens included)",
+    )
     mask_chosen: bool = Field(False, description="deviation: never pick a token twice (official: False)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "DivPruneConfig":
+        if self.keep_ratio is not None and "keep" in self.model_fields_set:
+            raise ValueError(f"keys 'keep' ({self.keep}) and 'keep_ratio' ({self.keep_ratio}) both set: give one budget")
+        return self
+
+    def budget(self, n: int) -> int:
+        """Image tokens kept of an image with ``n`` candidate tokens."""
+        return self.keep if self.keep_ratio is None else int(round(self.keep_ratio * n))
 
 
 class CDPrunerConfig(_Deferrable):
@@ -237,7 +254,14 @@ class CDPrunerConfig(_Deferrable):
     weighted by each patch's (negative-cosine) relevance to the question in CLIP space."""
 
     method: Literal["cdpruner"] = "cdpruner"
-    keep: int = Field(64, ge=1, description="image tokens kept per image (the official visual_token_num)")
+    keep: int = Field(
+        64, ge=1, description="image tokens kept per image (the official visual_token_num; LLaVA-NeXT: per crop)"
+    )
+    next_grid: Literal["fixed_2x2", "checkpoint"] = Field(
+        "fixed_2x2",
+        description="LLaVA-NeXT: every image is tiled 2 x 2 (the official code forces the 672 x 672 resolution, "
+        "so always 5 crops) or by the checkpoint's image_grid_pinpoints like every other method",
+    )
     distinct: bool = Field(False, description="deviation: stop a degenerate DPP from picking a token twice (official: False)")
     strip_answer_format: bool = Field(
         True, description="drop the benchmark's answer-format instruction from the question, as the official scripts do"

@@ -146,6 +146,27 @@ def test_joint_mode_matters():
     assert rel_err(per_image, case("g576/M3j/relevance")) > 1e-6
 
 
+@pytest.mark.parametrize("group,m", [("g576", 3), ("g64", 2)])
+def test_groups_normalise_like_one_joint_call_per_image(group, m):
+    """LLaVA-1.6 batched: rows grouped by image (each image its crops and its question) get exactly the
+    relevance of one joint call per image; one group is the plain joint call."""
+    image_embeds = case(f"{group}/image_embeds")  # [2, N, E] two crops of one image
+    text = case(f"{group}/text_embeds_M{m}")  # [2, M, E]: question 0, question 1
+    joint = cdpruner_relevance(image_embeds, text[:1], joint=True)  # [2, N] the fixture's joint mode
+    torch.testing.assert_close(joint, case(f"{group}/M{m}j/relevance"), rtol=1e-12, atol=0)
+    one_group = cdpruner_relevance(image_embeds, text[:1].expand(2, -1, -1), joint=True, groups=torch.zeros(2, dtype=torch.long))
+    assert torch.equal(one_group, joint)
+    # two images of 2 and 3 crops in one call, crops interleaved, each image with its own question
+    crops = torch.cat([image_embeds, image_embeds.flip(1)[:1] * 0.5 + image_embeds[1:] * 0.5, image_embeds.flip(1)])  # [5, N, E]
+    groups = torch.tensor([0, 0, 1, 1, 1])
+    texts = torch.stack([text[0], text[0], text[1], text[1], text[1]])  # [5, M, E]
+    batched = cdpruner_relevance(crops, texts, joint=True, groups=groups)  # [5, N]
+    first = cdpruner_relevance(crops[:2], text[:1], joint=True)
+    second = cdpruner_relevance(crops[2:], text[1:], joint=True)
+    assert torch.equal(batched, torch.cat([first, second]))
+    assert not torch.allclose(batched, cdpruner_relevance(crops, texts, joint=True))  # grouping matters
+
+
 def test_positive_sign_would_change_the_selection():
     features, image_embeds = case("g64/features"), case("g64/image_embeds")
     text_embeds = case("g64/text_embeds_M2")

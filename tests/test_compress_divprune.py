@@ -24,6 +24,7 @@ from sparsezip_lmms.compress.divprune import (
     divprune_greedy,
     divprune_keep_positions,
     divprune_select,
+    divprune_select_ragged,
     divprune_step0_scores,
 )
 
@@ -139,6 +140,45 @@ def test_mixed_batch_of_different_images(k):
     features = torch.stack([case(f"{g}/features")[b] for g, b in rows])  # [5, 576, 64]
     expected = torch.stack([case(f"{g}/k{k}/idx_order")[b] for g, b in rows])  # [5, k]
     assert torch.equal(divprune_select(features, k), expected)
+
+
+@pytest.mark.parametrize("mask_chosen", [False, True])
+def test_ragged_batch_equals_each_image_alone(mask_chosen):
+    """Images of different lengths padded into one batch (LLaVA-NeXT's packed sequences): each row
+    equals the official selection on its own tokens; padding is never picked, even where its zero
+    vectors make the distances NaN. The lattice image (t0) keeps its exact ties and official repeats."""
+    rows = [("t0", 1, 576, 301), ("g0", 0, 400, 44), ("t0", 0, 333, 0), ("g0", 2, 576, 575), ("g0", 1, 17, 16)]
+    lengths = torch.tensor([n for _, _, n, _ in rows])
+    budgets = torch.tensor([k for *_, k in rows])
+    features = torch.zeros(len(rows), 576, 64, dtype=torch.float64)  # [5, 576, 64] zero padding
+    for i, (g, b, n, _) in enumerate(rows):
+        features[i, :n] = case(f"{g}/features")[b, :n]
+    valid = torch.arange(576)[None, :] < lengths[:, None]  # [5, 576]
+    order = divprune_select_ragged(features, valid, budgets, mask_chosen=mask_chosen)  # [5, 575]
+    assert order.shape == (5, 575)
+    for i, (_, _, n, k) in enumerate(rows):
+        alone = divprune_select(features[i : i + 1, :n], k, mask_chosen=mask_chosen)[0]  # [k]
+        assert torch.equal(order[i, :k], alone)
+        assert bool((order[i, k:] == -1).all())
+    if not mask_chosen:
+        assert torch.equal(order[0, :301], case("t0/k301/idx_order")[1])  # the official repeat of index 0
+
+
+def test_ragged_batch_refuses_bad_budgets():
+    features = case("g0/features")[:2]
+    valid = torch.ones(2, 576, dtype=torch.bool)
+    valid[1, 100:] = False
+    with pytest.raises(ValueError, match="valid tokens per row"):
+        divprune_select_ragged(features, valid, torch.tensor([10, 101]))
+    with pytest.raises(ValueError, match="k must be a long tensor"):
+        divprune_select_ragged(features, valid, [10, 10])
+    features = features.clone()
+    features[1, 5] = 0.0
+    with pytest.raises(ValueError, match="zero-norm"):
+        divprune_select_ragged(features, valid, torch.tensor([10, 10]))
+    features[1, 300] = 0.0  # padding may be zero
+    features[1, 5] = 1.0
+    divprune_select_ragged(features, valid, torch.tensor([10, 10]))
 
 
 def test_deterministic():

@@ -98,6 +98,10 @@ def test_load_by_path_and_base(tmp_path):
         ("visionzip_64", {"dominant": 0}, "'dominant'"),
         ("sparsevlm_64", {"schedule": [1, 2]}, "same length"),
         ("keep_all", {"method": "magic"}, "'method' must be one of"),
+        ("divprune_next_320", {"keep": 64}, "'keep' (64) and 'keep_ratio'"),
+        ("divprune_next_320", {"keep_ratio": 0.0}, "'keep_ratio'"),
+        ("divprune_next_320", {"keep_ratio": 1.5}, "'keep_ratio'"),
+        ("cdpruner_next_320", {"next_grid": "3x3"}, "'next_grid'"),
     ],
 )
 def test_bad_configs_name_the_key(name, overrides, fragment):
@@ -122,3 +126,14 @@ def test_bad_files(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(str(listy))
+
+
+def test_divprune_ratio_budgets():
+    """keep_ratio is the official int(round(ratio · N)); the NeXT configs are named by 5 x 576 = 2880."""
+    assert load_config("divprune_official").budget(576) == 56
+    assert load_config("divprune_official").budget(2928) == 287
+    for budget in (640, 320, 160):
+        config = load_config(f"divprune_next_{budget}")
+        assert config.budget(2880) == budget and config.budget(576) == budget // 5
+        assert load_config(f"cdpruner_next_{budget}").keep * 5 == budget
+    assert load_config("divprune_64").budget(2928) == 64  # a count stays a count

@@ -69,6 +69,8 @@ def _build(model_id: str, pretrained: Path | str, model_args: str = "", **extra)
         ("llava_sparsezip", "config=random_64,keep=1000", "key 'keep': 1000 is not below the 576 patches"),
         ("llava_sparsezip", "config=pool_64,keep=577", "key 'keep': 577 is not below the 576 patches"),
         ("llava_sparsezip", "config=pool_64,keep=576", "nothing is compressed"),
+        ("llava_divprune", "config=divprune_next_320,keep_ratio=0.0005", "keeps no image token"),
+        ("llava_divprune", "config=divprune_next_320,keep_ratio=1.0", "nothing is compressed"),
         ("llava_sparsevlm", "config=sparsevlm_64,pruning_layers=[2,6,40]", "names layer 40, but this checkpoint's LLM has 16 layers (0..15)"),
         ("llava_sparsevlm", "config=sparsevlm_64,schedule=[1000,800,700]", "nothing is pruned"),
     ],

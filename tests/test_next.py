@@ -71,16 +71,17 @@ def test_keep_all_on_next_is_the_stock_model(batch_size, tiny_next_checkpoint, s
         assert record.vision_flops == clip + projector  # CLIP and the projector on every crop
 
 
-@pytest.mark.parametrize("model_id", ["llava_divprune", "llava_cdpruner"])
-def test_methods_without_next_support_are_refused_before_loading(model_id, tiny_next_checkpoint, monkeypatch):
-    from lmms_eval.models.chat.llava_hf import LlavaHf
-
-    def never(*args, **kwargs):
-        raise AssertionError("weights were loaded")
-
-    monkeypatch.setattr(LlavaHf, "__init__", never)
-    with pytest.raises(ConfigError, match="LLaVA-NeXT .*does not run on NeXT's tiles yet"):
-        _model(model_id, tiny_next_checkpoint)
+def test_divprune_budget_beyond_a_packed_sequence_fails_that_request(tiny_next_checkpoint):
+    """A DivPrune count is checked against each image's packed length, per request: the image too
+    short for it fails visibly, the others run."""
+    docs = _docs()
+    lmm = _model("llava_divprune", tiny_next_checkpoint, config="divprune_64", keep=1500)
+    results = lmm.generate_until(make_requests(lmm, docs, GEN))
+    records = [get_record("unit", "test", i) for i in range(len(docs))]
+    failed = [r for r in records if r.error is not None]
+    assert failed and len(failed) < len(records)  # the 3-crop images (about 1400 tokens) fail, 5-crop ones run
+    assert all("not below the packed sequence" in r.error for r in failed)
+    assert all(res.text == "" for res, r in zip(results, records) if r.error is not None)
 
 
 @pytest.mark.e2e
@@ -89,16 +90,18 @@ def test_methods_without_next_support_are_refused_before_loading(model_id, tiny_
     [
         ("llava_hf_timed", "keep_all", 1000, 2928), ("llava_visionzip", "visionzip_next_320", 192, 320),
         ("llava_sparsezip", "sparsezip_64", 3, 320), ("llava_sparsevlm", "sparsevlm2_64", 30, 400),
-        ("llava_fastv", "fastv_64", 30, 400),
+        ("llava_fastv", "fastv_64", 30, 400), ("llava_divprune", "divprune_next_320", 100, 340),
+        ("llava_cdpruner", "cdpruner_next_320", 300, 368),
     ],
 )  # fmt: skip
-def test_cli_runs_next(model, config, low, high, tmp_path, mini_tasks, tiny_next_checkpoint):
+def test_cli_runs_next(model, config, low, high, tmp_path, mini_tasks, tiny_next_checkpoint, tiny_clip):
     from sparsezip_lmms.demo.harness import lmms_eval_command, run_lmms_eval
 
     include, names = mini_tasks
     out = tmp_path / "next"
+    clip = f",clip_text_tower={tiny_clip}" if model == "llava_cdpruner" else ""
     cmd = lmms_eval_command(
-        model, f"pretrained={tiny_next_checkpoint},config={config},dtype=float32", [names["pope"], names["mme"]], out,
+        model, f"pretrained={tiny_next_checkpoint},config={config},dtype=float32{clip}", [names["pope"], names["mme"]], out,
         include_path=include, batch_size=4, extra=["--gen_kwargs", "max_new_tokens=2"],
     )  # fmt: skip
     run = run_lmms_eval(cmd, out, timeout=1200)
@@ -152,13 +155,13 @@ def test_visionzip_on_next_compresses_every_crop_in_the_official_order(tiny_next
             torch.testing.assert_close(batched.features[i, : count * 64], expected, rtol=1e-12, atol=1e-12)
 
 
-def _records_at_batch_1_and_4(model_id, checkpoint, config, docs):
+def _records_at_batch_1_and_4(model_id, checkpoint, config, docs, **args):
     """The batch-1 records of ``docs``, after checking that batch 4 gives the same answers, selections
     and visual-token counts (every layer's)."""
-    one = _model(model_id, checkpoint, config=config)
+    one = _model(model_id, checkpoint, config=config, **args)
     answers = [r.text for r in one.generate_until(make_requests(one, docs, GEN))]
     records = [get_record("unit", "test", i) for i in range(len(docs))]
-    four = _model(model_id, checkpoint, batch_size=4, config=config)
+    four = _model(model_id, checkpoint, batch_size=4, config=config, **args)
     assert [r.text for r in four.generate_until(make_requests(four, docs, GEN))] == answers
     for i, record in enumerate(records):
         again = get_record("unit", "test", i)
@@ -207,3 +210,110 @@ def test_next_refuses_what_needs_llava_15_positions(tiny_next_checkpoint):
         _model("llava_fastv", tiny_next_checkpoint, config="fastv_64", span="fixed")
     with pytest.raises(ConfigError, match="deferred pruning"):
         _model("llava_sparsezip", tiny_next_checkpoint, config="confound/agnostic_inside")
+
+
+# ----------------------------------------------------------------------------- DivPrune and CDPruner
+
+
+def _next_inputs(lmm, docs):
+    """Processor outputs of ``docs``' images in one batch, float64 pixels."""
+    images = [images[0] for images, _ in docs]
+    inputs = lmm._image_processor(images=images, text=["<image>"] * len(images), return_tensors="pt", padding=True)
+    return inputs["pixel_values"].to(torch.float64), inputs["image_sizes"]
+
+
+def test_divprune_on_next_is_the_official_selection_over_each_packed_sequence(tiny_next_checkpoint):
+    """Batched over images of different packed lengths, DivPrune equals the LLaVA-1.5 function run on
+    each image's stock packed sequence alone (newline tokens included), budget round(ratio · L)."""
+    from sparsezip_lmms.compress.divprune import divprune_select
+    from sparsezip_lmms.config import load_config
+    from sparsezip_lmms.llava.features import image_tokens, stock_image_tokens
+
+    lmm = _model("llava_divprune", tiny_next_checkpoint, config="divprune_next_320")
+    config = load_config("divprune_next_320")
+    pixels, sizes = _next_inputs(lmm, _docs()[:6])
+    with torch.no_grad():
+        batched = image_tokens(lmm.model, pixels, config, image_sizes=sizes)
+        stock = stock_image_tokens(lmm.model, pixels, sizes)
+    lengths = stock.counts.tolist()
+    assert len(set(lengths)) > 2
+    for i, length in enumerate(lengths):
+        k = int(round(config.keep_ratio * length))
+        sequence = stock.features[i : i + 1, :length]  # [1, L, D]
+        kept = divprune_select(sequence, k).sort(dim=1).values[0]  # [k] ascending, as LLaVA keeps them
+        assert int(batched.counts[i]) == k and int(batched.candidates[i]) == length
+        torch.testing.assert_close(batched.features[i, :k], sequence[0, kept], rtol=0, atol=0)
+    records = _records_at_batch_1_and_4("llava_divprune", tiny_next_checkpoint, "divprune_next_320", _docs()[:6])
+    for record, length in zip(records, lengths):
+        entry = record.selection["images"][0]
+        per_crop = [entry["base_tokens"]] + [tile["tokens"] for tile in entry["tiles"]]
+        assert entry["tokens"] == record.visual_tokens == sum(per_crop) + entry["newlines"]
+
+
+def _official_cdpruner_tokens(lmm, pixels, sizes, questions, keep):
+    """CDPruner's official LLaVA-1.6 path, one image at a time from the LLaVA-1.5 functions: the DPP on
+    every crop, one joint min–max over the image's crops, then the stock packing applied to the masks
+    (llava-hf's own pack_image_features on the mask, newline entries kept)."""
+    from sparsezip_lmms.compress.cdpruner import cdpruner_patch_embeds, cdpruner_relevance, cdpruner_select
+    from sparsezip_lmms.llava.clip_text import question_for_clip
+    from sparsezip_lmms.llava.next import crop_counts
+    from sparsezip_lmms.llava.scoring import feature_layer_hidden
+
+    inner = lmm.model.model
+    out = []
+    for i, count in enumerate(crop_counts(sizes, lmm.model.config)):
+        crops = pixels[i, :count]  # [c, 3, H, W]
+        hidden = feature_layer_hidden(inner.vision_tower, crops, -2)  # [c, 1+N, C]
+        patches = inner.multi_modal_projector(hidden[:, 1:])  # [c, N, D]
+        embeds = cdpruner_patch_embeds(hidden, inner.vision_tower.post_layernorm, lmm._clip_text.visual_projection)
+        text, mask = lmm._clip_text.embed([question_for_clip(questions[i])])  # [1, M, P]
+        relevance = cdpruner_relevance(embeds, text.to(embeds.dtype), joint=True, text_mask=mask)  # one call: joint
+        order = cdpruner_select(patches, relevance, keep)  # [c, k]
+        crop_mask = torch.zeros(patches.shape[:2], dtype=patches.dtype).scatter_(1, order, 1.0)  # [c, N]
+        (packed_mask,), _ = inner.pack_image_features(
+            [crop_mask[..., None]], sizes[i : i + 1], "default", image_newline=torch.ones(1, dtype=patches.dtype)
+        )
+        (packed,), _ = inner.pack_image_features([patches], sizes[i : i + 1], "default", image_newline=inner.image_newline)
+        out.append(packed[packed_mask[:, 0] > 0])
+    return out
+
+
+def test_cdpruner_on_next_is_the_official_per_crop_dpp_with_joint_relevance(tiny_next_checkpoint, tiny_clip):
+    """Batched over images with 3 and 5 crops (the checkpoint's grid), CDPruner equals the official
+    per-image path built from the LLaVA-1.5 functions; batch 1 and 4 agree through the model class."""
+    from sparsezip_lmms.config import load_config
+    from sparsezip_lmms.llava.clip_text import question_for_clip
+    from sparsezip_lmms.llava.features import image_tokens
+
+    lmm = _model("llava_cdpruner", tiny_next_checkpoint, config="cdpruner_next_320", next_grid="checkpoint", clip_text_tower=str(tiny_clip))
+    config = load_config("cdpruner_next_320", {"next_grid": "checkpoint"})
+    docs = _docs()[:6]
+    pixels, sizes = _next_inputs(lmm, docs)
+    questions = [question for _, question in docs]
+    with torch.no_grad():
+        embeds = lmm._clip_text.embed([question_for_clip(q) for q in questions])
+        batched = image_tokens(lmm.model, pixels, config, clip_text=lmm._clip_text, question_embeds=embeds, image_sizes=sizes)
+        expected = _official_cdpruner_tokens(lmm, pixels, sizes, questions, config.keep)
+    assert len({e.shape[0] for e in expected}) > 2
+    for i, tokens in enumerate(expected):
+        assert int(batched.counts[i]) == tokens.shape[0]
+        torch.testing.assert_close(batched.features[i, : tokens.shape[0]], tokens, rtol=1e-12, atol=1e-12)
+    _records_at_batch_1_and_4(
+        "llava_cdpruner", tiny_next_checkpoint, "cdpruner_next_320", docs, next_grid="checkpoint", clip_text_tower=str(tiny_clip)
+    )
+
+
+def test_cdpruner_on_next_tiles_every_image_2x2_by_default(tiny_next_checkpoint, tiny_clip):
+    """The official fixed 672 x 672 resolution: 5 crops for every aspect ratio, keep per crop, the
+    newline tokens of the stock packing kept; the record names the grid."""
+    records = _records_at_batch_1_and_4(
+        "llava_cdpruner", tiny_next_checkpoint, "cdpruner_next_160", _docs()[:6], clip_text_tower=str(tiny_clip)
+    )
+    tokens = set()
+    for record in records:
+        entry = record.selection["images"][0]
+        assert entry["crops"] == 5 and entry["tile_grid"] == [2, 2] and len(entry["tiles"]) == 4
+        assert entry["base_tokens"] == 32 and all(tile["tokens"] <= 32 for tile in entry["tiles"])
+        assert 0 < entry["newlines"] <= 48 and record.visual_tokens == entry["tokens"] <= 160 + 48
+        tokens.add(record.visual_tokens)
+    assert len(tokens) > 1  # unpadding depends on the aspect ratio

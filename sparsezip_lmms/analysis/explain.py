@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .overlay import Panel, model_view, overlay_figure, panels_of
+from .overlay import TILE_CROP, Panel, model_view, overlay_figure, panels_of
+
 
 def model_for_method(method: str) -> str:
     """The model id that runs configs of ``method``: among the ids accepting it, the one made for it
@@ -137,6 +138,14 @@ def crop_of(lmm) -> tuple[int, tuple[int, int]]:
     return int(size), (int(crop["height"]), int(crop["width"]))
 
 
+def tile_crop_of(lmm) -> int:
+    """Side of one LLaVA-NeXT tile: the processor's crop height, else its size (as its patching does)."""
+    processor = lmm._image_processor.image_processor
+    crop = getattr(processor, "crop_size", None) or {}
+    size = processor.size
+    return int(crop.get("height") or size.get("height") or size.get("shortest_edge") or TILE_CROP)
+
+
 def explained_panels(results: list[Explained]) -> list[Panel]:
     panels = []
     for result in results:
@@ -145,6 +154,19 @@ def explained_panels(results: list[Explained]) -> list[Panel]:
         for entry in result.selection["images"]:
             panels += panels_of(entry, grid, label, result.answer)
     return panels
+
+
+def explain_figure(image, results: list[Explained], lmm, path: str | Path, title: str | None = None, columns: int = 4, dpi: int = 110) -> Path:
+    """The overlay PNG of ``results`` on ``image`` as ``lmm``'s processor feeds it to the vision tower:
+    LLaVA-1.5 the centre crop; LLaVA-NeXT the base view, and for records with tiles the base view next
+    to the tile mosaic of each record's own tile grid. Returns its path."""
+    resize, crop = crop_of(lmm)
+    next_model = lmm.geometry.any_resolution
+    view = model_view(image, resize, crop, squash=next_model)
+    return overlay_figure(
+        view, explained_panels(results), path, title=title, columns=columns, dpi=dpi,
+        image=image if next_model else None, tile_crop=tile_crop_of(lmm) if next_model else TILE_CROP,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,11 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ConfigError, OSError) as err:
         print(f"error: explain: {err}", file=sys.stderr)
         return 1
-    resize, crop = crop_of(base)
-    path = overlay_figure(
-        model_view(image, resize, crop, squash=base.geometry.any_resolution), explained_panels(results), args.out, title=f"Q: {args.question}", columns=args.columns,
-        dpi=args.dpi,
-    )
+    path = explain_figure(image, results, base, args.out, title=f"Q: {args.question}", columns=args.columns, dpi=args.dpi)
     for result in results:
         print(f"{result.choice.label}: {result.visual_tokens} visual tokens -> {result.answer!r}")
     if args.json:

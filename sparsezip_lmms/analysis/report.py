@@ -231,6 +231,17 @@ def gallery_docs(requests: dict[str, dict[int, LoggedRequest]], count: int) -> l
     return [ordered[int(i * step)] for i in range(count)]
 
 
+def next_caption_note(panels: list) -> str:
+    """What the panels of LLaVA-NeXT runs show (``overlay.Panel`` list): base view and tiles where the
+    records have tiles, else the base view only."""
+    tiled = sum(1 for panel in panels if panel.tile_grid is not None)
+    if not tiled:
+        return " (LLaVA-NeXT runs: their base view)"
+    if tiled == len(panels):
+        return " (LLaVA-NeXT runs: base view, then the tiles)"
+    return " (LLaVA-NeXT runs: base view, then the tiles; runs without tile records: their base view)"
+
+
 def gallery_section(task: str, runs: list, work: Path, count: int, columns: int = 5) -> str:
     """Overlays of ``count`` requests of ``task``: one figure per request, one panel per run (and layer)."""
     from ..llava.selection import image_fingerprint
@@ -263,19 +274,21 @@ def gallery_section(task: str, runs: list, work: Path, count: int, columns: int 
         image = images.get(doc_id)
         for squash, entries in sorted(views.items()):
             fingerprint = entries[next(iter(entries))].selection["images"][0]["image"]
-            caption_note = " (LLaVA-NeXT runs: their base view)" if squash else ""
+            panels = []
+            for label, request in entries.items():
+                selection = request.selection
+                panels += panels_of(selection["images"][0], tuple(selection["grid"]), label, request.answer)
+            caption_note = next_caption_note(panels) if squash else ""
             if image is None:
                 picture = Image.new("RGB", (336, 336), (150, 150, 150))
             else:
                 picture = model_view(image, squash=squash)
                 if image_fingerprint(image) != fingerprint:
                     caption_note += " (the dataset's image differs from the one the runs logged)"
-            panels = []
-            for label, request in entries.items():
-                selection = request.selection
-                panels += panels_of(selection["images"][0], tuple(selection["grid"]), label, request.answer)
+            # NeXT panels with tiles draw their tile mosaic (each for its own tile grid) from the image
+            original = (image if image is not None else picture) if squash else None
             name = f"gallery_{task}_{doc_id}_{'next' if squash else 'crop'}.png"
-            path = overlay_figure(picture, panels, work / name, columns=columns, dpi=90)
+            path = overlay_figure(picture, panels, work / name, columns=columns, dpi=90, image=original)
             alt = f"overlays, {task} doc {doc_id}: {', '.join(entries)}"
             caption = f"doc {doc_id}: {first.question or ''} — expected: {first.target or '—'}{caption_note}"
             parts.append(f"<figure>{png_img(path.read_bytes(), alt, 'overlay')}"
@@ -323,8 +336,9 @@ def build_report(paths: list[str | Path], out_html: str | Path, title: str | Non
             + "".join(sections)
             + '<h2 id="gallery">Gallery of overlays</h2>'
             + '<p class="note">What every run kept for a few requests (the image as the vision tower saw it: shortest side '
-            "336, centre crop). Bright, outlined: kept patch; tinted: merged into a token (one colour per token); dark: "
-            "dropped.</p>"
+            "336, centre crop; LLaVA-NeXT runs: the base view, the whole image squashed to 336, then the tiles of the "
+            "image resized and padded to the tile grid). Bright, outlined: kept patch; tinted: merged into a token (one "
+            "colour per token); dark: dropped.</p>"
             + "".join(galleries)
             + "</body></html>"
         )

@@ -155,20 +155,32 @@ def cdpruner_raw_relevance(cosine: Tensor, text_mask: Tensor | None = None) -> T
     return (-cosine * weight).sum(-1) / count  # [B, N]
 
 
-def cdpruner_normalize_relevance(raw: Tensor, joint: bool = False, has_text: Tensor | None = None) -> Tensor:
+def cdpruner_normalize_relevance(
+    raw: Tensor, joint: bool = False, has_text: Tensor | None = None, groups: Tensor | None = None
+) -> Tensor:
     """Official min–max: ``r = (raw − min + 1e-6) / (max − min)``.
 
     raw [B, N]. ``joint=False``: min/max per image (row); ``joint=True``: one min/max over every token
-    of every row with a question (all crops of one image share it). has_text [B] bool or None (all
-    True). Fallback (not official, which gives NaN/inf): rows without a question, and every row of a
-    group whose max == min, get r = 1. Returns [B, N].
+    of every row with a question (all crops of one image share it). ``groups`` [B] long (with
+    ``joint``): rows with the same id share one min/max, so several LLaVA-1.6 images, each a group of
+    crops, normalise in one batched call exactly as one joint call per image; None: one group.
+    has_text [B] bool or None (all True). Fallback (not official, which gives NaN/inf): rows without a
+    question, and every row of a group whose max == min, get r = 1. Returns [B, N].
     """
     b, n = raw.shape
     if has_text is None:
         has_text = torch.ones(b, dtype=torch.bool, device=raw.device)
     row_ok = has_text.unsqueeze(1).expand(b, n)  # [B, N]
     inf = torch.tensor(float("inf"), dtype=raw.dtype, device=raw.device)
-    if joint:
+    if joint and groups is not None:
+        if tuple(groups.shape) != (b,) or groups.dtype != torch.long:
+            raise ValueError(f"groups must be a long tensor [B={b}], got {groups.dtype} {tuple(groups.shape)}")
+        row_low = torch.where(row_ok, raw, inf).amin(dim=1)  # [B]
+        row_high = torch.where(row_ok, raw, -inf).amax(dim=1)  # [B]
+        n_groups = int(groups.max()) + 1  # one host sync: the number of groups
+        low = inf.expand(n_groups).clone().scatter_reduce(0, groups, row_low, "amin")[groups, None]  # [B, 1]
+        high = (-inf).expand(n_groups).clone().scatter_reduce(0, groups, row_high, "amax")[groups, None]  # [B, 1]
+    elif joint:
         low = torch.where(row_ok, raw, inf).amin().expand(b, 1)  # [B, 1] one value for the call
         high = torch.where(row_ok, raw, -inf).amax().expand(b, 1)  # [B, 1]
     else:
@@ -211,13 +223,15 @@ def cdpruner_relevance(
     joint: bool = False,
     *,
     text_mask: Tensor | None = None,
+    groups: Tensor | None = None,
 ) -> Tensor:
     """CDPruner's normalised relevance r of every image token to the question.
 
     image_embeds [B, N, E] (CLIP image embeds of the patches, :func:`cdpruner_patch_embeds`);
     text_embeds [B, M, E] (each image's M question-segment embeds; [1, M, E] shares one question);
     ``joint``: one min–max over all rows of the call (LLaVA-1.6 crops of one image) instead of per row;
-    ``text_mask`` [B|1, M] bool: valid segments (None: all). Returns r [B, N] in float32 or wider.
+    ``text_mask`` [B|1, M] bool: valid segments (None: all); ``groups`` [B] long (with ``joint``): the
+    image each row (crop) belongs to, one min–max per image. Returns r [B, N] in float32 or wider.
     Official: ``r = (mean_m(−cos) − min + 1e-6) / (max − min)``; empty question or constant raw
     relevance: r = 1 (documented fallback, never NaN).
     """
@@ -236,7 +250,7 @@ def cdpruner_relevance(
         has_text = torch.full((b,), m > 0, dtype=torch.bool, device=raw.device)  # [B]
     else:
         has_text = text_mask.any(dim=1).expand(b)  # [B]
-    return cdpruner_normalize_relevance(raw, joint=joint, has_text=has_text)
+    return cdpruner_normalize_relevance(raw, joint=joint, has_text=has_text, groups=groups)
 
 
 # --------------------------------------------------------------------------- (c) kernel

@@ -58,6 +58,7 @@ __all__ = [
     "divprune_greedy",
     "divprune_keep_positions",
     "divprune_select",
+    "divprune_select_ragged",
     "divprune_step0_scores",
 ]
 
@@ -86,33 +87,42 @@ def divprune_distance(features: Tensor) -> Tensor:
     return 1.0 - unit @ unit.transpose(1, 2)  # [B, N, N]
 
 
-def divprune_step0_scores(distance: Tensor) -> Tensor:
+def divprune_step0_scores(distance: Tensor, valid: Tensor | None = None) -> Tensor:
     """Step-0 score of each token: the second-smallest entry of its column of ``distance``.
 
     distance [B, N, N] (N >= 2) -> [B, N]. The diagonal (self-distance, ~0) is included, so this is
     normally the distance to the nearest other token, and exactly 0 when the token has a duplicate.
+    ``valid`` [B, N] bool (None: all): rows of padding tokens are left out of the columns' minima.
     """
+    if valid is not None:
+        distance = distance.masked_fill(~valid[:, :, None], float("inf"))  # padding rows never the minimum
     return distance.topk(2, dim=1, largest=False).values[:, 1]  # [B, 2, N] -> [B, N]
 
 
-def divprune_greedy(distance: Tensor, k: int, mask_chosen: bool = False) -> tuple[Tensor, Tensor]:
+def divprune_greedy(
+    distance: Tensor, k: int, mask_chosen: bool = False, valid: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Max–min diversity greedy on a distance matrix, batched, on device.
 
     distance [B, N, N]; k >= 0 steps. Returns (order [B, k] long: picks in selection order,
     gain [B, k]: the winning score of each step, in the dtype of ``distance``).
     Ties: lowest index. ``mask_chosen=False`` (official): chosen tokens stay candidates with their
     self-distance as score; ``True``: chosen tokens score −inf (distinct picks while k <= N).
+    ``valid`` [B, N] bool (None: all): images of different lengths padded to N; padding tokens are
+    never picked and never count (each row then runs as the official code on its valid tokens alone).
     """
     b, n, _ = distance.shape
     order = torch.empty(b, k, dtype=torch.long, device=distance.device)  # [B, k]
     gain = distance.new_empty(b, k)  # [B, k]
     if k == 0:
         return order, gain
-    score = divprune_step0_scores(distance)  # [B, N]
+    score = divprune_step0_scores(distance, valid)  # [B, N]
     chosen = torch.zeros(b, n, dtype=torch.bool, device=distance.device) if mask_chosen else None  # [B, N]
     min_dist = score  # [B, N] running min over the chosen rows, from step 1 on
     for step in range(k):
         candidate = score.masked_fill(chosen, float("-inf")) if mask_chosen else score  # [B, N]
+        if valid is not None:
+            candidate = candidate.masked_fill(~valid, float("-inf"))  # also hides a padding token's NaN
         pick = candidate.argmax(dim=1, keepdim=True)  # [B, 1] lowest index among the maxima
         order[:, step] = pick[:, 0]
         gain[:, step] = candidate.gather(1, pick)[:, 0]
@@ -166,6 +176,44 @@ def divprune_select(
         raise ValueError("features has a zero-norm token (its cosine distance would be NaN)")
     order, _ = divprune_greedy(divprune_distance(features), k, mask_chosen=mask_chosen)
     return order
+
+
+def divprune_select_ragged(
+    features: Tensor,
+    valid: Tensor,
+    k: Tensor,
+    *,
+    mask_chosen: bool = False,
+    compute_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """DivPrune on images of different lengths in one batch (LLaVA-NeXT's packed sequences).
+
+    features [B, N_max, D] padded; valid [B, N_max] bool (each row's tokens first, then padding);
+    k [B] long: tokens to pick in each row, in ``[0, valid tokens of the row]``. Returns LongTensor
+    [B, k_max] in selection order, −1 past a row's own k. Row b equals
+    ``divprune_select(features[b:b+1, :n_b], k[b])`` (``n_b`` its valid tokens).
+    """
+    b, n_max, _ = _check_features(features)
+    if not isinstance(valid, Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != (b, n_max):
+        raise ValueError(f"valid must be a bool tensor [B={b}, N={n_max}]")
+    if not isinstance(k, Tensor) or k.dtype != torch.long or tuple(k.shape) != (b,):
+        raise ValueError(f"k must be a long tensor [B={b}] of per-row budgets")
+    if compute_dtype is not None:
+        features = features.to(compute_dtype)
+    lengths = valid.sum(dim=1)  # [B]
+    kept_features = features[valid]  # [sum n_b, D]
+    check_finite(features=kept_features)
+    # host syncs, once, before the loop: the checks and the number of steps
+    if bool(((k < 0) | (k > lengths)).any()):
+        raise ValueError(f"k {k.tolist()} must be in [0, valid tokens per row {lengths.tolist()}]")
+    if bool((lengths < 2).any()):
+        raise ValueError(f"every row needs at least 2 valid tokens (DivPrune's step 0), got {lengths.tolist()}")
+    if bool((kept_features.norm(dim=-1) == 0).any()):
+        raise ValueError("features has a zero-norm token (its cosine distance would be NaN)")
+    k_max = int(k.max())
+    order, _ = divprune_greedy(divprune_distance(features), k_max, mask_chosen=mask_chosen, valid=valid)
+    past = torch.arange(k_max, device=order.device)[None, :] >= k[:, None]  # [B, k_max]
+    return order.masked_fill(past, -1)
 
 
 def divprune_keep_positions(order: Tensor, start: int, n_image: int, length: int) -> Tensor:

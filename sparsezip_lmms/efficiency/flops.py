@@ -79,29 +79,32 @@ def vision_flops(n_images: int, visual_tokens_out: int, dims: Dims) -> int:
     return clip + projector
 
 
-def compression_flops(config, n_images: int, dims: Dims, text_tokens: int = 0, clip_text_flops: int = 0) -> int:
+def compression_flops(
+    config, n_images: int, dims: Dims, text_tokens: int = 0, clip_text_flops: int = 0, candidates: list[int] | None = None
+) -> int:
     """The compression method's own work, dominant terms only (documented per method).
 
-    ``clip_text_flops``: CDPruner's CLIP text tower on the request's question segments (the caller
-    knows how many there were)."""
+    ``n_images``: vision-tower passes (images; LLaVA-NeXT: crops). ``clip_text_flops``: CDPruner's CLIP
+    text tower on the request's question segments (the caller knows how many there were).
+    ``candidates``: DivPrune on LLaVA-NeXT, the packed sequence length of each image it chose from
+    (None: every pass chooses from its N patches)."""
     n = dims.vision_tokens - 1  # patches
     c = dims.vision_width
     ck = c // dims.vision_heads  # width of the head-averaged keys
     method = config.method
     if method in ("none", "random", "pool") or method in IN_LLM_METHODS:
         return 0
-    if method in ("divprune", "cdpruner"):
-        d, k = dims.llm_width, config.keep
-        # the projector on the N - k patches it does not keep (vision_flops counts the k kept), then the
-        # N x N similarity of the projected tokens
-        per_image = (n - k) * (c * d + d * d) + n * n * d
-        if method == "divprune":
-            per_image += k * n  # one running-min update per pick
-        else:
-            p = dims.clip_projection or c
-            # patch embeds (visual_projection), their cosine with the question, the kernel, and the
-            # greedy MAP: step t updates N entries against t earlier vectors
-            per_image += n * c * p + n * p + n * n + n * k * (k + 1) // 2
+    if method == "divprune":
+        # (the projector on every patch is in vision_flops) the L x L cosine distances of the candidates,
+        # then one running-min update of L entries per pick
+        lengths = candidates if candidates is not None else [n] * n_images
+        return sum(length * length * dims.llm_width + config.budget(length) * length for length in lengths)
+    if method == "cdpruner":
+        d, k, p = dims.llm_width, config.keep, dims.clip_projection or c
+        # per pass: the N x N similarity of the projected patches, the patch embeds (visual_projection),
+        # their cosine with the question, the kernel, and the greedy MAP (step t updates N entries
+        # against t earlier vectors)
+        per_image = n * n * d + n * c * p + n * p + n * n + n * k * (k + 1) // 2
         return n_images * per_image + clip_text_flops
     # the capture recomputes the feature layer's projections it reads: the CLS query row (c·c) and the
     # keys of all 1+N tokens ((1+N)·c·c), then the CLS row against them ((1+N)·c)

@@ -23,6 +23,7 @@ class ImageTokens:
     patches: torch.Tensor | None = None  # [n_images, N, D_llm] every projected patch token (deferred pruning)
     members: torch.Tensor | None = None  # [n_images, T_max, 1+N] bool: CLIP positions of each merged token
     crops: "ImageTokens | None" = None  # LLaVA-NeXT: the compressed crops behind the tokens (llava.next)
+    candidates: torch.Tensor | None = None  # [n_images] tokens a selection over NeXT's packed sequence chose from
 
     @property
     def counts(self) -> torch.Tensor:  # [n_images]
@@ -98,7 +99,7 @@ def projected_selection(
     hidden = feature_layer_hidden(vision_tower, pixel_values, layer=_check_feature_path(llava_config))  # [n, 1+N, C]
     patches = projector(hidden[:, 1:])  # [n, N, D_llm]
     if config.method == "divprune":
-        order = divprune_select(patches, config.keep, mask_chosen=config.mask_chosen)  # [n, k]
+        order = divprune_select(patches, config.budget(patches.shape[1]), mask_chosen=config.mask_chosen)  # [n, k]
     else:
         if clip_text is None or question_embeds is None:
             raise ValueError("cdpruner needs the CLIP text tower and the question embeds")
@@ -124,14 +125,19 @@ def image_tokens(
     question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # CDPruner: CLIP text embeds, mask
     with_patches: bool = False,  # also return every projected patch token (deferred pruning)
     image_sizes: torch.Tensor | None = None,  # [n_images, 2] LLaVA-NeXT: each image's (height, width)
+    grid_pinpoints: list | None = None,  # LLaVA-NeXT: the tile grid the processor used (None: the checkpoint's)
 ) -> ImageTokens:
     """Visual tokens entering the LLM for each image under ``config`` (its selection, before the LLM)."""
     from ..compress import selects_after_projector
 
     if uses_stock_features(config):
         return stock_image_tokens(model, pixel_values, image_sizes)
+    if image_sizes is not None and selects_after_projector(config):
+        from .next import next_projected_selection
+
+        return next_projected_selection(model, pixel_values, image_sizes, config, clip_text, question_embeds, grid_pinpoints)
     if image_sizes is not None:
-        return next_image_tokens(model, pixel_values, image_sizes, config, text_embeds, text_mask, pull_back)
+        return next_image_tokens(model, pixel_values, image_sizes, config, text_embeds, text_mask, pull_back, image_keys)
     if selects_after_projector(config):
         return projected_selection(model, pixel_values, config, clip_text, question_embeds, with_patches)
 
@@ -165,6 +171,7 @@ def next_image_tokens(
     text_embeds: torch.Tensor | None = None,  # [n_images, L_text, D_llm]
     text_mask: torch.Tensor | None = None,  # [n_images, L_text]
     pull_back=None,
+    image_keys: torch.Tensor | None = None,  # [C] compress.image_keys of every crop (random)
 ) -> ImageTokens:
     """LLaVA-NeXT: every crop (base view and tiles) compressed as a LLaVA-1.5 image (a text-aware
     method scores each crop against its image's question), then laid out per image in VisionZip's
@@ -182,7 +189,7 @@ def next_image_tokens(
         text_embeds = text_embeds.repeat_interleave(repeat, dim=0)  # [C, L_text, D_llm]
         text_mask = text_mask.repeat_interleave(repeat, dim=0)  # [C, L_text]
     flat = flatten_crops(pixel_values, counts)  # [C, 3, H, W]
-    crops = image_tokens(model, flat, config, text_embeds, text_mask, pull_back=pull_back)  # [C, T, D]
+    crops = image_tokens(model, flat, config, text_embeds, text_mask, pull_back=pull_back, image_keys=image_keys)  # [C, T, D]
     side = llava_config.vision_config.image_size // llava_config.vision_config.patch_size
     return per_crop_layout(crops, counts, tile_grids(image_sizes, llava_config), side)
 

@@ -19,20 +19,97 @@ import torch
 from .features import ImageTokens
 
 
-def crop_counts(image_sizes: torch.Tensor, llava_config) -> list[int]:
-    """Vision-tower crops of each image (base view + tiles) for its (height, width)."""
+def fixed_2x2_pinpoints(llava_config) -> list[list[int]]:
+    """The one any-resolution grid CDPruner's official code allows: 2 x 2 tiles (672 x 672 for 336-px crops)."""
+    size = int(llava_config.vision_config.image_size)
+    return [[2 * size, 2 * size]]
+
+
+def crop_counts(image_sizes: torch.Tensor, llava_config, pinpoints: list | None = None) -> list[int]:
+    """Vision-tower crops of each image (base view + tiles) for its (height, width); ``pinpoints``
+    replaces the checkpoint's ``image_grid_pinpoints``."""
     from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
     size = llava_config.vision_config.image_size
-    return [int(image_size_to_num_patches(hw, llava_config.image_grid_pinpoints, size)) for hw in image_sizes.tolist()]
+    grid = pinpoints or llava_config.image_grid_pinpoints
+    return [int(image_size_to_num_patches(hw, grid, size)) for hw in image_sizes.tolist()]
 
 
-def tile_grids(image_sizes: torch.Tensor, llava_config) -> list[tuple[int, int]]:
-    """(rows, cols) of each image's tile grid."""
+def tile_grids(image_sizes: torch.Tensor, llava_config, pinpoints: list | None = None) -> list[tuple[int, int]]:
+    """(rows, cols) of each image's tile grid (``pinpoints`` as in :func:`crop_counts`)."""
     from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 
     size = llava_config.vision_config.image_size
-    return [tuple(int(v) for v in get_anyres_image_grid_shape(hw, llava_config.image_grid_pinpoints, size)) for hw in image_sizes.tolist()]
+    grid = pinpoints or llava_config.image_grid_pinpoints
+    return [tuple(int(v) for v in get_anyres_image_grid_shape(hw, grid, size)) for hw in image_sizes.tolist()]
+
+
+NEWLINE = -1  # packed_sources: an image-newline token
+PADDING = -2  # packed_sources: batch padding
+
+
+def packed_sources(image_sizes: torch.Tensor, counts: list[int], grids: list[tuple[int, int]], side: int) -> torch.Tensor:
+    """Where every token of LLaVA-NeXT's packed image sequence comes from, for all images at once.
+
+    The stock packing (llava-hf ``pack_image_features``, the same in the official LLaVA-NeXT code):
+    the base view's side² patches, then the tiles stitched into one (rows·side) x (cols·side) grid,
+    unpadded to the image's aspect ratio, a newline token ending every row of it. Returns [n_images,
+    L_max] long: ``c · side² + p`` for patch p of the image's crop c (0 = base view, then the tiles
+    row-major), :data:`NEWLINE`, or :data:`PADDING` past the image's own length. Built on the host from
+    the image sizes (the sequence's shape depends on them); the same ops as the stock packing, applied
+    to indices.
+    """
+    from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+    n = side * side
+    rows_out = []
+    for (height, width), count, (rows, cols) in zip(image_sizes.tolist(), counts, grids):
+        index = torch.arange(count * n).view(count, n)  # [crops, N]
+        if count > 1:
+            tiles = index[1:].view(rows, cols, side, side).permute(0, 2, 1, 3)  # [rows, side, cols, side]
+            tiles = unpad_image(tiles.reshape(1, rows * side, cols * side), (height, width))[0]  # [H', W']
+            tiles = torch.cat([tiles, torch.full((tiles.shape[0], 1), NEWLINE)], dim=1)  # [H', W' + 1]
+            rows_out.append(torch.cat([index[0], tiles.flatten()]))
+        else:  # a base view alone ends with one newline
+            rows_out.append(torch.cat([index[0], torch.tensor([NEWLINE])]))
+    return torch.nn.utils.rnn.pad_sequence(rows_out, batch_first=True, padding_value=PADDING)  # [n, L_max]
+
+
+def gather_packed(patches: torch.Tensor, newline: torch.Tensor, sources: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed sequences' tokens: patches [C, N, D] of every crop (image by image), the newline
+    embedding [D], sources [n, L] from :func:`packed_sources`. Returns (features [n, L, D] zero at
+    padding, valid [n, L])."""
+    n_crops, n, width = patches.shape
+    device = patches.device
+    sources = sources.to(device)
+    first = torch.tensor([0] + counts[:-1], device=device).cumsum(0)[:, None]  # [n, 1] first crop of each image
+    flat_index = (first * n + sources).clamp(0, n_crops * n - 1)  # [n, L] row of patches.flatten(0, 1)
+    features = patches.reshape(n_crops * n, width)[flat_index]  # [n, L, D]
+    features = torch.where((sources == NEWLINE)[..., None], newline.to(features.dtype), features)
+    valid = sources != PADDING  # [n, L]
+    return features * valid[..., None], valid
+
+
+def packed_selection_crops(sources: torch.Tensor, keep: torch.Tensor, counts: list[int], n: int) -> ImageTokens:
+    """Per crop, the patches a selection over the packed sequence kept (for the selection record).
+
+    sources [n_images, L] (:func:`packed_sources`), keep [n_images, L] bool. Returns ImageTokens over
+    the crops (image by image) whose ``source_index`` holds the kept CLIP positions (1..N), ascending."""
+    device = keep.device
+    sources = sources.to(device)
+    first = torch.tensor([0] + counts[:-1], device=device).cumsum(0)[:, None]  # [n_images, 1]
+    is_patch = keep & (sources >= 0)  # [n_images, L]
+    global_index = torch.where(is_patch, first * n + sources, torch.full_like(sources, sum(counts) * n))
+    mask = torch.zeros(sum(counts) * n + 1, dtype=torch.bool, device=device)
+    mask[global_index.flatten()] = True
+    mask = mask[:-1].view(sum(counts), n)  # [C, N]
+    width = max(int(mask.sum(dim=1).max()), 1) if mask.numel() else 1  # one host sync: the record's width
+    positions = torch.arange(n, device=device).expand_as(mask)
+    order = torch.where(mask, positions, positions + n).sort(dim=1).values[:, :width]  # [C, width] kept first
+    valid = order < n
+    index = torch.where(valid, order + 1, torch.full_like(order, -1))  # CLIP positions (CLS = 0)
+    empty = torch.zeros(*valid.shape, 0, device=device)
+    return ImageTokens(empty, valid, index)
 
 
 def flatten_crops(pixel_values: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -82,3 +159,91 @@ def per_crop_layout(crops: ImageTokens, counts: list[int], grids: list[tuple[int
     valid = torch.arange(t_max, device=device)[None, :] < lengths[:, None]  # [n, T_max]
     features = flat[positions.clamp(max=flat.shape[0] - 1)] * valid[..., None]  # [n, T_max, D]
     return ImageTokens(features, valid, None, crops=crops)
+
+
+def _compact(features: torch.Tensor, positions: torch.Tensor, counts: torch.Tensor) -> ImageTokens:
+    """Tokens ``positions`` [n, T] (ascending, those past ``counts`` [n] ignored) of ``features``
+    [n, L, D] as padded ImageTokens [n, T, D]."""
+    valid = torch.arange(positions.shape[1], device=positions.device)[None, :] < counts[:, None]  # [n, T]
+    index = positions.clamp(0, features.shape[1] - 1)
+    out = features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))  # [n, T, D]
+    return ImageTokens(out * valid[..., None], valid, None)
+
+
+def next_projected_selection(
+    model,
+    pixel_values: torch.Tensor,  # [n_images, crops_max, 3, H, W]
+    image_sizes: torch.Tensor,  # [n_images, 2] (height, width)
+    config,
+    clip_text=None,
+    question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # [n_images, M, P], [n_images, M]
+    pinpoints: list | None = None,
+) -> ImageTokens:
+    """DivPrune and CDPruner on LLaVA-NeXT, as their official code runs them.
+
+    * DivPrune chooses from the whole stock packed sequence of each image (base view, unpadded tiles,
+      newline tokens), ``config.budget(L)`` of its L tokens, and keeps them in sequence order (repeats
+      stay, as on LLaVA-1.5).
+    * CDPruner runs its DPP on every crop with ``config.keep`` tokens per crop, the relevance min–max
+      taken jointly over the crops of one image; the stock packing then applies the per-crop masks:
+      newline tokens always stay, chosen patches in the unpadded-away border drop out.
+    Both choose among the projector outputs of every patch. ``pinpoints``: the tile grid the
+    processor used (CDPruner's fixed 2 x 2), None: the checkpoint's.
+    """
+    from ..compress.cdpruner import cdpruner_patch_embeds, cdpruner_relevance, cdpruner_select
+    from ..compress.divprune import divprune_select_ragged
+    from .features import _check_feature_path, _llava_parts
+    from .scoring import feature_layer_hidden
+
+    vision_tower, projector, llava_config = _llava_parts(model)
+    counts = crop_counts(image_sizes, llava_config, pinpoints)
+    grids = tile_grids(image_sizes, llava_config, pinpoints)
+    side = llava_config.vision_config.image_size // llava_config.vision_config.patch_size
+    n = side * side
+    device = pixel_values.device
+    flat = flatten_crops(pixel_values, counts)  # [C, 3, H, W]
+    hidden = feature_layer_hidden(vision_tower, flat, layer=_check_feature_path(llava_config))  # [C, 1+N, Cv]
+    patches = projector(hidden[:, 1:])  # [C, N, D]
+    sources = packed_sources(image_sizes, counts, grids, side).to(device)  # [n_images, L]
+    newline = getattr(model, "model", model).image_newline  # [D]
+    packed, valid = gather_packed(patches, newline, sources, counts)  # [n_images, L, D], [n_images, L]
+    lengths = valid.sum(dim=1)  # [n_images]
+
+    if config.method == "divprune":
+        budgets = torch.tensor([config.budget(int(v)) for v in lengths.tolist()], device=device)  # [n_images]
+        if bool((budgets >= lengths).any()):
+            raise ValueError(
+                f"divprune budget {budgets.tolist()} is not below the packed sequence's {lengths.tolist()} tokens: "
+                "nothing would be pruned"
+            )
+        order = divprune_select_ragged(packed, valid, budgets, mask_chosen=config.mask_chosen)  # [n, k_max], -1 past k
+        positions = torch.where(order < 0, torch.full_like(order, packed.shape[1]), order).sort(dim=1).values
+        selected = _compact(packed, positions, budgets)
+        keep = torch.zeros_like(valid)
+        keep.scatter_(1, positions.clamp(max=packed.shape[1] - 1), selected.valid)
+    else:
+        if clip_text is None or question_embeds is None:
+            raise ValueError("cdpruner needs the CLIP text tower and the question embeds")
+        repeat = torch.tensor(counts, device=device)  # [n_images]
+        image_of_crop = torch.repeat_interleave(torch.arange(len(counts), device=device), repeat)  # [C]
+        embeds = cdpruner_patch_embeds(hidden, vision_tower.post_layernorm, clip_text.visual_projection)  # [C, N, P]
+        text, text_mask = question_embeds
+        relevance = cdpruner_relevance(
+            embeds,
+            text.to(embeds.dtype).repeat_interleave(repeat, dim=0),
+            joint=True,
+            text_mask=text_mask.repeat_interleave(repeat, dim=0),
+            groups=image_of_crop,
+        )  # [C, N], one min–max per image
+        order = cdpruner_select(patches, relevance, config.keep, distinct=config.distinct)  # [C, k]
+        crop_keep = torch.zeros(patches.shape[:2], dtype=torch.bool, device=device).scatter_(1, order, True)  # [C, N]
+        first = torch.tensor([0] + counts[:-1], device=device).cumsum(0)[:, None]  # [n_images, 1]
+        at_source = crop_keep.flatten()[(first * n + sources).clamp(0, crop_keep.numel() - 1)]  # [n_images, L]
+        keep = valid & ((sources == NEWLINE) | at_source)  # [n_images, L]
+        kept_counts = keep.sum(dim=1)  # [n_images]
+        positions = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, : int(kept_counts.max())]
+        selected = _compact(packed, positions, kept_counts)
+    selected.crops = packed_selection_crops(sources, keep, counts, n)
+    if config.method == "divprune":
+        selected.candidates = lengths
+    return selected

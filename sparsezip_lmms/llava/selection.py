@@ -78,16 +78,24 @@ def image_selections(selected: ImageTokens | None, n_images: int, n_patches: int
 
 
 def next_selections(selected: ImageTokens, crops: list[int], n_patches: int) -> list[dict[str, Any]]:
-    """Per LLaVA-NeXT image compressed crop by crop (``selected.crops``): its base view's selection as
-    ``kept`` / ``merged`` / ``cls`` (``base_tokens`` of them), ``tokens`` of the whole image, and each
-    tile's selection in ``tiles`` (row-major over the tile grid)."""
+    """Per LLaVA-NeXT image selected crop by crop (``selected.crops``): its base view's selection as
+    ``kept`` / ``merged`` / ``cls`` (``base_tokens`` of them), ``tokens`` of the whole image, each
+    tile's selection in ``tiles`` (row-major over the tile grid), and the image-newline tokens kept
+    (``newlines``: DivPrune and CDPruner keep the stock packing's)."""
     per_crop = image_selections(selected.crops, sum(crops), n_patches)
     out, start = [], 0
     for count, tokens in zip(crops, selected.counts.tolist()):
-        base = per_crop[start]
-        out.append({**base, "tokens": int(tokens), "base_tokens": base["tokens"], "tiles": per_crop[start + 1 : start + count]})
+        base, tiles = per_crop[start], per_crop[start + 1 : start + count]
+        newlines = int(tokens) - base["tokens"] - sum(tile["tokens"] for tile in tiles)  # kept newline tokens
+        out.append({**base, "tokens": int(tokens), "base_tokens": base["tokens"], "tiles": tiles, "newlines": newlines})
         start += count
     return out
+
+
+def next_layout(entries: list[dict[str, Any]], crops: list[int], grids: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """LLaVA-NeXT records: each image's ``crops`` (base view + tiles) and ``tile_grid`` [rows, cols]
+    (its tiles in ``tiles`` run row-major over that grid)."""
+    return [{**entry, "crops": count, "tile_grid": list(grid)} for entry, count, grid in zip(entries, crops, grids)]
 
 
 def layer_kept_patches(kept: list[torch.Tensor], layers: tuple[int, ...], n_patches: int) -> list[dict[str, str]]:

@@ -35,7 +35,7 @@ from ..efficiency.clock import TokenClock, now
 from ..efficiency.flops import Dims, compression_flops, kv_cache_bytes, llm_prefill_flops, vision_flops
 from ..efficiency.records import EfficiencyRecord, peak_memory, record_request, reset_peak_memory
 from ..efficiency.task_hooks import UID_COLUMN
-from ..compress import image_keys, needs_text
+from ..compress import image_keys, needs_text, selects_after_projector
 from ..llava.features import deferred_span, image_tokens, text_pull_back, uses_stock_features
 from ..llava.selection import image_fingerprint
 from ..llava.tokens import placeholder_runs, resize_image_placeholders, splice_image_features
@@ -357,7 +357,9 @@ class CompressedLlava(_LlavaHfChat):
         device = self.device
         reset_peak_memory(device)
         t_start = now(device)
-        inputs = self._image_processor(images=images or None, text=texts, return_tensors="pt", padding=True).to(device)
+        pinpoints = self._grid_pinpoints()
+        tiling = {"image_grid_pinpoints": pinpoints} if (pinpoints is not None and images) else {}
+        inputs = self._image_processor(images=images or None, text=texts, return_tensors="pt", padding=True, **tiling).to(device)
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         n_images = len(images)
         image_id = self.model.config.image_token_id
@@ -368,12 +370,17 @@ class CompressedLlava(_LlavaHfChat):
         t_vision = now(device)
         question_mask = self._question_mask(input_ids, attention_mask, n_images)  # [n_images, L]
         image_sizes = inputs.get("image_sizes") if self.geometry.any_resolution else None  # [n_images, 2] (H, W)
-        crops = self._crops(image_sizes, n_images)  # vision-tower passes per image
+        crops, grids = self._crops(image_sizes, n_images, pinpoints)  # vision-tower passes, tile grids per image
         config = self.compression if (prune or not self._prunes_in_llm) else self._unpruned_config
         if n_images:
             question = self._question_embeddings(input_ids, question_mask, row_of_image) if self._text_aware else None
             # random baseline: one key per image from the processor's float32 pixels (batch-invariant draws)
-            keys = image_keys(inputs["pixel_values"]) if self.compression.method == "random" else None
+            keys = None
+            if self.compression.method == "random":  # NeXT: one key per crop
+                from ..llava.next import flatten_crops
+
+                pixels = inputs["pixel_values"]
+                keys = image_keys(flatten_crops(pixels, crops) if image_sizes is not None else pixels)
             pixel_values = inputs["pixel_values"].to(self.model.dtype)  # [n, 3, H, W]; NeXT: [n, crops_max, 3, H, W]
             clip_questions = None
             if self._clip_text is not None:
@@ -395,6 +402,7 @@ class CompressedLlava(_LlavaHfChat):
                 question_embeds=clip_questions,
                 with_patches=deferred,
                 image_sizes=image_sizes,
+                grid_pinpoints=pinpoints,
             )
             selected = visual  # what the method keeps (from layer prune_layer on, when deferred)
             visual_keep = None
@@ -440,7 +448,7 @@ class CompressedLlava(_LlavaHfChat):
         t_end = now(device)
         selections = None
         if fingerprints is not None:
-            selections = self._selections(config, selected, n_images, fingerprints, images_per_row.tolist(), pruned, deferred, crops)
+            selections = self._selections(config, selected, n_images, fingerprints, images_per_row.tolist(), pruned, deferred, crops, grids)
 
         out_texts, out_counts = self._decode(tokens, args)
         decode_steps = len(step_times) - 1
@@ -458,6 +466,11 @@ class CompressedLlava(_LlavaHfChat):
         text_per_image = question_mask.sum(dim=1)
         text_per_row = torch.zeros(len(texts), dtype=torch.long, device=device).index_add_(0, row_of_image, text_per_image)
         crops_per_row = [0] * len(texts)
+        candidates_per_row: list[list[int]] | None = None
+        if selected is not None and selected.candidates is not None:  # DivPrune on NeXT: its packed sequences
+            candidates_per_row = [[] for _ in texts]
+            for image, (row, length) in enumerate(zip(row_of_image.tolist(), selected.candidates.tolist())):
+                candidates_per_row[row].append(int(length))
         for image, row in enumerate(row_of_image.tolist()):
             crops_per_row[row] += crops[image]
         clip_segments = torch.zeros(len(texts), dtype=torch.long, device=device)
@@ -472,6 +485,7 @@ class CompressedLlava(_LlavaHfChat):
             crops=crops_per_row,
             question_tokens=text_per_row.tolist(),
             clip_segments=clip_segments.tolist(),
+            candidates=candidates_per_row,
             layer_stats=layer_stats,
             timing=timing,
             selections=selections,
@@ -528,19 +542,32 @@ class CompressedLlava(_LlavaHfChat):
         }
         return out.sequences, clock.step_times, stats, out
 
-    def _crops(self, image_sizes: torch.Tensor | None, n_images: int) -> list[int]:
-        """Vision-tower passes of each image: 1 (LLaVA-1.5), or NeXT's base view + tiles for its size."""
+    def _grid_pinpoints(self) -> list | None:
+        """LLaVA-NeXT tile grid the processor uses when it is not the checkpoint's (CDPruner's official
+        fixed 2 x 2 grid, key ``next_grid``); None otherwise."""
+        if self.geometry.any_resolution and getattr(self.compression, "next_grid", "checkpoint") == "fixed_2x2":
+            from ..llava.next import fixed_2x2_pinpoints
+
+            return fixed_2x2_pinpoints(self.model.config)
+        return None
+
+    def _crops(
+        self, image_sizes: torch.Tensor | None, n_images: int, pinpoints: list | None = None
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Vision-tower passes of each image, 1 (LLaVA-1.5) or NeXT's base view + tiles for its size, and
+        each image's tile grid (rows, cols)."""
         if image_sizes is None:
-            return [1] * n_images
-        from ..llava.next import crop_counts
+            return [1] * n_images, [(0, 0)] * n_images
+        from ..llava.next import crop_counts, tile_grids
 
-        return crop_counts(image_sizes, self.model.config)
+        config = self.model.config
+        return crop_counts(image_sizes, config, pinpoints), tile_grids(image_sizes, config, pinpoints)
 
-    def _selections(self, config, selected, n_images, fingerprints, images_per_row, pruned, deferred, crops) -> list[dict]:
+    def _selections(self, config, selected, n_images, fingerprints, images_per_row, pruned, deferred, crops, grids) -> list[dict]:
         """Each prompt's selection record (``llava.selection``): the vision-side choice, and for the
         in-LLM methods the patches each pruning layer kept (LLaVA-NeXT: the base view's grid, and how
         many crops the image had)."""
-        from ..llava.selection import image_selections, layer_kept_patches, next_selections, request_records
+        from ..llava.selection import image_selections, layer_kept_patches, next_layout, next_selections, request_records
 
         n_patches = self.geometry.patches
         layers = None
@@ -552,7 +579,7 @@ class CompressedLlava(_LlavaHfChat):
         else:
             images = image_selections(selected, n_images, n_patches)
         if self.geometry.any_resolution:
-            images = [{**entry, "crops": count} for entry, count in zip(images, crops)]
+            images = next_layout(images, crops, grids)
         return request_records(
             config.method,
             n_patches,
@@ -579,10 +606,14 @@ class CompressedLlava(_LlavaHfChat):
         stock = uses_stock_features(self.compression)
         vision_dims = self._stock_vision_dims if stock else dims
         # CLIP on every crop (one per LLaVA-1.5 image; NeXT: base view + tiles), the projector on what it reads
-        projected = out.crops[row] * self.geometry.patches if stock else n_visual
+        # (DivPrune and CDPruner choose among the projector outputs of every patch)
+        projected = out.crops[row] * self.geometry.patches if (stock or selects_after_projector(self.compression)) else n_visual
         vision = vision_flops(out.crops[row], projected, vision_dims)
         clip_text = out.clip_segments[row] * self._clip_text.segment_flops() if self._clip_text is not None else 0
-        compression = compression_flops(self.compression, out.crops[row], dims, out.question_tokens[row], clip_text)
+        candidates = out.candidates[row] if out.candidates is not None else None
+        compression = compression_flops(
+            self.compression, out.crops[row], dims, out.question_tokens[row], clip_text, candidates=candidates
+        )
         llm = llm_prefill_flops(tokens_per_layer, dims)
         cache = [n + max(n_out - 1, 0) for n in tokens_per_layer]
         return EfficiencyRecord(
@@ -777,6 +808,7 @@ class BatchOutput:
     crops: list[int]  # vision-tower passes (LLaVA-NeXT: base view + tiles of every image)
     question_tokens: list[int]
     clip_segments: list[int]  # CDPruner: 77-token CLIP text segments embedded for the prompt
+    candidates: list[list[int]] | None  # DivPrune on LLaVA-NeXT: per row, each image's packed length
     layer_stats: dict[str, list] | None  # SparseVLM per-layer figures
     timing: dict[str, Any]
     selections: list[dict] | None = None  # per row: llava.selection record (log_selection)
