@@ -103,7 +103,7 @@ def test_bench_quick_produces_every_section(tmp_path, capsys):
     assert {"ablations/merge_off", "ablations/text_space_llm", "divprune_64", "cdpruner_64"} <= configs
     assert not {c for c in configs if c.startswith(("fastv", "sparsevlm"))}  # in-LLM methods: section 4
     selection = {r["config"]: r["selection_ratio_to_clip"] for r in report["compression"]["batches"]["1"]["rows"] if "selection_s" in r}
-    assert set(selection) == {f"{m}_{k}" for m in ("divprune", "cdpruner") for k in (64, 128, 192)}
+    assert set(selection) == {f"{m}_{k}" for m in ("divprune", "cdpruner") for k in (64, 128, 192)} | {"divprune_official"}
     rows = report["pruning"]["rows"]
     assert [r["method"] for r in rows] == list(METHODS)
     assert all(r["check"]["kept_identical"] for r in rows)
