@@ -75,15 +75,21 @@ def packed_sources(image_sizes: torch.Tensor, counts: list[int], grids: list[tup
     return torch.nn.utils.rnn.pad_sequence(rows_out, batch_first=True, padding_value=PADDING)  # [n, L_max]
 
 
+def crop_patch_index(sources: torch.Tensor, counts: list[int], n: int) -> torch.Tensor:
+    """[n_images, L] long: each packed token's row in every crop's patches flattened image by image
+    ([C·N]: crop c's patch p is c·N + p), or −1 for a newline or padding token. sources
+    [n_images, L] from :func:`packed_sources`."""
+    first = torch.tensor([0] + counts[:-1], device=sources.device).cumsum(0)[:, None]  # [n_images, 1] first crop
+    return torch.where(sources >= 0, first * n + sources, torch.full_like(sources, -1))
+
+
 def gather_packed(patches: torch.Tensor, newline: torch.Tensor, sources: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The packed sequences' tokens: patches [C, N, D] of every crop (image by image), the newline
     embedding [D], sources [n, L] from :func:`packed_sources`. Returns (features [n, L, D] zero at
     padding, valid [n, L])."""
     n_crops, n, width = patches.shape
-    device = patches.device
-    sources = sources.to(device)
-    first = torch.tensor([0] + counts[:-1], device=device).cumsum(0)[:, None]  # [n, 1] first crop of each image
-    flat_index = (first * n + sources).clamp(0, n_crops * n - 1)  # [n, L] row of patches.flatten(0, 1)
+    sources = sources.to(patches.device)
+    flat_index = crop_patch_index(sources, counts, n).clamp(min=0)  # [n, L] row of patches.flatten(0, 1)
     features = patches.reshape(n_crops * n, width)[flat_index]  # [n, L, D]
     features = torch.where((sources == NEWLINE)[..., None], newline.to(features.dtype), features)
     valid = sources != PADDING  # [n, L]
@@ -96,10 +102,9 @@ def packed_selection_crops(sources: torch.Tensor, keep: torch.Tensor, counts: li
     sources [n_images, L] (:func:`packed_sources`), keep [n_images, L] bool. Returns ImageTokens over
     the crops (image by image) whose ``source_index`` holds the kept CLIP positions (1..N), ascending."""
     device = keep.device
-    sources = sources.to(device)
-    first = torch.tensor([0] + counts[:-1], device=device).cumsum(0)[:, None]  # [n_images, 1]
-    is_patch = keep & (sources >= 0)  # [n_images, L]
-    global_index = torch.where(is_patch, first * n + sources, torch.full_like(sources, sum(counts) * n))
+    flat_index = crop_patch_index(sources.to(device), counts, n)  # [n_images, L]
+    is_patch = keep & (flat_index >= 0)  # [n_images, L]
+    global_index = torch.where(is_patch, flat_index, torch.full_like(flat_index, sum(counts) * n))
     mask = torch.zeros(sum(counts) * n + 1, dtype=torch.bool, device=device)
     mask[global_index.flatten()] = True
     mask = mask[:-1].view(sum(counts), n)  # [C, N]
@@ -237,8 +242,7 @@ def next_projected_selection(
         )  # [C, N], one min–max per image
         order = cdpruner_select(patches, relevance, config.keep, distinct=config.distinct)  # [C, k]
         crop_keep = torch.zeros(patches.shape[:2], dtype=torch.bool, device=device).scatter_(1, order, True)  # [C, N]
-        first = torch.tensor([0] + counts[:-1], device=device).cumsum(0)[:, None]  # [n_images, 1]
-        at_source = crop_keep.flatten()[(first * n + sources).clamp(0, crop_keep.numel() - 1)]  # [n_images, L]
+        at_source = crop_keep.flatten()[crop_patch_index(sources, counts, n).clamp(min=0)]  # [n_images, L]
         keep = valid & ((sources == NEWLINE) | at_source)  # [n_images, L]
         kept_counts = keep.sum(dim=1)  # [n_images]
         positions = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, : int(kept_counts.max())]

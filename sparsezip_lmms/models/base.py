@@ -466,13 +466,13 @@ class CompressedLlava(_LlavaHfChat):
         text_per_image = question_mask.sum(dim=1)
         text_per_row = torch.zeros(len(texts), dtype=torch.long, device=device).index_add_(0, row_of_image, text_per_image)
         crops_per_row = [0] * len(texts)
-        candidates_per_row: list[list[int]] | None = None
-        if selected is not None and selected.candidates is not None:  # DivPrune on NeXT: its packed sequences
-            candidates_per_row = [[] for _ in texts]
-            for image, (row, length) in enumerate(zip(row_of_image.tolist(), selected.candidates.tolist())):
-                candidates_per_row[row].append(int(length))
+        # DivPrune on NeXT: the packed sequence length of each image it chose from
+        lengths = selected.candidates.tolist() if selected is not None and selected.candidates is not None else None
+        candidates_per_row = [[] for _ in texts] if lengths is not None else None
         for image, row in enumerate(row_of_image.tolist()):
             crops_per_row[row] += crops[image]
+            if candidates_per_row is not None:
+                candidates_per_row[row].append(int(lengths[image]))
         clip_segments = torch.zeros(len(texts), dtype=torch.long, device=device)
         if clip_questions is not None:  # CDPruner: CLIP text segments embedded for each prompt
             clip_segments.index_add_(0, row_of_image, clip_questions[1].sum(dim=1).to(device))
