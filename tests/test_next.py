@@ -250,6 +250,15 @@ def test_divprune_on_next_is_the_official_selection_over_each_packed_sequence(ti
         assert entry["tokens"] == record.visual_tokens == sum(per_crop) + entry["newlines"]
 
 
+def test_positions_mask_keeps_a_last_position_beside_padding():
+    from sparsezip_lmms.llava.next import positions_mask
+
+    positions = torch.tensor([[1, 4, 5, 6, 6], [0, 6, 6, 6, 6]])  # 6 = past the row's count (L = 6)
+    assert positions_mask(positions, 6).tolist() == [
+        [False, True, False, False, True, True], [True, False, False, False, False, False],
+    ]  # fmt: skip
+
+
 def _official_cdpruner_tokens(lmm, pixels, sizes, questions, keep):
     """CDPruner's official LLaVA-1.6 path, one image at a time from the LLaVA-1.5 functions: the DPP on
     every crop, one joint min–max over the image's crops, then the stock packing applied to the masks

@@ -175,6 +175,14 @@ def _compact(features: torch.Tensor, positions: torch.Tensor, counts: torch.Tens
     return ImageTokens(out * valid[..., None], valid, None)
 
 
+def positions_mask(positions: torch.Tensor, length: int) -> torch.Tensor:
+    """[n, length] bool: True at every position of ``positions`` [n, T]; entries equal to ``length``
+    (past a row's own count) mark nothing. They are scattered into a spare column, so they can never
+    overwrite a kept last position."""
+    mask = torch.zeros(positions.shape[0], length + 1, dtype=torch.bool, device=positions.device)
+    return mask.scatter_(1, positions, True)[:, :length]
+
+
 def next_projected_selection(
     model,
     pixel_values: torch.Tensor,  # [n_images, crops_max, 3, H, W]
@@ -224,8 +232,7 @@ def next_projected_selection(
         order = divprune_select_ragged(packed, valid, budgets, mask_chosen=config.mask_chosen)  # [n, k_max], -1 past k
         positions = torch.where(order < 0, torch.full_like(order, packed.shape[1]), order).sort(dim=1).values
         selected = _compact(packed, positions, budgets)
-        keep = torch.zeros_like(valid)
-        keep.scatter_(1, positions.clamp(max=packed.shape[1] - 1), selected.valid)
+        keep = positions_mask(positions, packed.shape[1])  # [n_images, L]
     else:
         if clip_text is None or question_embeds is None:
             raise ValueError("cdpruner needs the CLIP text tower and the question embeds")
