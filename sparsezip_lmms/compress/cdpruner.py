@@ -172,17 +172,17 @@ def cdpruner_normalize_relevance(
         has_text = torch.ones(b, dtype=torch.bool, device=raw.device)
     row_ok = has_text.unsqueeze(1).expand(b, n)  # [B, N]
     inf = torch.tensor(float("inf"), dtype=raw.dtype, device=raw.device)
-    if joint and groups is not None:
-        if tuple(groups.shape) != (b,) or groups.dtype != torch.long:
+    if joint:
+        if groups is None:  # one group: the whole call
+            groups, n_groups = torch.zeros(b, dtype=torch.long, device=raw.device), 1
+        elif tuple(groups.shape) != (b,) or groups.dtype != torch.long:
             raise ValueError(f"groups must be a long tensor [B={b}], got {groups.dtype} {tuple(groups.shape)}")
+        else:
+            n_groups = int(groups.max()) + 1  # one host sync: the number of groups
         row_low = torch.where(row_ok, raw, inf).amin(dim=1)  # [B]
         row_high = torch.where(row_ok, raw, -inf).amax(dim=1)  # [B]
-        n_groups = int(groups.max()) + 1  # one host sync: the number of groups
         low = inf.expand(n_groups).clone().scatter_reduce(0, groups, row_low, "amin")[groups, None]  # [B, 1]
         high = (-inf).expand(n_groups).clone().scatter_reduce(0, groups, row_high, "amax")[groups, None]  # [B, 1]
-    elif joint:
-        low = torch.where(row_ok, raw, inf).amin().expand(b, 1)  # [B, 1] one value for the call
-        high = torch.where(row_ok, raw, -inf).amax().expand(b, 1)  # [B, 1]
     else:
         low = raw.amin(dim=1, keepdim=True)  # [B, 1]
         high = raw.amax(dim=1, keepdim=True)  # [B, 1]
