@@ -389,6 +389,11 @@ class SparseZipConfig(_Deferrable):
         "kmeans", description="contextual merge: k-means on the unit keys, VisionZip's merge, or no contextual tokens"
     )
     merging: MergingConfig = MergingConfig()
+    next_budget: Literal["per_crop", "per_image"] = Field(
+        "per_crop",
+        description="LLaVA-NeXT: every crop (base view, tiles) its own dynamic K, or one K per image from the "
+        "scores pooled over its crops, its crops x K dominant tokens ranked jointly across them (LLaVA-1.5: the same)",
+    )
     skip_hybrid_attn: bool = Field(False, description="score = CLS attention only")
     skip_dynamic_k: bool = Field(False, description="use the fixed `dominant` instead of dynamic-K")
     skip_ctx_merge: bool = Field(

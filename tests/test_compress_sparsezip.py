@@ -342,3 +342,72 @@ def test_dynamic_k_reads_the_ranking_score_and_widens_to_dominant():
     assert sparsezip_trace(hidden, cls_attn, keys, cfg(**narrow), rel).k.tolist() == [19] * 3
     wide = sparsezip_trace(hidden, cls_attn, keys, cfg(**narrow, **{"dynk.widen_to_dominant": True}), rel).k
     assert wide.tolist() == [29] * 3
+
+
+# --------------------------------------------------------------------------- one budget per group (NeXT per_image)
+
+
+def test_grouped_log_variance_pools_the_rows_of_a_group():
+    from sparsezip_lmms.compress.sparsezip import grouped_log_variance, log_variance
+
+    scores = torch.rand(5, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    alone = grouped_log_variance(scores, torch.arange(5), 1e-3)
+    assert torch.allclose(alone, log_variance(scores, 1e-3), rtol=0, atol=1e-12)
+    groups = torch.tensor([0, 0, 0, 3, 3])
+    pooled = grouped_log_variance(scores, groups, 1e-3)
+    for rows in ([0, 1, 2], [3, 4]):
+        want = torch.log(scores[rows].flatten().var(unbiased=False) + 1e-3)
+        assert torch.allclose(pooled[rows], want.expand(len(rows)), rtol=0, atol=1e-12)
+
+
+def test_spread_group_budget_ranks_a_group_jointly():
+    from sparsezip_lmms.compress.sparsezip import spread_group_budget
+
+    scores = torch.rand(5, 30, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    scores[1] += 1  # row 1 outscores row 0: it should take most of group 0's budget
+    groups = torch.tensor([0, 0, 2, 2, 2])
+    budget = torch.tensor([6, 6, 4, 4, 4])
+    keep = spread_group_budget(scores, groups, budget)
+    for rows, total in (([0, 1], 12), ([2, 3, 4], 12)):
+        flat = scores[rows].flatten()
+        want = torch.zeros_like(flat, dtype=torch.bool).scatter_(0, flat.topk(total).indices, True)
+        assert torch.equal(keep[rows].flatten(), want)
+    assert int(keep[1].sum()) == 12 and int(keep[0].sum()) == 0  # a test that can fail: the shares differ
+
+
+def test_groups_of_one_are_the_ungrouped_method():
+    hidden, cls_attn, keys = golden_inputs()
+    text = torch.randn(3, 576, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for config in (cfg(), cfg(skip_dynamic_k=True), cfg(merge="visionzip")):
+        a = sparsezip(hidden, cls_attn, keys, config, text)
+        b = sparsezip(hidden, cls_attn, keys, config, text, groups=torch.arange(3))
+        assert torch.equal(a.index, b.index) and torch.equal(a.tokens, b.tokens)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_a_group_shares_one_budget_over_its_rows(dynamic):
+    from sparsezip_lmms.compress.sparsezip import SparseZipConfig, grouped_log_variance, hybrid_scores
+
+    hidden, cls_attn, keys = synthetic_inputs(b=5, n=64, seed=7)
+    cls_attn[3:, :, 1:33] *= 8  # rows 3 and 4: attention piled on their first half
+    cls_attn = cls_attn / cls_attn.sum(-1, keepdim=True)
+    config = cfg("sparsezip_next_160", skip_dynamic_k=not dynamic, **{"merging.contextual_num": 2})
+    assert isinstance(config, SparseZipConfig)
+    groups = torch.tensor([0, 0, 0, 3, 3])
+    out = sparsezip(hidden, cls_attn, keys, config, groups=groups)
+    scores = hybrid_scores(cls_attn, keys, (1.0, 0.6, 0.8), config.tau_feat, config.tau_sim)  # [B, N]
+    if dynamic:
+        log_var = grouped_log_variance(scores, groups, config.dynk.eps)
+        k = torch.round(config.dynk.c + config.dynk.scale * log_var).clamp(config.k_min, config.k_max).long()
+    else:
+        k = torch.full((5,), config.dominant)
+    kept = out.index.masked_fill(~out.valid, -1)  # [B, T] CLIP positions, -1 merged / padding
+    assert ((kept == 0).sum(dim=1) == 1).all()  # every row keeps its CLS
+    for rows in ([0, 1, 2], [3, 4]):
+        patches = [kept[r][kept[r] > 0] - 1 for r in rows]
+        assert sum(p.numel() for p in patches) == len(rows) * (int(k[rows[0]]) - 1)
+        lowest = min(float(scores[r, p].min()) for r, p in zip(rows, patches))
+        dropped = torch.cat([scores[r][~torch.isin(torch.arange(64), p)] for r, p in zip(rows, patches)])
+        assert lowest >= float(dropped.max())  # the group's highest scores, wherever they are
+    shares = [(kept[r] > 0).sum().item() for r in range(5)]
+    assert len(set(shares)) > 1  # the rows of a group take different shares

@@ -50,6 +50,15 @@ def test_sparsezip_budget_never_exceeds_its_name():
         assert cfg.dominant + cfg.merging.contextual_num <= budget
 
 
+@pytest.mark.parametrize("budget", [640, 320, 160])
+def test_sparsezip_next_budgets_are_five_crops_of_a_per_crop_budget(budget):
+    cfg = load_config(f"sparsezip_next_{budget}")
+    assert cfg.next_budget == "per_crop" and cfg.k_min < cfg.k_max
+    assert 5 * (cfg.k_max + cfg.merging.contextual_num) == 5 * (cfg.dominant + cfg.merging.contextual_num) == budget
+    centre = cfg.dynk.c + cfg.dynk.scale * -3.1  # the K of a typical score spread: mid-range, as sparsezip_64
+    assert abs(centre - (cfg.k_min + cfg.k_max) / 2) < 1e-9
+
+
 def test_ablations_change_exactly_their_switch():
     base = config_to_dict(load_config("sparsezip_64"))
     expected = {
@@ -59,6 +68,8 @@ def test_ablations_change_exactly_their_switch():
         "ablations/text_off": {"cross_beta": 0.0},
         "ablations/text_space_llm": {"text_space": "llm"},
         "ablations/merge_visionzip": {"merge": "visionzip"},
+        "ablations/next_budget_per_image": {"next_budget": "per_image"},
+        "sparsezip_next_320": {},
     }
     for name, change in expected.items():
         cfg = config_to_dict(load_config(name))

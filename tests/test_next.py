@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparsezip_lmms.analysis.selection import parse_ranges
-from sparsezip_lmms.config import ConfigError
+from sparsezip_lmms.config import ConfigError, load_config
 from sparsezip_lmms.demo.mini_datasets import mme_rows, pope_rows
 from sparsezip_lmms.efficiency.flops import Dims, clip_layer_flops
 from sparsezip_lmms.efficiency.records import get_record
@@ -89,7 +89,7 @@ def test_divprune_budget_beyond_a_packed_sequence_fails_that_request(tiny_next_c
     "model, config, low, high",
     [
         ("llava_hf_timed", "keep_all", 1000, 2928), ("llava_visionzip", "visionzip_next_320", 192, 320),
-        ("llava_sparsezip", "sparsezip_64", 3, 320), ("llava_sparsevlm", "sparsevlm2_64", 30, 400),
+        ("llava_sparsezip", "sparsezip_next_320", 3, 320), ("llava_sparsevlm", "sparsevlm2_64", 30, 400),
         ("llava_fastv", "fastv_64", 30, 400), ("llava_divprune", "divprune_next_320", 100, 340),
         ("llava_cdpruner", "cdpruner_next_320", 300, 368),
     ],
@@ -188,6 +188,23 @@ def test_sparsezip_on_next_scores_every_crop_with_its_question(tiny_next_checkpo
         tokens = [entry["base_tokens"]] + [tile["tokens"] for tile in entry["tiles"]]
         assert len(tokens) == entry["crops"] and sum(tokens) == entry["tokens"] == record.visual_tokens
         assert all(c["cls"] for c in crops) and max(tokens) <= 64 and len(set(tokens)) > 1  # a budget per crop
+
+
+def test_sparsezip_on_next_per_image_shares_one_budget_over_the_crops(tiny_next_checkpoint):
+    """``next_budget: per_image``: one K per image (from its crops' pooled scores), crops x K dominant
+    tokens between them (each crop its CLS), shared unequally; batching does not change what is kept."""
+    config = load_config("ablations/next_budget_per_image")
+    shares = set()
+    for record in _records_at_batch_1_and_4("llava_sparsezip", tiny_next_checkpoint, "ablations/next_budget_per_image", _docs()):
+        entry = record.selection["images"][0]
+        crops = [entry, *entry["tiles"]]
+        dominant = [len(parse_ranges(c["kept"])) + 1 for c in crops if c["cls"]]  # CLS counted
+        assert len(dominant) == entry["crops"]
+        k, rest = divmod(sum(dominant), entry["crops"])
+        assert rest == 0 and config.k_min <= k <= config.k_max
+        assert all(len(c["merged"]) <= config.merging.contextual_num for c in crops)
+        shares.add(len(set(dominant)) > 1)
+    assert True in shares  # a test that can fail: the crops of some image take different shares
 
 
 @pytest.mark.parametrize("model_id, config", [("llava_fastv", "fastv_64"), ("llava_sparsevlm", "sparsevlm_64"), ("llava_sparsevlm", "sparsevlm2_64")])

@@ -77,11 +77,14 @@ def compress(
     config: object,
     text_relevance: Tensor | None = None,
     image_keys: Tensor | None = None,
+    groups: Tensor | None = None,
 ) -> Compressed:
     """Apply the method a :func:`sparsezip_lmms.config.load_config` config selects.
 
     ``image_keys`` [B] (``image_keys(pixel_values)``): with ``random``, each image's draw depends only on
     the config's seed and its key (batch-invariant); without, one seeded draw for the whole batch.
+    ``groups`` [B] long: ``sparsezip`` rows sharing an id share one budget (``sparsezip(groups=)``);
+    the other methods ignore it.
 
     ``none`` → the N patch tokens (no CLS), ``random``/``pool`` → ``keep`` patch-level tokens (no CLS);
     ``visionzip``/``sparsezip`` → CLS + dominant patches + contextual tokens (CLS counted in
@@ -93,7 +96,7 @@ def compress(
     if isinstance(config, VisionZipConfig):
         return visionzip(hidden, cls_attn, keys, config.dominant, config.contextual)
     if isinstance(config, SparseZipConfig):
-        return sparsezip(hidden, cls_attn, keys, config, text_relevance)
+        return sparsezip(hidden, cls_attn, keys, config, text_relevance, groups=groups)
     if isinstance(config, RandomKeepConfig):
         if image_keys is not None:
             return random_keep(hidden, config.keep, keys=image_keys, seed=config.seed)

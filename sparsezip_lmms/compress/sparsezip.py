@@ -9,6 +9,11 @@ Per image (CLS kept and counted among the dominant tokens, as in VisionZip):
 3. the other patches merged into ``merging.contextual_num`` tokens (k-means on the normalised keys,
    or VisionZip's merge).
 
+On LLaVA-NeXT the crops of one image can share one budget (``groups``, the ``next_budget: per_image``
+key): K is read from the image's patch scores pooled over its crops, and the image's
+crops x (K - CLS) dominant patches are ranked jointly across them (:func:`grouped_log_variance`,
+:func:`spread_group_budget`).
+
 Config keys switch each step to the seed's executed code (W1nd55/VisionZip-exp 7a86f65,
 ``model_configs/sparsezip_seed_*.yaml``). See ``docs/ALGORITHMS.md`` for the equations and each switch.
 """
@@ -34,6 +39,7 @@ __all__ = [
     "dynamic_k_from_statistic",
     "dynamic_k_statistic",
     "fit_dynamic_k",
+    "grouped_log_variance",
     "k_from_log_var",
     "log_variance",
     "hybrid_scores",
@@ -42,6 +48,7 @@ __all__ = [
     "normalise",
     "sparsezip",
     "sparsezip_trace",
+    "spread_group_budget",
 ]
 
 # token weights in the cluster average: min-max score + this floor, so every member counts a little
@@ -136,6 +143,49 @@ def log_variance(scores: Tensor, eps: float) -> Tensor:
     return torch.log(scores.var(dim=1, unbiased=False) + eps)
 
 
+def _check_groups(groups: Tensor, b: int, device: torch.device) -> None:
+    if groups.shape != (b,) or groups.dtype != torch.long or groups.device != device:
+        raise ValueError(f"groups must be a [{b}] long tensor on {device} (ids in 0..{b - 1}), got {tuple(groups.shape)} {groups.dtype}")
+
+
+def grouped_log_variance(scores: Tensor, groups: Tensor, eps: float) -> Tensor:
+    """log(Var + eps) of the scores pooled over every row of a group, [B] (each row gets its group's).
+
+    scores [B, N]; groups [B] long, group ids in 0..B-1 (the crops of one image share an id). The
+    population variance over the group's rows·N scores, two-pass: within-row spread plus the spread
+    of the row means. One group per row is :func:`log_variance`.
+    """
+    b, n = scores.shape
+    _check_groups(groups, b, scores.device)
+    rows = torch.zeros(b, dtype=scores.dtype, device=scores.device).index_add_(0, groups, scores.new_ones(b))  # [G]
+    size = (rows * n).clamp_min(1)  # [G] scores per group (G = B bins, unused bins empty)
+    mean = torch.zeros_like(rows).index_add_(0, groups, scores.sum(dim=1)) / size  # [G]
+    square = ((scores - mean[groups, None]) ** 2).sum(dim=1)  # [B]
+    var = torch.zeros_like(rows).index_add_(0, groups, square) / size  # [G]
+    return torch.log(var + eps)[groups]  # [B]
+
+
+def spread_group_budget(scores: Tensor, groups: Tensor, budget: Tensor) -> Tensor:
+    """[B, N] bool: each group's ``budget`` highest scores, ranked jointly over all rows of the group.
+
+    scores [B, N]; groups [B] long (ids in 0..B-1); budget [B] long, each row's share of its group's
+    total (the total is their sum, so a group of C rows with K each takes C·K patches wherever they
+    score highest). Ties keep the lower row, then the lower position. No host sync.
+    """
+    b, n = scores.shape
+    _check_groups(groups, b, scores.device)
+    total = torch.zeros(b, dtype=torch.long, device=scores.device).index_add_(0, groups, budget)  # [G]
+    row_of = torch.arange(b, device=scores.device).repeat_interleave(n)  # [B·N]
+    order = torch.sort(scores.flatten(), descending=True, stable=True).indices  # [B·N] by score
+    order = order[torch.sort(groups[row_of[order]], stable=True).indices]  # grouped, by score within a group
+    group_sorted = groups[row_of[order]]  # [B·N]
+    sizes = torch.zeros(b, dtype=torch.long, device=scores.device).index_add_(0, groups, torch.full_like(budget, n))
+    starts = torch.cumsum(sizes, 0) - sizes  # [G] first slot of each group
+    rank = torch.arange(b * n, device=scores.device) - starts[group_sorted]  # [B·N] rank within the group
+    take = rank < total[group_sorted]  # [B·N]
+    return torch.zeros(b * n, dtype=torch.bool, device=scores.device).scatter_(0, order, take).view(b, n)
+
+
 def k_from_log_var(log_var: Tensor, c: float, scale: float, k_min: int, k_max: int) -> Tensor:
     """clamp(round(c + scale · log_var), k_min, k_max), [B] long."""
     return torch.round(c + scale * log_var).clamp(min=k_min, max=k_max).long()
@@ -209,6 +259,7 @@ def sparsezip(
     text_relevance: Tensor | None = None,
     kmeans_init: Tensor | None = None,
     kmeans_reinit: Tensor | None = None,
+    groups: Tensor | None = None,
 ) -> Compressed:
     """SparseZip compression of a batch: per image CLS + the dominant patches in ascending source
     position, then up to ``merging.contextual_num`` contextual tokens; padded to the batch maximum.
@@ -219,8 +270,11 @@ def sparsezip(
     ``kmeans_init`` [B, K0] / ``kmeans_reinit`` [B, R] long replay recorded k-means++ seeds / empty-cluster
     re-seeds (indices into each image's remaining list, ascending position, in draw order); without them
     the draws come from a CPU generator seeded by ``config.seed`` (deterministic).
+    ``groups`` [B] long (ids in 0..B-1): rows sharing an id (the crops of one LLaVA-NeXT image) share
+    one budget: K from their pooled scores (or ``dominant``), their members x (K - CLS) dominant
+    patches chosen jointly over them (:func:`spread_group_budget`); every row keeps its CLS.
     """
-    return sparsezip_trace(hidden, cls_attn, keys, config, text_relevance, kmeans_init, kmeans_reinit).compressed
+    return sparsezip_trace(hidden, cls_attn, keys, config, text_relevance, kmeans_init, kmeans_reinit, groups).compressed
 
 
 def sparsezip_trace(
@@ -231,6 +285,7 @@ def sparsezip_trace(
     text_relevance: Tensor | None = None,
     kmeans_init: Tensor | None = None,
     kmeans_reinit: Tensor | None = None,
+    groups: Tensor | None = None,
 ) -> SparseZipTrace:
     """:func:`sparsezip` and its intermediate decisions (:class:`SparseZipTrace`)."""
     if not isinstance(config, SparseZipConfig):
@@ -272,10 +327,17 @@ def sparsezip_trace(
         # how many: by default from the hybrid score without the text term (its unit-variance z-score
         # would flatten log Var); source "ranking" reads the ranking score as the seed
         source = hybrid if k_reads_visual else scores
-        k = dynamic_k(source, d.c, d.eps, d.scale, lower, bound).clamp_min(1)  # [B]
+        log_var = log_variance(source, d.eps) if groups is None else grouped_log_variance(source, groups, d.eps)  # [B]
+        k = k_from_log_var(log_var, d.c, d.scale, lower, bound).clamp_min(1)  # [B]
 
     n_patch = k - cls_off  # [B] dominant patches
-    keep_patch = top_mask(scores, n_patch, bound - cls_off)  # [B, N]
+    if groups is None:
+        keep_patch = top_mask(scores, n_patch, bound - cls_off)  # [B, N]
+    else:  # one budget per group, ranked jointly: a row takes any share of it, up to its N patches
+        keep_patch = spread_group_budget(scores, groups, n_patch)  # [B, N]
+        n_patch = keep_patch.sum(dim=1)  # [B]
+        k = n_patch + cls_off
+        bound = min(n, b * (bound - cls_off)) + cls_off  # static: no row holds more than its group's total
     keep = torch.cat([keep_patch.new_ones(b, 1), keep_patch], dim=1)  # [B, 1+N] CLS always kept
     width = max(0, min(bound - cls_off, n))
     top = scores.topk(width, dim=1).indices + 1 if width else scores.new_zeros(b, 0, dtype=torch.long)  # [B, W]

@@ -126,6 +126,7 @@ def image_tokens(
     with_patches: bool = False,  # also return every projected patch token (deferred pruning)
     image_sizes: torch.Tensor | None = None,  # [n_images, 2] LLaVA-NeXT: each image's (height, width)
     grid_pinpoints: list | None = None,  # LLaVA-NeXT: the tile grid the processor used (None: the checkpoint's)
+    groups: torch.Tensor | None = None,  # [n_images] long: rows sharing one budget (NeXT crops, SparseZip per_image)
 ) -> ImageTokens:
     """Visual tokens entering the LLM for each image under ``config`` (its selection, before the LLM)."""
     from ..compress import selects_after_projector
@@ -156,7 +157,7 @@ def image_tokens(
             inputs.hidden[:, 1:], text_embeds, text_mask, projector, space=config.text_space, pull_back=pull_back
         )  # [n, N]
     compressed = compress(
-        inputs.hidden, inputs.cls_attn, inputs.keys, config, text_relevance=relevance, image_keys=image_keys
+        inputs.hidden, inputs.cls_attn, inputs.keys, config, text_relevance=relevance, image_keys=image_keys, groups=groups
     )
     features = projector(compressed.tokens)  # [n, T_max, D_llm]
     patches = projector(inputs.hidden[:, 1:]) if with_patches else None  # [n, N, D_llm]
@@ -176,7 +177,7 @@ def next_image_tokens(
     """LLaVA-NeXT: every crop (base view and tiles) compressed as a LLaVA-1.5 image (a text-aware
     method scores each crop against its image's question), then laid out per image in VisionZip's
     official NeXT order (``llava.next.per_crop_layout``; SparseZip uses the same, each crop with its
-    own dynamic budget)."""
+    own dynamic budget, or with ``next_budget: per_image`` one budget per image shared by its crops)."""
     from ..budgets import NEXT_METHODS
     from .next import crop_counts, flatten_crops, per_crop_layout, tile_grids
 
@@ -189,7 +190,12 @@ def next_image_tokens(
         text_embeds = text_embeds.repeat_interleave(repeat, dim=0)  # [C, L_text, D_llm]
         text_mask = text_mask.repeat_interleave(repeat, dim=0)  # [C, L_text]
     flat = flatten_crops(pixel_values, counts)  # [C, 3, H, W]
-    crops = image_tokens(model, flat, config, text_embeds, text_mask, pull_back=pull_back, image_keys=image_keys)  # [C, T, D]
+    groups = None
+    if getattr(config, "next_budget", "per_crop") == "per_image":
+        groups = torch.repeat_interleave(torch.arange(len(counts), device=pixel_values.device), repeat)  # [C] image of each crop
+    crops = image_tokens(
+        model, flat, config, text_embeds, text_mask, pull_back=pull_back, image_keys=image_keys, groups=groups
+    )  # [C, T, D]
     side = llava_config.vision_config.image_size // llava_config.vision_config.patch_size
     return per_crop_layout(crops, counts, tile_grids(image_sizes, llava_config), side)
 
