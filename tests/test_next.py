@@ -219,6 +219,11 @@ def test_in_llm_methods_on_next_prune_the_packed_image_span(model_id, config, ti
         layers = [set(parse_ranges(v)) for _, v in sorted(entry["layers"].items(), key=lambda kv: int(kv[0]))]
         assert all(max(kept) < entry["tokens"] for kept in layers)
         assert all(later <= earlier for earlier, later in zip(layers, layers[1:]))
+        for layer, kept in zip(sorted(entry["layers"], key=int), layers):  # the same positions, by tile
+            tiles = [set(parse_ranges(t)) for t in entry["layer_tiles"][layer]]
+            assert len(tiles) == entry["crops"] - 1 and all(max(t, default=0) < 576 for t in tiles)
+            base = {p for p in kept if p < 576}
+            assert len(base) + sum(map(len, tiles)) + entry["layer_newlines"][layer] == len(kept)
     assert len(spans) > 1
 
 

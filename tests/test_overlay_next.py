@@ -184,6 +184,20 @@ def test_panels_of_next_records():
     assert panels_of(incomplete, GRID, "m:c")[0].tile_grid is None
 
 
+def test_panels_of_in_llm_next_records_draw_each_layer_by_tile():
+    in_llm = {
+        "image": "x", "crops": 3, "tile_grid": [1, 2], "layers": {"2": "0-9,600-604,700", "6": "0-4,600"},
+        "layer_tiles": {"2": ["3-7", "0"], "6": ["3", ""]}, "layer_newlines": {"2": 1, "6": 0},
+    }  # fmt: skip
+    first, second = panels_of(in_llm, GRID, "m:c")
+    assert first.tile_grid == (1, 2) and first.kept == frozenset(range(10))  # packed 600-604, 700 are tiles
+    assert [t.kept for t in first.tiles] == [frozenset(range(3, 8)), frozenset({0})]
+    assert first.title == "m:c\nafter layer 2: 16 tokens · base view 10 · tiles 6 · 1 newlines"
+    assert second.title == "m:c\nafter layer 6: 6 tokens · base view 5 · tiles 1" and second.tiles[1].kept == frozenset()
+    missing = {**in_llm, "layer_tiles": {"2": ["3-7"]}}  # a tile short: that layer shows packed positions
+    assert panels_of(missing, GRID, "m:c")[0].tile_grid is None
+
+
 def test_layout_spans_columns():
     assert layout([1] * 5, 4) == [(0, 0, 1), (0, 1, 1), (0, 2, 1), (0, 3, 1), (1, 0, 1)]
     assert layout([1, 3, 2, 1], 5) == [(0, 0, 1), (0, 1, 3), (1, 0, 2), (1, 2, 1)]

@@ -120,13 +120,22 @@ def draw_next_panel(view: Image.Image, mosaic: Image.Image, panel: Panel, crop: 
     return out
 
 
+def _grid_of(entry: dict[str, Any]) -> tuple[int, int] | None:
+    """A NeXT record's (rows, cols) of tiles, or None (LLaVA-1.5, or a malformed ``tile_grid``)."""
+    tile_grid = entry.get("tile_grid")
+    if not tile_grid or len(tile_grid) != 2:
+        return None
+    rows, cols = (int(v) for v in tile_grid)
+    return (rows, cols) if rows >= 1 and cols >= 1 else None
+
+
 def _tile_panels(entry: dict[str, Any], grid: tuple[int, int]) -> tuple[tuple[Panel, ...], tuple[int, int] | None]:
     """(a panel per tile, the tile grid) of a NeXT record with a complete ``tiles`` list, else ((), None)."""
-    tiles, tile_grid = entry.get("tiles"), entry.get("tile_grid")
-    if not tiles or not tile_grid or len(tile_grid) != 2:
+    tiles, tile_grid = entry.get("tiles"), _grid_of(entry)
+    if not tiles or tile_grid is None:
         return (), None
-    rows, cols = (int(v) for v in tile_grid)
-    if rows < 1 or cols < 1 or len(tiles) != rows * cols:
+    rows, cols = tile_grid
+    if len(tiles) != rows * cols:
         return (), None
     panels = tuple(
         Panel("", grid, frozenset(parse_ranges(tile.get("kept", ""))), tuple(tuple(parse_ranges(m)) for m in tile.get("merged") or ()))
@@ -140,14 +149,26 @@ def panels_of(entry: dict[str, Any], grid: tuple[int, int], label: str, answer: 
     method, one per pruning layer for an in-LLM method. Titles name the method, the tokens it kept and
     (when given) the answer it generated. A LLaVA-NeXT record with ``tiles`` gives one panel holding
     the base view's and every tile's selection (titled with the image's tokens, the base view's and
-    the tile count); one without (in-LLM methods log ``layers``) shows the base view."""
+    the tile count); an in-LLM method's NeXT record with ``layer_tiles`` gives such a panel per pruning
+    layer; other NeXT records show the base view."""
     said = ("\n" + (f'"{_short(answer)}"' if answer.strip() else "(empty answer)")) if answer is not None else ""
     newlines = f"{entry['newlines']} newlines" if entry.get("newlines") else ""  # DivPrune and CDPruner keep some
     layers = entry.get("layers") or {}
     if layers:
         panels = []
+        by_tile, tile_grid = entry.get("layer_tiles") or {}, _grid_of(entry)
         for layer, ranges in sorted(layers.items(), key=lambda item: int(item[0])):
             kept = frozenset(parse_ranges(ranges))
+            tiles = by_tile.get(layer)
+            if tile_grid is not None and tiles is not None and len(tiles) == tile_grid[0] * tile_grid[1]:
+                # LLaVA-NeXT: packed positions below the crop's patch count are the base view's patches
+                base = frozenset(k for k in kept if k < grid[0] * grid[1])
+                tile_panels = tuple(Panel("", grid, frozenset(parse_ranges(t))) for t in tiles)
+                counts = [f"{len(kept)} tokens", f"base view {len(base)}", f"tiles {sum(len(p.kept) for p in tile_panels)}"]
+                counts += [f"{entry['layer_newlines'][layer]} newlines"] if (entry.get("layer_newlines") or {}).get(layer) else []
+                title = f"{label}\nafter layer {layer}: {' · '.join(counts)}{said}"
+                panels.append(Panel(title, grid, base, (), tile_panels, tile_grid))
+                continue
             extra = f" · {newlines}" if newlines else ""
             panels.append(Panel(f"{label}\nafter layer {layer}: {len(kept)} patches{extra}{said}", grid, kept))
         return panels

@@ -11,6 +11,11 @@ Patches are numbered 0..rows·cols−1 row-major on the CLIP grid; sets are rang
 ``merged``: the member patches of each merged token (VisionZip's and SparseZip's contextual tokens,
 pooling cells); ``layers``: in-LLM methods, the patches still in the sequence after pruning at that
 decoder layer; ``prune_layer``: deferred pruning, the layer from which ``kept`` holds.
+
+LLaVA-NeXT entries add ``crops`` and ``tile_grid``; a selection made crop by crop describes the base
+view in ``kept`` / ``merged`` / ``cls`` (``base_tokens``), each tile in ``tiles`` and the kept newline
+tokens in ``newlines``; the in-LLM methods' ``layers`` hold positions in the packed sequence, and
+``layer_tiles`` / ``layer_newlines`` the same by tile.
 """
 
 from __future__ import annotations
@@ -113,6 +118,31 @@ def layer_kept_patches(kept: list[torch.Tensor], layers: tuple[int, ...], n_patc
     return out
 
 
+def next_layer_tiles(kept: list[torch.Tensor], layers: tuple[int, ...], sources: torch.Tensor, n_patches: int) -> list[dict[str, Any]]:
+    """Per row (one LLaVA-NeXT image each), what each pruning layer kept of the packed sequence, by crop:
+    ``{"layer_tiles": {layer: [range string per tile, row-major]}, "layer_newlines": {layer: count}}``.
+    The base view's patches are the packed positions below ``n_patches`` (``layer_kept_patches``).
+
+    kept: the pruning decoder's ``PrunedOutput.kept`` (per layer [B, k_max] packed positions, −1
+    padding, recycled ids past the span); sources: ``llava.next.packed_sources`` of the rows' images."""
+    from .next import NEWLINE
+
+    sources = sources.cpu()
+    rows, length = sources.shape
+    out: list[dict[str, Any]] = [{"layer_tiles": {}, "layer_newlines": {}} for _ in range(rows)]
+    tiles_of = (sources.clamp(min=0) // n_patches).amax(dim=1).tolist()  # [B] tiles of each image
+    for layer, ids in zip(layers, kept):
+        ids = ids.cpu()
+        for row in range(rows):
+            position = ids[row][(ids[row] >= 0) & (ids[row] < length)]
+            source = sources[row, position]  # crop·N + patch, NEWLINE, or padding
+            crop, patch = source // n_patches, source % n_patches
+            tiles = [format_ranges(sorted(patch[(source >= 0) & (crop == t)].tolist())) for t in range(1, tiles_of[row] + 1)]
+            out[row]["layer_tiles"][str(layer)] = tiles
+            out[row]["layer_newlines"][str(layer)] = int((source == NEWLINE).sum())
+    return out
+
+
 def request_records(
     method: str,
     n_patches: int,
@@ -121,8 +151,10 @@ def request_records(
     images_per_row: list[int],
     layers: list[dict[str, str]] | None = None,
     prune_layer: int | None = None,
+    row_fields: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One record per prompt from its images' selections (``image_selections``, prompt order)."""
+    """One record per prompt from its images' selections (``image_selections``, prompt order);
+    ``row_fields``: more keys for the images of each prompt (``next_layer_tiles``)."""
     grid = patch_grid(n_patches)
     records, start = [], 0
     for row, count in enumerate(images_per_row):
@@ -133,6 +165,8 @@ def request_records(
                 entry["layers"] = layers[row]
             if prune_layer is not None:
                 entry["prune_layer"] = prune_layer
+            if row_fields is not None:
+                entry.update(row_fields[row])
             entries.append(entry)
         start += count
         records.append({"version": SELECTION_VERSION, "method": method, "grid": grid, "images": entries})

@@ -448,7 +448,9 @@ class CompressedLlava(_LlavaHfChat):
         t_end = now(device)
         selections = None
         if fingerprints is not None:
-            selections = self._selections(config, selected, n_images, fingerprints, images_per_row.tolist(), pruned, deferred, crops, grids)
+            selections = self._selections(
+                config, selected, n_images, fingerprints, images_per_row.tolist(), pruned, deferred, crops, grids, image_sizes
+            )
 
         out_texts, out_counts = self._decode(tokens, args)
         decode_steps = len(step_times) - 1
@@ -563,17 +565,27 @@ class CompressedLlava(_LlavaHfChat):
         config = self.model.config
         return crop_counts(image_sizes, config, pinpoints), tile_grids(image_sizes, config, pinpoints)
 
-    def _selections(self, config, selected, n_images, fingerprints, images_per_row, pruned, deferred, crops, grids) -> list[dict]:
+    def _selections(
+        self, config, selected, n_images, fingerprints, images_per_row, pruned, deferred, crops, grids, image_sizes=None
+    ) -> list[dict]:
         """Each prompt's selection record (``llava.selection``): the vision-side choice, and for the
-        in-LLM methods the patches each pruning layer kept (LLaVA-NeXT: the base view's grid, and how
-        many crops the image had)."""
-        from ..llava.selection import image_selections, layer_kept_patches, next_layout, next_selections, request_records
+        in-LLM methods the patches each pruning layer kept (LLaVA-NeXT: positions in the packed
+        sequence, and the same by tile in ``layer_tiles`` / ``layer_newlines``)."""
+        from ..llava.selection import (
+            image_selections, layer_kept_patches, next_layer_tiles, next_layout, next_selections, request_records,
+        )  # fmt: skip
 
         n_patches = self.geometry.patches
-        layers = None
+        layers, by_tile = None, None
         if pruned is not None and not deferred:  # NeXT: positions in each image's packed sequence
             span = int(selected.features.shape[1]) if self.geometry.any_resolution else n_patches
             layers = layer_kept_patches(pruned.kept, pruned.pruning_layers, span)
+            if self.geometry.any_resolution:  # one image per prompt: the decoder's rows are the images
+                from ..llava.next import packed_sources
+
+                side = int(round(n_patches**0.5))
+                sources = packed_sources(image_sizes.cpu(), crops, grids, side)  # [n_images, L]
+                by_tile = next_layer_tiles(pruned.kept, pruned.pruning_layers, sources, n_patches)
         if selected is not None and selected.crops is not None:  # NeXT, compressed crop by crop
             images = next_selections(selected, crops, n_patches)
         else:
@@ -588,6 +600,7 @@ class CompressedLlava(_LlavaHfChat):
             images_per_row,
             layers=layers,
             prune_layer=getattr(config, "prune_layer", None) if deferred else None,
+            row_fields=by_tile,
         )
 
     # ------------------------------------------------------------------ accounting
