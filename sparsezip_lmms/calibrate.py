@@ -3,7 +3,8 @@
 Dynamic K maps the spread of each image's hybrid score, ``log(Var(scores) + eps)``, linearly to the
 number of dominant tokens. The mapping (``dynk.c``, ``dynk.scale``) only means something for the
 images and the CLIP tower it was fitted on. This command runs the checkpoint's own CLIP tower on a
-sample of an lmms-eval task's images, collects that statistic exactly as the compressor computes it,
+sample of an lmms-eval task's images (LLaVA-NeXT: on every crop, or per image pooled over its crops,
+as the config's ``next_budget`` reads it), collects that statistic exactly as the compressor computes it,
 fits ``dynk`` with :func:`sparsezip_lmms.compress.fit_dynamic_k` so that two quantiles of the sample
 map to ``k_min`` and ``k_max``, and writes a config (``base:`` the given one, plus the fitted ``dynk``)
 and a histogram of the K it gives::
@@ -50,8 +51,12 @@ def task_images(task: str, limit: int, include_path: str | None = None) -> list:
 
 @torch.no_grad()
 def dynamic_k_statistics(model, processor, images: list, config: SparseZipConfig, batch_size: int = 8) -> torch.Tensor:
-    """``log(Var(hybrid scores) + dynk.eps)`` per image [n], from the model's CLIP tower (what dynamic K reads)."""
+    """``log(Var(hybrid scores) + dynk.eps)`` per image [n], from the model's CLIP tower (what dynamic K reads).
+
+    LLaVA-NeXT: what the config's ``next_budget`` reads, one value per crop (base view and tiles,
+    ``per_crop``) or per image pooled over its crops (``per_image``)."""
     from .compress.sparsezip import dynamic_k_statistic
+    from .llava.next import crop_counts, flatten_crops
     from .llava.scoring import scoring_inputs
 
     inner = getattr(model, "model", model)
@@ -59,9 +64,17 @@ def dynamic_k_statistics(model, processor, images: list, config: SparseZipConfig
     device, dtype = next(inner.vision_tower.parameters()).device, inner.vision_tower.dtype
     out = []
     for start in range(0, len(images), batch_size):
-        pixels = processor.image_processor(images=images[start : start + batch_size], return_tensors="pt")["pixel_values"]
+        processed = processor.image_processor(images=images[start : start + batch_size], return_tensors="pt")
+        pixels, groups, first = processed["pixel_values"], None, None
+        if pixels.dim() == 5:  # LLaVA-NeXT: [b, crops_max, 3, H, W]
+            counts = crop_counts(processed["image_sizes"], model.config)
+            pixels = flatten_crops(pixels, counts)  # [C, 3, H, W]
+            if config.next_budget == "per_image":
+                groups = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(device)  # [C]
+                first = torch.tensor([0] + counts[:-1]).cumsum(0)  # [b] each image's first crop
         inputs = scoring_inputs(inner.vision_tower, pixels.to(device, dtype), layer=layer)
-        out.append(dynamic_k_statistic(inputs.cls_attn, inputs.keys, config).cpu())  # [b]
+        statistic = dynamic_k_statistic(inputs.cls_attn, inputs.keys, config, groups).cpu()  # [b] or [C]
+        out.append(statistic if first is None else statistic[first])
     return torch.cat(out)
 
 
@@ -119,11 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: calibrate: {err}", file=sys.stderr)
         return 2
 
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    model_type = AutoConfig.from_pretrained(args.pretrained).model_type
+    if model_type not in ("llava", "llava_next"):
+        print(f"error: calibrate: {args.pretrained} is a {model_type!r} checkpoint, not llava-hf LLaVA-1.5 or LLaVA-NeXT", file=sys.stderr)
+        return 2
     images = task_images(args.task, args.limit, args.include_path)
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = LlavaForConditionalGeneration.from_pretrained(args.pretrained, dtype=dtype).to(args.device).eval()
+    model = AutoModelForImageTextToText.from_pretrained(args.pretrained, dtype=dtype).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.pretrained)
     statistics = dynamic_k_statistics(model, processor, images, config, args.batch_size)
     fitted, ks = calibrate(config, statistics, (low, high))
@@ -142,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     _histogram(ks, config, plot, f"{args.config} on {args.task} ({len(images)} images): dynk.c={dynk['c']:.3g}, scale={dynk['scale']:.3g}")
     print(f"wrote {out} (dynk.c={dynk['c']:.6g}, dynk.scale={dynk['scale']:.6g}) and {plot}")
-    print(f"K on the sample: min {int(ks.min())}, median {int(ks.median())}, max {int(ks.max())}")
+    unit = "crops" if model_type == "llava_next" and config.next_budget == "per_crop" else "images"
+    print(f"K on the sample ({len(ks)} {unit}): min {int(ks.min())}, median {int(ks.median())}, max {int(ks.max())}")
     return 0
 
 

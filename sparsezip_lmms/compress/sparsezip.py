@@ -200,9 +200,10 @@ def _k_bounds(config: SparseZipConfig, n: int) -> tuple[int, int]:
     return min(lo, bound), bound
 
 
-def dynamic_k_statistic(cls_attn: Tensor, keys: Tensor, config: SparseZipConfig) -> Tensor:
+def dynamic_k_statistic(cls_attn: Tensor, keys: Tensor, config: SparseZipConfig, groups: Tensor | None = None) -> Tensor:
     """``log(Var(scores) + dynk.eps)`` [B] of the score dynamic K reads under ``config``, without a text
-    term (what ``python -m sparsezip_lmms calibrate`` collects on a task's images)."""
+    term (what ``python -m sparsezip_lmms calibrate`` collects on a task's images); with ``groups``
+    (:func:`sparsezip`), each row gets its group's pooled statistic."""
     a = config.alphas
     attention_only = config.skip_hybrid_attn and config.dynk.source == "ranking"
     scores = hybrid_scores(
@@ -210,7 +211,7 @@ def dynamic_k_statistic(cls_attn: Tensor, keys: Tensor, config: SparseZipConfig)
         norm=config.score_norm, key_dtype=torch.float32 if config.key_float32 else None,
         raw_entropy=config.entropy_keys == "raw",
     )  # fmt: skip
-    return log_variance(scores, config.dynk.eps)
+    return log_variance(scores, config.dynk.eps) if groups is None else grouped_log_variance(scores, groups, config.dynk.eps)
 
 
 def dynamic_k_from_statistic(log_var: Tensor, config: SparseZipConfig, n: int = 576) -> Tensor:
