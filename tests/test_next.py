@@ -207,6 +207,23 @@ def test_sparsezip_on_next_per_image_shares_one_budget_over_the_crops(tiny_next_
     assert True in shares  # a test that can fail: the crops of some image take different shares
 
 
+@pytest.mark.parametrize("config", ["random_64", "pool_64"])
+def test_baselines_on_next_keep_their_budget_per_crop(config, tiny_next_checkpoint):
+    """Random and pooling baselines run crop by crop (random draws keyed per crop): ``keep`` tokens
+    of every crop, the same at batch 1 and 4."""
+    draws = set()
+    for record in _records_at_batch_1_and_4("llava_sparsezip", tiny_next_checkpoint, config, _docs()[:6]):
+        entry = record.selection["images"][0]
+        crops = [entry, *entry["tiles"]]
+        assert len(crops) == entry["crops"] and record.visual_tokens == 64 * entry["crops"] == entry["tokens"]
+        assert [entry["base_tokens"]] + [t["tokens"] for t in entry["tiles"]] == [64] * entry["crops"]
+        draws.update(c.get("kept", "") for c in crops)
+        if config == "pool_64":  # 64 pooling cells of every crop, no patch kept alone
+            assert all(len(c["merged"]) == 64 and not parse_ranges(c["kept"]) for c in crops)
+    if config == "random_64":
+        assert len(draws) > 1  # every crop its own draw
+
+
 @pytest.mark.parametrize("model_id, config", [("llava_fastv", "fastv_64"), ("llava_sparsevlm", "sparsevlm_64"), ("llava_sparsevlm", "sparsevlm2_64")])
 def test_in_llm_methods_on_next_prune_the_packed_image_span(model_id, config, tiny_next_checkpoint):
     """The visual span is each image's packed sequence (base view, tiles, newlines), its length per
