@@ -17,6 +17,7 @@ from sparsezip_lmms.bench.cli import PRUNING_METHODS, SECTIONS, _parser, setting
 from sparsezip_lmms.bench.eager_pruning import eager_pruned_prefill, eager_sparsevlm_prefill
 from sparsezip_lmms.bench.in_llm_section import METHODS, deferred_keep, in_llm_section, kept_tokens_agree, method_config
 from sparsezip_lmms.bench.models import LlamaDims, build_llama
+from sparsezip_lmms.bench.next_section import NEXT_CONFIGS
 from sparsezip_lmms.bench.report import evaluate_targets, pruning_section, render
 from sparsezip_lmms.bench.timing import DeviceTimer
 from sparsezip_lmms.config import load_config
@@ -109,10 +110,13 @@ def test_bench_quick_produces_every_section(tmp_path, capsys):
     assert all(r["check"]["kept_identical"] for r in rows)
     harness = report["harness"]["batches"]
     assert set(harness) == {"1", "8"} and all(e["timed_samples"] > 0 for e in harness.values())
-    # LLaVA-NeXT shapes: the stock packed sequence of a 672 x 672 image vs VisionZip per crop
-    assert {r["config"]: r["visual_tokens"] for r in report["next"]["rows"]} == {
-        "keep_all": 2928, "visionzip_next_320": 320, "visionzip_next_160": 160,
-    }  # fmt: skip
+    # LLaVA-NeXT shapes: the stock packed sequence of a 672 x 672 image vs every method's NeXT path
+    tokens = {r["config"]: r["visual_tokens"] for r in report["next"]["rows"]}
+    assert set(tokens) == {"keep_all", *NEXT_CONFIGS}
+    assert (tokens["keep_all"], tokens["visionzip_next_320"], tokens["visionzip_next_160"]) == (2928, 320, 160)
+    assert tokens["divprune_next_320"] == round(320 / 2880 * 2928)  # the ratio of the packed sequence
+    assert 5 * 64 < tokens["cdpruner_next_320"] <= 5 * 64 + 48  # 64 per crop, the 48 row newlines kept
+    assert 5 * 32 <= tokens["sparsezip_next_320"] <= 320 and 5 * 32 <= tokens["ablations/next_budget_per_image"] <= 320
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -11,8 +11,9 @@ Sections (``--sections``, default all):
                  computation, for SparseVLM v1.5, SparseVLM v2.0, FastV and a deferred VisionZip
                  selection, batch 1 and 8 (``sparsevlm`` is accepted for it);
 5. ``harness``   the lmms-eval CLI on the tiny checkpoint, samples/s at batch 1 vs batch 8;
-6. ``next``      LLaVA-NeXT-shaped inputs (5 crops per image): CLIP + VisionZip per crop vs the stock
-                 features, and the prefill of the packed 2928 visual tokens vs VisionZip's 320 / 160.
+6. ``next``      LLaVA-NeXT-shaped inputs (5 crops per image): every method's NeXT vision side (VisionZip,
+                 SparseZip per crop and per image, DivPrune, CDPruner) vs the stock features, and the
+                 prefill of the packed 2928 visual tokens vs each method's output length.
 
 Prints Markdown tables to stdout and writes everything (every sample time) to ``--json``.
 """
