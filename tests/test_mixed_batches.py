@@ -1,6 +1,6 @@
 """The batch never changes an answer: prompts with no image, one image and two images, mixed in one
-request list, give the same answers and the same per-request token counts at batch 1, 3 and 8, for
-every model id in the manifest, in every dtype/attention combination the CPU runs.
+request list, give the same answers and the same per-request token counts at batch 1, 3 and 8 (half
+precision: 1 and 8), for every model id in the manifest, in every dtype/attention combination the CPU runs.
 
 float32 / float64: identical answers and counts. float16 / bfloat16: the rounding of a padded batch
 may differ from a single request's, so identical token counts (tokens entering the LLM, visual tokens,
@@ -76,7 +76,7 @@ def test_batch_size_does_not_change_answers_or_counts(model_id, dtype, attn, tin
     assert all(r is not None and r.error is None for r in records), [r.error for r in records if r]
     if prunes_in_llm(load_config(class_default_config(model_id))):  # prompts without exactly one image run unpruned
         assert [("unpruned" in r.extra) for r in records] == [len(images) != 1 for images, _ in _docs()]
-    for batch_size in (3, 8):
+    for batch_size in (3, 8) if dtype in EXACT else (8,):  # half precision (counts only): one padded batch
         batched_answers, batched_records = _run(model_id, tiny_checkpoint, dtype, attn, batch_size, tiny_clip)
         assert all(r.error is None for r in batched_records), [r.error for r in batched_records]
         expected, got = _counts(records), _counts(batched_records)
