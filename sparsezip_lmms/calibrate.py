@@ -56,7 +56,7 @@ def dynamic_k_statistics(model, processor, images: list, config: SparseZipConfig
     LLaVA-NeXT: what the config's ``next_budget`` reads, one value per crop (base view and tiles,
     ``per_crop``) or per image pooled over its crops (``per_image``)."""
     from .compress.sparsezip import dynamic_k_statistic
-    from .llava.next import crop_counts, flatten_crops
+    from .llava.next import crop_counts, crop_owners, first_crops, flatten_crops
     from .llava.scoring import scoring_inputs
 
     inner = getattr(model, "model", model)
@@ -70,8 +70,7 @@ def dynamic_k_statistics(model, processor, images: list, config: SparseZipConfig
             counts = crop_counts(processed["image_sizes"], model.config)
             pixels = flatten_crops(pixels, counts)  # [C, 3, H, W]
             if config.next_budget == "per_image":
-                groups = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(device)  # [C]
-                first = torch.tensor([0] + counts[:-1]).cumsum(0)  # [b] each image's first crop
+                groups, first = crop_owners(counts, device), first_crops(counts)  # [C], [b]
         inputs = scoring_inputs(inner.vision_tower, pixels.to(device, dtype), layer=layer)
         statistic = dynamic_k_statistic(inputs.cls_attn, inputs.keys, config, groups).cpu()  # [b] or [C]
         out.append(statistic if first is None else statistic[first])

@@ -138,8 +138,11 @@ def dynamic_k(scores: Tensor, c: float, eps: float, scale: float, k_min: int, k_
     return k_from_log_var(log_variance(scores, eps), c, scale, k_min, k_max)
 
 
-def log_variance(scores: Tensor, eps: float) -> Tensor:
-    """The statistic dynamic K reads: log(Var_n(scores[b, n]) + eps), [B] (population variance)."""
+def log_variance(scores: Tensor, eps: float, groups: Tensor | None = None) -> Tensor:
+    """The statistic dynamic K reads: log(Var_n(scores[b, n]) + eps), [B] (population variance); with
+    ``groups``, each row's group's pooled statistic (:func:`grouped_log_variance`)."""
+    if groups is not None:
+        return grouped_log_variance(scores, groups, eps)
     return torch.log(scores.var(dim=1, unbiased=False) + eps)
 
 
@@ -211,7 +214,7 @@ def dynamic_k_statistic(cls_attn: Tensor, keys: Tensor, config: SparseZipConfig,
         norm=config.score_norm, key_dtype=torch.float32 if config.key_float32 else None,
         raw_entropy=config.entropy_keys == "raw",
     )  # fmt: skip
-    return log_variance(scores, config.dynk.eps) if groups is None else grouped_log_variance(scores, groups, config.dynk.eps)
+    return log_variance(scores, config.dynk.eps, groups)
 
 
 def dynamic_k_from_statistic(log_var: Tensor, config: SparseZipConfig, n: int = 576) -> Tensor:
@@ -328,8 +331,7 @@ def sparsezip_trace(
         # how many: by default from the hybrid score without the text term (its unit-variance z-score
         # would flatten log Var); source "ranking" reads the ranking score as the seed
         source = hybrid if k_reads_visual else scores
-        log_var = log_variance(source, d.eps) if groups is None else grouped_log_variance(source, groups, d.eps)  # [B]
-        k = k_from_log_var(log_var, d.c, d.scale, lower, bound).clamp_min(1)  # [B]
+        k = k_from_log_var(log_variance(source, d.eps, groups), d.c, d.scale, lower, bound).clamp_min(1)  # [B]
 
     n_patch = k - cls_off  # [B] dominant patches
     if groups is None:

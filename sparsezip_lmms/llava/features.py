@@ -179,7 +179,7 @@ def next_image_tokens(
     official NeXT order (``llava.next.per_crop_layout``; SparseZip uses the same, each crop with its
     own dynamic budget, or with ``next_budget: per_image`` one budget per image shared by its crops)."""
     from ..budgets import NEXT_METHODS
-    from .next import crop_counts, flatten_crops, per_crop_layout, tile_grids
+    from .next import crop_counts, crop_owners, flatten_crops, per_crop_layout, tile_grids
 
     if config.method not in NEXT_METHODS:
         raise ValueError(f"method {config.method!r} does not run on LLaVA-NeXT's tiles yet")
@@ -192,7 +192,7 @@ def next_image_tokens(
     flat = flatten_crops(pixel_values, counts)  # [C, 3, H, W]
     groups = None
     if getattr(config, "next_budget", "per_crop") == "per_image":
-        groups = torch.repeat_interleave(torch.arange(len(counts), device=pixel_values.device), repeat)  # [C] image of each crop
+        groups = crop_owners(counts, pixel_values.device)  # [C] image of each crop
     crops = image_tokens(
         model, flat, config, text_embeds, text_mask, pull_back=pull_back, image_keys=image_keys, groups=groups
     )  # [C, T, D]

@@ -44,6 +44,17 @@ def tile_grids(image_sizes: torch.Tensor, llava_config, pinpoints: list | None =
     return [tuple(int(v) for v in get_anyres_image_grid_shape(hw, grid, size)) for hw in image_sizes.tolist()]
 
 
+def crop_owners(counts: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """[sum(counts)] long: the image of each crop, for crops laid out image by image (``counts`` per image)."""
+    return torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts, device=device))
+
+
+def first_crops(counts: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """[len(counts)] long: the row of each image's first crop (its base view) among the crops."""
+    counts_t = torch.tensor(counts, device=device)
+    return torch.cumsum(counts_t, 0) - counts_t
+
+
 NEWLINE = -1  # packed_sources: an image-newline token
 PADDING = -2  # packed_sources: batch padding
 
@@ -79,7 +90,7 @@ def crop_patch_index(sources: torch.Tensor, counts: list[int], n: int) -> torch.
     """[n_images, L] long: each packed token's row in every crop's patches flattened image by image
     ([C·N]: crop c's patch p is c·N + p), or −1 for a newline or padding token. sources
     [n_images, L] from :func:`packed_sources`."""
-    first = torch.tensor([0] + counts[:-1], device=sources.device).cumsum(0)[:, None]  # [n_images, 1] first crop
+    first = first_crops(counts, sources.device)[:, None]  # [n_images, 1]
     return torch.where(sources >= 0, first * n + sources, torch.full_like(sources, -1))
 
 
@@ -134,10 +145,8 @@ def per_crop_layout(crops: ImageTokens, counts: list[int], grids: list[tuple[int
     """
     device = crops.features.device
     n_crops, width = crops.valid.shape
-    counts_t = torch.tensor(counts, device=device)  # [n]
-    image_of_crop = torch.repeat_interleave(torch.arange(len(counts), device=device), counts_t)  # [C]
-    first_crop = torch.cumsum(counts_t, 0) - counts_t  # [n]
-    tile = torch.arange(n_crops, device=device) - first_crop[image_of_crop]  # [C] 0 = base view, then tiles
+    image_of_crop = crop_owners(counts, device)  # [C]
+    tile = torch.arange(n_crops, device=device) - first_crops(counts, device)[image_of_crop]  # [C] 0 = base view, then tiles
     cols = torch.tensor([c for _, c in grids], device=device)[image_of_crop]  # [C] tiles per grid row
     tile_row, tile_col = (tile - 1).clamp(min=0) // cols, (tile - 1).clamp(min=0) % cols  # [C]
 
@@ -237,7 +246,7 @@ def next_projected_selection(
         if clip_text is None or question_embeds is None:
             raise ValueError("cdpruner needs the CLIP text tower and the question embeds")
         repeat = torch.tensor(counts, device=device)  # [n_images]
-        image_of_crop = torch.repeat_interleave(torch.arange(len(counts), device=device), repeat)  # [C]
+        image_of_crop = crop_owners(counts, device)  # [C]
         embeds = cdpruner_patch_embeds(hidden, vision_tower.post_layernorm, clip_text.visual_projection)  # [C, N, P]
         text, text_mask = question_embeds
         relevance = cdpruner_relevance(

@@ -582,9 +582,9 @@ class CompressedLlava(_LlavaHfChat):
             layers = layer_kept_patches(pruned.kept, pruned.pruning_layers, span)
             if self.geometry.any_resolution:  # one image per prompt: the decoder's rows are the images
                 from ..llava.next import packed_sources
+                from ..llava.selection import patch_grid
 
-                side = int(round(n_patches**0.5))
-                sources = packed_sources(image_sizes.cpu(), crops, grids, side)  # [n_images, L]
+                sources = packed_sources(image_sizes.cpu(), crops, grids, patch_grid(n_patches)[0])  # [n_images, L]
                 by_tile = next_layer_tiles(pruned.kept, pruned.pruning_layers, sources, n_patches)
         if selected is not None and selected.crops is not None:  # NeXT, compressed crop by crop
             images = next_selections(selected, crops, n_patches)
