@@ -73,11 +73,12 @@ def _prompt(seed: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 @pytest.mark.e2e
-def test_bench_quick_produces_every_section(tmp_path, capsys):
+def test_bench_smoke_produces_every_section(tmp_path, capsys):
+    """``--smoke``: every section's code path (``--quick``'s settings) on tiny widths."""
     from sparsezip_lmms.__main__ import main
 
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--json", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    assert main(["bench", "--smoke", "--json", str(out), "--workdir", str(tmp_path / "work")]) == 0
     printed = capsys.readouterr().out
     for title in ("### 1.", "### 2.", "### 3.", "### 4.", "### 5.", "### 6.", "### Targets"):
         assert title in printed
@@ -87,7 +88,8 @@ def test_bench_quick_produces_every_section(tmp_path, capsys):
     for section in REPORT_SECTIONS:
         assert section in report, section
         assert report[section], section
-    assert report["meta"]["quick"] is True
+    assert report["meta"]["quick"] is True and report["meta"]["smoke"] is True
+    assert "SMOKE" in printed
     assert {t["name"] for t in report["targets"]} == {"scoring_capture", "sparsezip_op", "prefill_64", "sparsevlm_vs_eager"}
     assert all(t["measured"] is not None for t in report["targets"])
 
@@ -238,6 +240,11 @@ def test_section_4_options_and_the_sparsevlm_alias():
     assert new.pruning_methods == ["fastv", "deferred"] and new.pruning_dims["width"] == 1024
     quick = parse("--quick")
     assert quick.pruning_batch == 1 and quick.pruning_plain is False and quick.pruning_dims["width"] == 1024
+    smoke = parse("--smoke")
+    assert smoke.quick and smoke.smoke and smoke.pruning_batch == 1 and smoke.pruning_llm_layers == 16
+    assert smoke.pruning_dims["width"] == 256 and smoke.pruning_dims["width"] // smoke.pruning_dims["heads"] == 64
+    assert smoke.clip_overrides["num_hidden_layers"] >= 2 and smoke.llm_dims["width"] == 256
+    assert not quick.smoke and quick.clip_overrides is None and quick.llm_dims is None
     default = parse()
     assert default.pruning_batch == 8 and default.pruning_budgets == [64] and default.pruning_llm_layers == 16
     with pytest.raises(SystemExit):

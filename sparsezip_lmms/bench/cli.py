@@ -42,6 +42,13 @@ SECTION_ALIASES = {"sparsevlm": "pruning"}  # the name section 4 had when it tim
 PRUNING_METHODS = ("sparsevlm", "sparsevlm2", "fastv", "deferred")
 # --quick times the prefill at these configs only (one per budget); the full run does every config.
 QUICK_PREFILL_CONFIGS = ("keep_all", "visionzip_64", "visionzip_128", "visionzip_192", "sparsezip_64")
+# --smoke: every section's code path at the smallest sizes that still run it (the test suite's tier; its
+# timings measure nothing). The token geometry stays LLaVA's (577 CLIP tokens, 5 NeXT crops of 576); the
+# widths and depths shrink. Section 4's LLaMA keeps 16 layers (SparseVLM prunes at 2, 6 and 15) and a head
+# size of 64 (SparseVLM v2.0's RoPE-only term must stay positive over the 636-token prompt).
+SMOKE_CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4}
+SMOKE_LLAMA = LlamaDims(width=256, mlp=512, heads=4, kv_heads=4, vocab=512)
+SMOKE_PRUNING_LLAMA = LlamaDims(width=256, mlp=512, heads=4, kv_heads=2, vocab=512)
 
 
 @dataclass
@@ -72,13 +79,19 @@ class Settings:
     harness_limit: int | None
     max_new_tokens: int
     workdir: str | None = None
+    smoke: bool = False
+    clip_overrides: dict | None = None  # sections 1-3 and 6: CLIP-L/336 unless given (--smoke)
+    llm_dims: dict | None = None  # sections 3 and 6: LLaMA-7B unless given (--smoke)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sparsezip_lmms bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--quick", action="store_true", help="smoke-test sizes: ~2 minutes on a 2-core CPU")
+    p.add_argument("--quick", action="store_true", help="one repeat of every measurement at real sizes: ~5 minutes on a 2-core CPU")
+    p.add_argument("--smoke", action="store_true",
+                   help="every section's code path on tiny widths (implies --quick; times nothing meaningful): "
+                   "the test suite's check that the bench runs")  # fmt: skip
     p.add_argument("--json", default="bench_results.json", help="where to write the JSON (default: %(default)s)")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help="comma-separated subset of " + ",".join(SECTIONS) + " (sparsevlm = pruning)")  # fmt: skip
@@ -120,7 +133,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch.cuda.is_available() is False")
-    gpu, quick = device == "cuda", args.quick
+    gpu, smoke = device == "cuda", args.smoke
+    quick = args.quick or smoke
     sections = [SECTION_ALIASES.get(s.strip(), s.strip()) for s in args.sections.split(",") if s.strip()]
     sections = list(dict.fromkeys(sections))  # "sparsevlm,pruning" runs section 4 once
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -142,6 +156,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     llm = (llm[0], args.warmup) if args.warmup is not None else llm
     width = args.pruning_width or (1024 if quick and not gpu else 4096)
     svlm_dims = LLAMA_7B if width == 4096 else LlamaDims(width, _mlp_for(width), max(1, width // 128), max(1, width // 128))
+    if smoke and not args.pruning_width:
+        svlm_dims = SMOKE_PRUNING_LLAMA
     return Settings(
         device=device,
         dtype=args.dtype or ("float16" if gpu else "float32"),
@@ -169,6 +185,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         harness_limit=args.harness_limit,
         max_new_tokens=args.max_new_tokens or (1 if quick else 4),
         workdir=args.workdir,
+        smoke=smoke,
+        clip_overrides=dict(SMOKE_CLIP) if smoke else None,
+        llm_dims=asdict(SMOKE_LLAMA) if smoke else None,
     )
 
 
@@ -203,6 +222,7 @@ def _meta(s: Settings, argv: list[str]) -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "quick": s.quick,
+        "smoke": s.smoke,
         "settings": {
             "repeats": s.repeats,
             "warmup": s.warmup,
@@ -239,6 +259,7 @@ def run(s: Settings, argv: list[str]) -> dict:
     from .timing import DeviceTimer
 
     device, dtype = torch.device(s.device), getattr(torch, s.dtype)
+    llm_dims = LlamaDims(**s.llm_dims) if s.llm_dims else LLAMA_7B
     timer = DeviceTimer(device)
     report: dict = {"meta": _meta(s, argv)}
     started = time.perf_counter()
@@ -256,8 +277,8 @@ def run(s: Settings, argv: list[str]) -> dict:
             vision_section,
         )
 
-        _log("building CLIP-L/336 + projector (random weights)")
-        vb = VisionBench.build(device, dtype, LLAMA_7B.width)
+        _log(f"building CLIP{'' if not s.clip_overrides else ' (smoke sizes)'} + projector (random weights)")
+        vb = VisionBench.build(device, dtype, llm_dims.width, **(s.clip_overrides or {}))
         clip_times: dict[int, float] = {}
         captured = None
         if "vision" in s.sections:
@@ -282,13 +303,13 @@ def run(s: Settings, argv: list[str]) -> dict:
             from .prefill import prefill_section
 
             _log(f"section 3: prefill, {s.llm_layers} LLaMA layers")
-            llm = build_llama(s.llm_layers, LLAMA_7B, device, dtype)
+            llm = build_llama(s.llm_layers, llm_dims, device, dtype)
             with_svlm = s.llm_layers > max(load_pruning_layers())
             report["prefill"] = prefill_section(
                 llm,
                 vb.projector,
                 {b: compressed[b] for b in s.prefill_batches},
-                LLAMA_7B,
+                llm_dims,
                 s.llm_repeats,
                 s.llm_warmup,
                 timer,
@@ -305,8 +326,8 @@ def run(s: Settings, argv: list[str]) -> dict:
             from .next_section import next_section
 
             _log(f"section 6: LLaVA-NeXT-shaped inputs, {s.llm_layers} LLaMA layers")
-            llm = build_llama(s.llm_layers, LLAMA_7B, device, dtype)
-            report["next"] = next_section(vb, llm, LLAMA_7B, s.prefill_batches[0], s.llm_repeats, s.llm_warmup, timer)
+            llm = build_llama(s.llm_layers, llm_dims, device, dtype)
+            report["next"] = next_section(vb, llm, llm_dims, s.prefill_batches[0], s.llm_repeats, s.llm_warmup, timer)
             del llm
         del vb, compressed, captured
         gc.collect()

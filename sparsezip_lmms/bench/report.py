@@ -129,7 +129,7 @@ def render(report: dict) -> str:
     parts.append(
         f"sparsezip-lmms bench — device {meta['device']} ({meta['device_name']}), {meta['dtype']}, "
         f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['threads']} threads"
-        f"{', quick' if meta['quick'] else ''}; medians over {meta['settings']['repeats']} timed repeats "
+        f"{', SMOKE (tiny widths: code paths only, the timings mean nothing)' if meta.get('smoke') else ', quick' if meta['quick'] else ''}; medians over {meta['settings']['repeats']} timed repeats "
         f"(vision), after {meta['settings']['warmup']} warm-up"
     )
     if "vision" in report:

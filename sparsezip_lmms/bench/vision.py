@@ -75,8 +75,10 @@ class VisionBench:
     visual_projection: nn.Module  # CDPruner: CLIP-L's 1024 -> 768 image-embed projection (random)
 
     @classmethod
-    def build(cls, device: torch.device, dtype: torch.dtype, llm_width: int) -> VisionBench:
-        clip = build_clip(device, dtype)
+    def build(cls, device: torch.device, dtype: torch.dtype, llm_width: int, **clip_overrides) -> VisionBench:
+        """CLIP-L/336 (``clip_overrides`` change its widths or depth, e.g. for ``--smoke``), the projector
+        into ``llm_width``, and CDPruner's image-embed projection."""
+        clip = build_clip(device, dtype, **clip_overrides)
         eager = clip_sharing_weights(clip, "eager")
         projector = build_projector(clip.config.hidden_size, llm_width, device, dtype)
         torch.manual_seed(3)
