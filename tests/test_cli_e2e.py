@@ -1,4 +1,5 @@
-"""The real lmms-eval CLI, in a subprocess, on the tiny checkpoint and the mini datasets.
+"""The real lmms-eval CLI on the tiny checkpoint and the mini datasets: lmms-eval's own entry point in
+the test process (``_inprocess``), and in a subprocess where the exit code and the console are tested.
 
 The CLI can exit 0 after a crash, so every assertion is on the files it wrote.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from sparsezip_lmms.demo.harness import HarnessError, lmms_eval_command, run_lmms_eval
+from _inprocess import run_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -15,7 +17,7 @@ POPE_METRICS = {"pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score
 MME_METRICS = {"mme_perception_score", "mme_cognition_score"}
 
 
-def _run(tmp_path, mini_tasks, checkpoint, model, config, batch_size, tasks=("pope", "mme"), extra_args=""):
+def _run(tmp_path, mini_tasks, checkpoint, model, config, batch_size, tasks=("pope", "mme"), extra_args="", runner=run_in_process):
     include, names = mini_tasks
     out = tmp_path / f"{model}_{config.split(',')[0]}_{batch_size}"  # no commas in paths: lmms-eval splits on them
     cmd = lmms_eval_command(
@@ -27,7 +29,7 @@ def _run(tmp_path, mini_tasks, checkpoint, model, config, batch_size, tasks=("po
         batch_size=batch_size,
         extra=["--gen_kwargs", "max_new_tokens=4"],
     )
-    return run_lmms_eval(cmd, out, timeout=1200)
+    return runner(cmd, out, timeout=1200)
 
 
 def _answers(run):
@@ -81,7 +83,8 @@ def test_cli_batch_1_and_4_agree(model, config, max_visual, tmp_path, mini_tasks
 
 def test_cli_bad_model_args_name_the_key(tmp_path, mini_tasks, tiny_checkpoint):
     with pytest.raises(HarnessError) as info:
-        _run(tmp_path, mini_tasks, tiny_checkpoint, "llava_sparsezip", "sparsezip_64,merging.contextual_nmu=3", 1, tasks=("pope",))
+        _run(tmp_path, mini_tasks, tiny_checkpoint, "llava_sparsezip", "sparsezip_64,merging.contextual_nmu=3", 1,
+             tasks=("pope",), runner=run_lmms_eval)  # a subprocess: the console script's exit and log
     assert "unknown key 'merging.contextual_nmu'" in str(info.value)
     assert not list(tmp_path.rglob("*_results.json"))
 

@@ -9,6 +9,7 @@ import pytest
 
 from sparsezip_lmms.demo.harness import lmms_eval_command, run_lmms_eval
 from sparsezip_lmms.leaderboard import build, collect, table
+from _inprocess import run_in_process
 
 pytestmark = pytest.mark.e2e
 TASKS = ("pope", "mme", "docvqa_val")
@@ -34,7 +35,7 @@ def runs(tmp_path_factory, mini_tasks, tiny_checkpoint):
     out = {}
     for model, config in (("llava_hf_timed", "keep_all"), ("llava_sparsezip", "sparsezip_64")):
         path = root / model
-        out[model] = run_lmms_eval(_cmd(model, config, tiny_checkpoint, mini_tasks, path), path, timeout=1200)
+        out[model] = run_in_process(_cmd(model, config, tiny_checkpoint, mini_tasks, path), path)
     return root, out
 
 
@@ -86,7 +87,7 @@ def _free_port() -> int:
 
 
 def test_data_parallel_two_cpu_processes(runs, tmp_path, mini_tasks, tiny_checkpoint):
-    """torchrun (gloo) with 2 ranks: same answers as one process, every sample its own figures."""
+    """torchrun (gloo) with 2 ranks, in subprocesses: same answers as one process, every sample its own figures."""
     _, out = runs
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "lmms_eval"]
     dp = run_lmms_eval(

@@ -267,8 +267,10 @@ def _broken_pope(root: Path) -> tuple[Path, str]:
 
 @pytest.mark.e2e
 def test_failed_requests_reach_the_results_json_the_leaderboard_and_the_runner(tiny_checkpoint, tmp_path):
-    from sparsezip_lmms.demo.harness import HarnessError, lmms_eval_command, run_lmms_eval
+    from sparsezip_lmms.demo.harness import HarnessError, lmms_eval_command
     from sparsezip_lmms.leaderboard import collect, main as leaderboard_main, table
+
+    from _inprocess import run_in_process
 
     include, task = _broken_pope(tmp_path)
     out = tmp_path / "out"
@@ -277,7 +279,7 @@ def test_failed_requests_reach_the_results_json_the_leaderboard_and_the_runner(t
         include_path=include, batch_size=2, extra=["--gen_kwargs", "max_new_tokens=2"],
     )  # fmt: skip
     with pytest.raises(HarnessError) as info:
-        run_lmms_eval(cmd, out, timeout=900)
+        run_in_process(cmd, out)
     assert "failed" in str(info.value)
     (results_path,) = out.rglob("*_results.json")  # the run itself completed: 4 answers, 2 failures
     metrics = {k.split(",")[0]: v for k, v in json.loads(results_path.read_text())["results"][task].items()}

@@ -95,7 +95,9 @@ def test_divprune_budget_beyond_a_packed_sequence_fails_that_request(tiny_next_c
     ],
 )  # fmt: skip
 def test_cli_runs_next(model, config, low, high, tmp_path, mini_tasks, tiny_next_checkpoint, tiny_clip):
-    from sparsezip_lmms.demo.harness import lmms_eval_command, run_lmms_eval
+    from sparsezip_lmms.demo.harness import lmms_eval_command
+
+    from _inprocess import run_in_process
 
     include, names = mini_tasks
     out = tmp_path / "next"
@@ -104,7 +106,7 @@ def test_cli_runs_next(model, config, low, high, tmp_path, mini_tasks, tiny_next
         model, f"pretrained={tiny_next_checkpoint},config={config},dtype=float32{clip}", [names["pope"], names["mme"]], out,
         include_path=include, batch_size=4, extra=["--gen_kwargs", "max_new_tokens=2"],
     )  # fmt: skip
-    run = run_lmms_eval(cmd, out, timeout=1200)
+    run = run_in_process(cmd, out)
     for task in (names["pope"], names["mme"]):
         metrics = {k.split(",")[0]: v for k, v in run.results["results"][task].items()}
         assert metrics["eff_failed"] == 0 and low <= metrics["eff_visual_tokens"] <= high

@@ -13,10 +13,11 @@ from sparsezip_lmms.analysis.analyze import analyze
 from sparsezip_lmms.analysis.explain import main as explain_main
 from sparsezip_lmms.analysis.report import build_report
 from sparsezip_lmms.analysis.selection import parse_ranges
-from sparsezip_lmms.demo.harness import lmms_eval_command, run_lmms_eval
+from sparsezip_lmms.demo.harness import lmms_eval_command
 from sparsezip_lmms.demo.mini_datasets import mme_rows
 
 from _browser import browser_or_skip, render
+from _inprocess import run_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,7 @@ def logged_runs(tmp_path_factory, mini_tasks, tiny_checkpoint):
             model, f"pretrained={tiny_checkpoint},config={config},dtype=float64", [names["mme"]], out,
             include_path=include, batch_size=4, extra=["--gen_kwargs", "max_new_tokens=2", "--limit", "8"],
         )  # fmt: skip
-        run_lmms_eval(cmd, out, timeout=1200)
+        run_in_process(cmd, out)
     return root, names["mme"]
 
 

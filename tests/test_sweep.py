@@ -30,6 +30,8 @@ from sparsezip_lmms.sweep import (
     write_marker,
 )
 
+from _inprocess import run_in_process
+
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._=+-]+$")
 FAST = ["--", "--limit", "2", "--gen_kwargs", "max_new_tokens=2"]  # after --: to every lmms-eval run
 
@@ -237,11 +239,13 @@ BAD = ["llava_sparsezip__no_such_config__cross_beta=0__pope_eff_mini", "llava_sp
 
 @pytest.fixture(scope="module")
 def mixed_sweep(tmp_path_factory, tiny_checkpoint, mini_tasks):
-    """A sweep of a good and an unknown config over cross_beta=0,0.3 on mini POPE: (folder, exit code, stdout, stderr)."""
+    """A sweep of a good and an unknown config over cross_beta=0,0.3 on mini POPE: (folder, exit code, stdout, stderr).
+    Each run is lmms-eval's entry point in this process (the harness's subprocess is tested with the demo)."""
     include, names = mini_tasks
     out = tmp_path_factory.mktemp("sweep") / "s"
     stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        patch.setattr(sweep, "run_lmms_eval", run_in_process)
         code = cli_main(_sweep_args(out, tiny_checkpoint, include, names["pope"], "sparsezip_64,no_such_config",
                                     "--grid", "cross_beta=0,0.3", "--no-report"))  # fmt: skip
     return out, code, stdout.getvalue(), stderr.getvalue()
@@ -292,7 +296,8 @@ def test_sweep_lists_failed_runs_and_resumes(mixed_sweep, tiny_checkpoint, mini_
 
 
 @pytest.mark.e2e
-def test_missing_checkpoint_is_a_failed_run(tmp_path, mini_tasks, capsys):
+def test_missing_checkpoint_is_a_failed_run(tmp_path, mini_tasks, capsys, monkeypatch):
+    monkeypatch.setattr(sweep, "run_lmms_eval", run_in_process)
     include, names = mini_tasks
     out = tmp_path / "s"
     assert cli_main(_sweep_args(out, "/nonexistent/path", include, names["pope"], "sparsezip_64", "--no-report")) == 1

@@ -111,16 +111,22 @@ def lmms_eval_command(
 
 def run_lmms_eval(cmd: list[str], output_path: str | Path, *, timeout: float = 1800, env: dict | None = None) -> HarnessRun:
     """Run ``cmd`` (an lmms-eval command line) and return the results it wrote under ``output_path``."""
-    output_path = Path(output_path)
     started = time.time()
     full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
-    log = proc.stdout + proc.stderr
+    return read_run(cmd, output_path, proc.returncode, proc.stdout + proc.stderr, started)
+
+
+def read_run(cmd: list[str], output_path: str | Path, returncode: int, log: str, started: float) -> HarnessRun:
+    """The results an lmms-eval run of ``cmd`` wrote under ``output_path`` after ``started`` (a
+    ``time.time()``), judged by its files and its log ``log``; raises :class:`HarnessError` when the run
+    exited non-zero, wrote no results, logged an error, left a task without results or failed requests."""
+    output_path = Path(output_path)
     candidates = [p for p in output_path.rglob("*_results.json") if p.stat().st_mtime >= started - 1]
     errors = error_lines(log)
-    if proc.returncode != 0 or not candidates or errors:
-        if proc.returncode != 0:
-            what = f"exited with {proc.returncode}"
+    if returncode != 0 or not candidates or errors:
+        if returncode != 0:
+            what = f"exited with {returncode}"
         elif not candidates:
             what = "wrote no results file"
         else:
