@@ -135,11 +135,64 @@ os.execv(sys.argv[3], sys.argv[3:])
 """
 
 
+def _session_cpu_seconds(session_id: int) -> float | None:
+    """CPU seconds (user + system) used so far by the live processes of session ``session_id`` (the
+    browser and every child it started), from /proc; None where /proc cannot tell."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, seen = 0, False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        # after "pid (comm)": state ppid pgrp session ... utime (11) stime (12), counted from state = 0
+        if int(fields[3]) == session_id:
+            total += int(fields[11]) + int(fields[12])
+            seen = True
+    return total / ticks if seen else None
+
+
+class _Progress:
+    """Tells a slow browser from a stuck one: the wait fails only after ``stall`` seconds in which
+    the browser neither sent a byte nor used CPU (its whole session of processes), so a loaded or
+    slow machine never fails a render that is still moving; ``limit`` bounds the whole render."""
+
+    def __init__(self, session_id: int, stall: float, limit: float):
+        self.session_id = session_id
+        self.stall = stall
+        self.started = time.monotonic()
+        self.limit = limit
+        self.last = self.started
+        self.cpu = _session_cpu_seconds(session_id)
+
+    def moved(self) -> None:
+        self.last = time.monotonic()
+
+    def expired(self) -> str | None:
+        """None while the render may go on, else why it may not."""
+        now = time.monotonic()
+        if now - self.started > self.limit:
+            return f"no result after {self.limit:.0f} s"
+        if now - self.last <= self.stall:
+            return None
+        cpu = _session_cpu_seconds(self.session_id)
+        if cpu is not None and self.cpu is not None and cpu > self.cpu + 0.05:
+            self.cpu, self.last = cpu, now  # working, only slowly
+            return None
+        return f"no message and no CPU used by the browser for {self.stall:.0f} s"
+
+
 class _Pipe:
     """One Chrome DevTools Protocol connection over --remote-debugging-pipe."""
 
-    def __init__(self, browser: str, args: list[str], workdir: Path, deadline: float):
-        self.deadline = deadline
+    def __init__(self, browser: str, args: list[str], workdir: Path, stall: float, limit: float):
         self.next_id = 0
         self.buffer = b""
         self.events: list[dict[str, Any]] = []
@@ -176,6 +229,7 @@ class _Pipe:
             os.close(out_w)
         self.writer, self.reader = cmd_w, out_r
         os.set_blocking(self.reader, False)
+        self.progress = _Progress(self.proc.pid, stall, limit)  # start_new_session: session id = its pid
 
     def stderr_tail(self, lines: int = 25) -> str:
         try:
@@ -204,15 +258,15 @@ class _Pipe:
         return self.next_id
 
     def _read_messages(self) -> list[dict[str, Any]]:
-        """Wait (until the deadline) for at least one complete message and return those read."""
+        """Wait (while the browser makes progress) for at least one complete message; return those read."""
         while True:
             if b"\0" in self.buffer:
                 *complete, self.buffer = self.buffer.split(b"\0")
                 return [json.loads(chunk) for chunk in complete if chunk.strip()]
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise self.fail("timed out waiting for the browser")
-            ready, _, _ = select.select([self.reader], [], [], min(left, 0.5))
+            why = self.progress.expired()
+            if why is not None:
+                raise self.fail(f"timed out waiting for the browser: {why}")
+            ready, _, _ = select.select([self.reader], [], [], 0.5)
             if not ready:
                 if self.proc.poll() is not None:
                     raise self.fail("the browser exited")
@@ -223,6 +277,7 @@ class _Pipe:
                 continue
             if not chunk:
                 raise self.fail("the browser closed its DevTools pipe")
+            self.progress.moved()
             self.buffer += chunk
 
     def _dispatch(self, message: dict[str, Any]) -> None:
@@ -314,7 +369,8 @@ def render(
     height: int = 900,
     expression: str,
     screenshot_path: str | os.PathLike | None = None,
-    timeout: float = 60,
+    stall: float = 60,
+    limit: float = 1800,
 ) -> dict[str, Any]:
     """Open html_path in a headless browser (no network), evaluate `expression` once it has loaded.
 
@@ -323,8 +379,10 @@ def render(
     least `width` wide) is written there. Returns {"value": the result, "requests": the URLs the
     page asked for that are not file:/data:/about:/blob: (all blocked), "screenshot": the PNG's
     path or None, "console_errors": uncaught exceptions and console.error() messages}.
-    Raises BrowserError when there is no browser, on a timeout or crash (with the browser's
-    stderr), a failed navigation, a DevTools error reply or an exception thrown by `expression`.
+    Raises BrowserError when there is no browser, when the browser is stuck (`stall` seconds without
+    a message from it or CPU used by it: a slow or loaded machine only makes the render slower) or
+    past `limit` seconds in all, on a crash (with the browser's stderr), a failed navigation, a
+    DevTools error reply or an exception thrown by `expression`.
     """
     browser, why = find_browser()
     if browser is None:
@@ -332,7 +390,6 @@ def render(
     page = Path(html_path).resolve()
     if not page.is_file():
         raise BrowserError(f"no such file to render: {page}")
-    deadline = time.monotonic() + timeout
     workdir = Path(tempfile.mkdtemp(prefix="sparsezip-browser-"))
     requests: list[str] = []
     console_errors: list[str] = []
@@ -341,7 +398,7 @@ def render(
         profile = workdir / "profile"
         profile.mkdir()
         args = [*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"]
-        conn = _Pipe(browser, args, workdir, deadline)
+        conn = _Pipe(browser, args, workdir, stall, limit)
 
         def on_event(event: dict[str, Any]) -> None:
             if conn.session is None or event.get("sessionId") != conn.session:

@@ -89,7 +89,9 @@ def test_renders_script_rows_and_inline_images(tmp_path):
 
 
 def test_external_image_is_recorded_and_blocked(tmp_path):
-    """Requests are recorded and never leave: not even a server on this machine's loopback is reached."""
+    """Requests are recorded and never leave: not even a server on this machine's loopback is reached.
+    The "external" image is on a reserved name that can never resolve (RFC 2606 ``.invalid``), so nothing
+    could leave the machine even if the blocking regressed."""
     hits: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -111,7 +113,7 @@ def test_external_image_is_recorded_and_blocked(tmp_path):
     local = f"http://127.0.0.1:{server.server_address[1]}/local.png"
     html = tmp_path / "external.html"
     html.write_text(
-        f'<!doctype html><html><body><img id="ext" src="https://example.com/x.png">'
+        f'<!doctype html><html><body><img id="ext" src="https://blocked.invalid/x.png">'
         f'<img id="local" src="{local}"></body></html>',
         encoding="utf-8",
     )
@@ -121,7 +123,7 @@ def test_external_image_is_recorded_and_blocked(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-    assert "https://example.com/x.png" in out["requests"]
+    assert "https://blocked.invalid/x.png" in out["requests"]
     assert local in out["requests"]
     for img in out["value"]["images"]:
         assert img["naturalWidth"] == 0, f"{img['id']} loaded: the network is not blocked"
