@@ -29,10 +29,25 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_next_checkpoint(tmp_path_factory) -> Path:
-    """A tiny random LLaVA-NeXT checkpoint (any-resolution tiles, image newline, the NeXT processor)."""
+    """A tiny random LLaVA-NeXT checkpoint (any-resolution tiles, image newline, the NeXT processor).
+
+    Its CLIP has 3 layers (features from layer -2, as every LLaVA's): the NeXT paths differ from
+    LLaVA-1.5's in the tiles, not the depth, and an image runs CLIP on up to 5 crops."""
     from sparsezip_lmms.demo.tiny_checkpoint import build_tiny_llava
 
-    return build_tiny_llava(tmp_path_factory.mktemp("tiny_next") / "tiny-llava-next", next_grid=True)
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_next") / "tiny-llava-next", next_grid=True, vision_layers=3)
+
+
+@pytest.fixture(scope="session")
+def shallow_checkpoints(tmp_path_factory) -> dict[int, Path]:
+    """{LLM layers: checkpoint}: tiny_checkpoint's geometry (576 patches + CLS, 336 px, features from
+    layer -2) on a 3-layer CLIP, with a 16-layer LLM (SparseVLM prunes at layers 2, 6 and 15) or a
+    4-layer one (every other method decides before layer 2). For the dtype x attention x batch matrix,
+    where half precision on the CPU makes every layer costly and the depth changes nothing it checks."""
+    from sparsezip_lmms.demo.tiny_checkpoint import build_tiny_llava
+
+    root = tmp_path_factory.mktemp("shallow")
+    return {layers: build_tiny_llava(root / f"llm{layers}", vision_layers=3, text_layers=layers) for layers in (4, 16)}
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +80,31 @@ def llava_pair(tiny_checkpoint):
     processor = AutoProcessor.from_pretrained(tiny_checkpoint)
     processor.tokenizer.padding_side = "left"
     return model, processor
+
+
+# ----------------------------------------------------------------------------- the suite's own time
+
+# the budget is 15 min on a quiet 2-core machine; CI machines are noisy, so past 20 min a warning, never a failure
+SUITE_WARN_MINUTES = float(os.environ.get("SPARSEZIP_SUITE_WARN_MINUTES", "20"))
+_started: list[float] = []
+
+
+def pytest_sessionstart(session) -> None:
+    import time
+
+    _started.append(time.monotonic())
+
+
+@pytest.hookimpl(tryfirst=True)  # before the --durations report (addopts), so the line sits above it
+def pytest_terminal_summary(terminalreporter) -> None:
+    import time
+
+    if not _started:
+        return
+    minutes = (time.monotonic() - _started[0]) / 60
+    if minutes > SUITE_WARN_MINUTES:
+        terminalreporter.write_line(
+            f"warning: the test suite took {minutes:.1f} min, over its {SUITE_WARN_MINUTES:g} min warning line "
+            "(budget: 15 min on a quiet 2-core machine; see docs/TESTING.md and the slowest tests below)",
+            yellow=True,
+        )
