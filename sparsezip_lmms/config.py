@@ -236,7 +236,20 @@ class DivPruneConfig(_Deferrable):
         "tokens of each image (LLaVA-NeXT: its whole packed sequence, newline tokens included)",
     )
     mask_chosen: bool = Field(False, description="deviation: never pick a token twice (official: False)")
+    distance_dtype: Literal["at_least_float32", "model"] = Field(
+        "at_least_float32",
+        description="dtype of the cosine distances and the greedy scores: at least float32 (default), or the "
+        "model's own dtype as the official code runs (in bfloat16/float16 the self-distance noise makes it pick "
+        "chosen tokens again: docs/ALGORITHMS.md)",
+    )
     seed: int = 0
+
+    def compute_dtype(self, features_dtype):
+        """The ``torch.dtype`` that ``divprune_select`` computes in for features of ``features_dtype``
+        (None: theirs, the official behaviour)."""
+        import torch
+
+        return None if self.distance_dtype == "model" else torch.promote_types(features_dtype, torch.float32)
 
     @model_validator(mode="after")
     def _one_budget(self) -> "DivPruneConfig":

@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sparsezip_lmms bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--quick", action="store_true", help="one repeat of every measurement at real sizes: ~5 minutes on a 2-core CPU")
+    p.add_argument("--quick", action="store_true", help="one repeat of every measurement at real sizes: ~3 minutes on a 2-core CPU")
     p.add_argument("--smoke", action="store_true",
                    help="every section's code path on tiny widths (implies --quick; times nothing meaningful): "
                    "the test suite's check that the bench runs")  # fmt: skip

@@ -207,7 +207,10 @@ def projected_selection_case(
     def run():
         patches = bench.projector(inputs.hidden[:, 1:]) if projected is None else projected  # [B, N, D]
         if config.method == "divprune":
-            order = divprune_select(patches, config.budget(patches.shape[1]), mask_chosen=config.mask_chosen)
+            order = divprune_select(
+                patches, config.budget(patches.shape[1]), mask_chosen=config.mask_chosen,
+                compute_dtype=config.compute_dtype(patches.dtype),
+            )  # fmt: skip
         else:
             embeds = cdpruner_patch_embeds(inputs.hidden, bench.clip.post_layernorm, bench.visual_projection)  # [B, N, P]
             relevance = cdpruner_relevance(embeds, clip_question.to(embeds.dtype))  # [B, N]

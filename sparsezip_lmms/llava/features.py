@@ -99,7 +99,10 @@ def projected_selection(
     hidden = feature_layer_hidden(vision_tower, pixel_values, layer=_check_feature_path(llava_config))  # [n, 1+N, C]
     patches = projector(hidden[:, 1:])  # [n, N, D_llm]
     if config.method == "divprune":
-        order = divprune_select(patches, config.budget(patches.shape[1]), mask_chosen=config.mask_chosen)  # [n, k]
+        order = divprune_select(
+            patches, config.budget(patches.shape[1]), mask_chosen=config.mask_chosen,
+            compute_dtype=config.compute_dtype(patches.dtype),
+        )  # [n, k]  # fmt: skip
     else:
         if clip_text is None or question_embeds is None:
             raise ValueError("cdpruner needs the CLIP text tower and the question embeds")

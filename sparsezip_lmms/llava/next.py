@@ -238,7 +238,9 @@ def next_projected_selection(
                 f"divprune budget {budgets.tolist()} is not below the packed sequence's {lengths.tolist()} tokens: "
                 "nothing would be pruned"
             )
-        order = divprune_select_ragged(packed, valid, budgets, mask_chosen=config.mask_chosen)  # [n, k_max], -1 past k
+        order = divprune_select_ragged(
+            packed, valid, budgets, mask_chosen=config.mask_chosen, compute_dtype=config.compute_dtype(packed.dtype)
+        )  # [n, k_max], -1 past k
         positions = torch.where(order < 0, torch.full_like(order, packed.shape[1]), order).sort(dim=1).values
         selected = _compact(packed, positions, budgets)
         keep = positions_mask(positions, packed.shape[1])  # [n_images, L]
