@@ -293,6 +293,36 @@ def test_divprune_on_next_is_the_official_selection_over_each_packed_sequence(ti
         assert entry["tokens"] == record.visual_tokens == sum(per_crop) + entry["newlines"]
 
 
+def test_divprune_record_counts_the_newlines_it_sent_even_with_repeated_picks(tiny_next_checkpoint):
+    """bfloat16 with the official model-dtype distances: picks repeat. The record's newline count is the
+    newline tokens among the tokens sent (counted), never ``tokens - base - tiles`` (which then exceeded
+    the packed sequence's newlines); the default (distances in float32) sends distinct tokens."""
+    from lmms_eval.models import get_model
+
+    from sparsezip_lmms.config import load_config
+    from sparsezip_lmms.llava.features import image_tokens, stock_image_tokens
+    from sparsezip_lmms.llava.next import crop_counts
+    from sparsezip_lmms.llava.selection import next_selections
+
+    lmm = get_model("llava_divprune")(pretrained=str(tiny_next_checkpoint), device="cpu", dtype="bfloat16",
+                                      batch_size=1, config="divprune_next_320")  # fmt: skip
+    pixels, sizes = _next_inputs(lmm, _docs()[:6])
+    pixels = pixels.to(torch.bfloat16)
+    newline = lmm.model.model.image_newline  # [D]
+    with torch.no_grad():
+        stock = stock_image_tokens(lmm.model, pixels, sizes)
+        official = image_tokens(lmm.model, pixels, load_config("divprune_next_320", {"distance_dtype": "model"}), image_sizes=sizes)
+        default = image_tokens(lmm.model, pixels, load_config("divprune_next_320"), image_sizes=sizes)
+    in_sequence = ((stock.features == newline).all(dim=-1) & stock.valid).sum(dim=1)  # [n] newlines per packed sequence
+    for selected, repeats in ((official, True), (default, False)):
+        sent = ((selected.features == newline).all(dim=-1) & selected.valid).sum(dim=1)  # [n] newline slots sent
+        assert torch.equal(selected.newlines, sent) and bool((sent <= in_sequence).all())
+        distinct = [len({tuple(t.tolist()) for t in selected.features[i, : int(n)]}) for i, n in enumerate(selected.counts)]
+        assert (distinct != selected.counts.tolist()) == repeats, distinct
+    entries = next_selections(official, crop_counts(sizes, lmm.model.config), 576)
+    assert [e["newlines"] for e in entries] == official.newlines.tolist()
+
+
 def test_positions_mask_keeps_a_last_position_beside_padding():
     from sparsezip_lmms.llava.next import positions_mask
 

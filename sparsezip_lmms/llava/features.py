@@ -24,6 +24,7 @@ class ImageTokens:
     members: torch.Tensor | None = None  # [n_images, T_max, 1+N] bool: CLIP positions of each merged token
     crops: "ImageTokens | None" = None  # LLaVA-NeXT: the compressed crops behind the tokens (llava.next)
     candidates: torch.Tensor | None = None  # [n_images] tokens a selection over NeXT's packed sequence chose from
+    newlines: torch.Tensor | None = None  # [n_images] long: NeXT image-newline tokens among them, counted per slot
 
     @property
     def counts(self) -> torch.Tensor:  # [n_images]

@@ -244,6 +244,8 @@ def next_projected_selection(
         positions = torch.where(order < 0, torch.full_like(order, packed.shape[1]), order).sort(dim=1).values
         selected = _compact(packed, positions, budgets)
         keep = positions_mask(positions, packed.shape[1])  # [n_images, L]
+        slot_sources = sources.gather(1, positions.clamp(max=sources.shape[1] - 1))  # [n_images, k_max]
+        selected.newlines = ((slot_sources == NEWLINE) & selected.valid).sum(dim=1)  # repeated picks count as sent
     else:
         if clip_text is None or question_embeds is None:
             raise ValueError("cdpruner needs the CLIP text tower and the question embeds")
@@ -265,6 +267,7 @@ def next_projected_selection(
         kept_counts = keep.sum(dim=1)  # [n_images]
         positions = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, : int(kept_counts.max())]
         selected = _compact(packed, positions, kept_counts)
+        selected.newlines = (keep & (sources == NEWLINE)).sum(dim=1)  # [n_images]
     selected.crops = packed_selection_crops(sources, keep, counts, n)
     if config.method == "divprune":
         selected.candidates = lengths

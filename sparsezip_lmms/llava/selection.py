@@ -86,12 +86,14 @@ def next_selections(selected: ImageTokens, crops: list[int], n_patches: int) -> 
     """Per LLaVA-NeXT image selected crop by crop (``selected.crops``): its base view's selection as
     ``kept`` / ``merged`` / ``cls`` (``base_tokens`` of them), ``tokens`` of the whole image, each
     tile's selection in ``tiles`` (row-major over the tile grid), and the image-newline tokens kept
-    (``newlines``: DivPrune and CDPruner keep the stock packing's)."""
+    (``newlines``: DivPrune and CDPruner keep the stock packing's; counted from the tokens sent, 0 where
+    the crops are compressed one by one)."""
     per_crop = image_selections(selected.crops, sum(crops), n_patches)
+    newline_counts = selected.newlines.tolist() if selected.newlines is not None else [0] * len(crops)
     out, start = [], 0
-    for count, tokens in zip(crops, selected.counts.tolist()):
+    for count, tokens, newlines in zip(crops, selected.counts.tolist(), newline_counts):
         base, tiles = per_crop[start], per_crop[start + 1 : start + count]
-        newlines = int(tokens) - base["tokens"] - sum(tile["tokens"] for tile in tiles)  # kept newline tokens
+        newlines = int(newlines)
         out.append({**base, "tokens": int(tokens), "base_tokens": base["tokens"], "tiles": tiles, "newlines": newlines})
         start += count
     return out
