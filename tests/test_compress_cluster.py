@@ -155,6 +155,24 @@ def test_cluster_merge_limits_and_determinism():
         assert torch.allclose(one[0, 0], (w * hidden[0][member[0]]).sum(0) / w.sum(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_cluster_merge_in_half_precision_clusters_as_float32(half):
+    """Half-precision keys and states are clustered and averaged in float32: the same clusters as the
+    float32 inputs' (the keys rounded alike), the tokens returned in the input dtype."""
+    x, _ = _data(b=2, m=60, d=6)
+    hidden = torch.randn(2, 60, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    member = _masked([50, 30], m=60)
+    kw = {"init_factor": 2.0, "iters": 5, "agglomerative": True, "seed": 0}
+    traced_half, traced_wide = {}, {}
+    tokens, valid = cluster_merge(hidden.to(half), x.to(half), member, None, 6, trace=traced_half, **kw)
+    wide, wide_valid = cluster_merge(
+        hidden.to(half).float(), x.to(half).float(), member, None, 6, trace=traced_wide, **kw
+    )  # fmt: skip
+    assert tokens.dtype == half and torch.equal(valid, wide_valid)
+    assert torch.equal(traced_half["labels"], traced_wide["labels"])
+    assert torch.equal(tokens, wide.to(half))
+
+
 def test_weighted_cluster_tokens_exact():
     hidden = torch.tensor([[[1.0], [3.0], [10.0], [20.0], [99.0]]], dtype=torch.float64)
     labels = torch.tensor([[1, 1, 0, 0, 0]])

@@ -51,3 +51,17 @@ def test_distance_dtype_model_is_the_official_half_precision_selection(bf16_mode
         official = divprune_select(patches, 64).sort(dim=1).values + 1
     assert torch.equal(kept, official)
     assert any(len(set(row.tolist())) < 64 for row in kept)  # the official drift this key reproduces
+
+
+def test_the_selection_record_counts_repeated_picks(bf16_model_and_pixels):
+    from sparsezip_lmms.llava.selection import image_selections
+
+    model, pixels = bf16_model_and_pixels
+    with torch.no_grad():
+        official = image_tokens(model, pixels.to(model.dtype), load_config("divprune_64", {"distance_dtype": "model"}))
+        default = image_tokens(model, pixels.to(model.dtype), load_config("divprune_64"))
+    for entry, row in zip(image_selections(official, 3, 576), official.source_index, strict=True):
+        distinct = len(set(row.tolist()))
+        assert entry["tokens"] == 64 and entry.get("repeated", 0) == 64 - distinct
+    assert any("repeated" in entry for entry in image_selections(official, 3, 576))
+    assert not any("repeated" in entry for entry in image_selections(default, 3, 576))

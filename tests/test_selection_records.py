@@ -95,7 +95,7 @@ def test_image_selections_of_hand_made_tokens():
     tokens = ImageTokens(torch.zeros(2, 4, 1), valid, index, None, members)
     first, second = image_selections(tokens, 2, 9)
     assert first == {"tokens": 4, "cls": True, "kept": "3-4", "merged": ["0-1"]}
-    assert second == {"tokens": 2, "cls": False, "kept": "2", "merged": []}
+    assert second == {"tokens": 2, "cls": False, "kept": "2", "merged": [], "repeated": 1}  # 2 slots, 1 patch
     everything = image_selections(None, 1, 9)[0]
     assert everything == {"tokens": 9, "cls": False, "kept": "0-8"}
     records = request_records("visionzip", 9, [first, second], ["a", "b"], [2], prune_layer=3)

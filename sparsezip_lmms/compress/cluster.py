@@ -201,12 +201,13 @@ def weighted_cluster_tokens(
     """
     ids = torch.arange(n_clusters, device=hidden.device)  # [S]
     one_hot = (labels.unsqueeze(-1) == ids) & member.unsqueeze(-1)  # [B, M, S]
-    w = one_hot.to(hidden.dtype)  # [B, M, S]
+    work = torch.promote_types(hidden.dtype, torch.float32)  # sums of many states: at least float32
+    w = one_hot.to(work)  # [B, M, S]
     if weights is not None:
-        w = w * weights.to(hidden.dtype).unsqueeze(-1)
+        w = w * weights.to(work).unsqueeze(-1)
     total = w.sum(1)  # [B, S]
-    total = total.clamp_min(torch.finfo(hidden.dtype).tiny)  # empty clusters: 0 / tiny = 0, no NaN
-    tokens = w.transpose(1, 2) @ hidden / total.unsqueeze(-1)  # [B, S, C]
+    total = total.clamp_min(torch.finfo(work).tiny)  # empty clusters: 0 / tiny = 0, no NaN
+    tokens = (w.transpose(1, 2) @ hidden.to(work) / total.unsqueeze(-1)).to(hidden.dtype)  # [B, S, C]
     valid = one_hot.any(1)  # [B, S]
     if order == "position":
         perm = cluster_token_labels(labels, member, n_clusters, order)  # [B, S]
@@ -267,6 +268,7 @@ def cluster_merge(
     output token, :func:`cluster_token_labels`) and ``init`` [B, K] (seed indices into the member list).
     """
     b = hidden.shape[0]
+    keys = keys.to(torch.promote_types(keys.dtype, torch.float32))  # distances in at least float32
     points = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [B, M, Ck]
     wide = max(contextual, math.ceil(init_factor * contextual))
     n_seeds = wide if (agglomerative or seeds == "factor") else contextual

@@ -160,11 +160,14 @@ def grouped_log_variance(scores: Tensor, groups: Tensor, eps: float) -> Tensor:
     """
     b, n = scores.shape
     _check_groups(groups, b, scores.device)
-    rows = torch.zeros(b, dtype=scores.dtype, device=scores.device).index_add_(0, groups, scores.new_ones(b))  # [G]
+    # sums per group as a product with the [G, B] membership matrix: deterministic on CUDA, where a
+    # floating-point index_add_ accumulates with atomics in a varying order
+    member = (groups[None, :] == torch.arange(b, device=scores.device)[:, None]).to(scores.dtype)  # [G, B]
+    rows = member.sum(dim=1)  # [G]
     size = (rows * n).clamp_min(1)  # [G] scores per group (G = B bins, unused bins empty)
-    mean = torch.zeros_like(rows).index_add_(0, groups, scores.sum(dim=1)) / size  # [G]
+    mean = (member @ scores.sum(dim=1)) / size  # [G]
     square = ((scores - mean[groups, None]) ** 2).sum(dim=1)  # [B]
-    var = torch.zeros_like(rows).index_add_(0, groups, square) / size  # [G]
+    var = (member @ square) / size  # [G]
     return torch.log(var + eps)[groups]  # [B]
 
 

@@ -62,11 +62,13 @@ def image_selections(selected: ImageTokens | None, n_images: int, n_patches: int
     kept = torch.zeros(n_images, n_patches + 2, dtype=torch.bool, device=index.device)  # [n, 1+N+1]
     kept.scatter_(1, slot, is_kept)  # duplicate positions (DivPrune's repeats) all write True
     kept = kept[:, : n_patches + 1]  # [n, 1+N] by CLIP position
+    ordered = slot.sort(dim=1).values  # [n, T] kept positions ascending, the spare column last
+    repeated = ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] <= n_patches)).sum(dim=1)  # [n] slots sent twice
     is_merged = valid & (index < 0)  # [n, T]
     members = selected.members  # [n, T, 1+N] or None
     merged_rows = members[is_merged][:, 1:].cpu() if members is not None else None  # [n_merged, N]
     owner = is_merged.nonzero()[:, 0].tolist()  # image of each merged row
-    kept_cpu, counts = kept.cpu(), selected.counts.tolist()
+    kept_cpu, counts, repeats = kept.cpu(), selected.counts.tolist(), repeated.tolist()
     out = []
     for i in range(n_images):
         entry = {
@@ -74,6 +76,8 @@ def image_selections(selected: ImageTokens | None, n_images: int, n_patches: int
             "cls": bool(kept_cpu[i, 0]),
             "kept": format_ranges(kept_cpu[i, 1:].nonzero()[:, 0].tolist()),
         }
+        if repeats[i]:  # a patch sent more than once (DivPrune's official picks in half precision)
+            entry["repeated"] = int(repeats[i])
         if merged_rows is not None:
             entry["merged"] = [
                 format_ranges(merged_rows[j].nonzero()[:, 0].tolist()) for j, image in enumerate(owner) if image == i
