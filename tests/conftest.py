@@ -19,6 +19,14 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: one torch thread each (and in the processes a
+    # test starts), so the workers do not oversubscribe the cores (docs/TESTING.md)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
