@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .results_files import results_files
+
 BASELINE_MODEL = "llava_hf_timed"
 MISSING = "—"
 
@@ -125,17 +127,10 @@ def read_results(path: Path) -> tuple[Row | None, str | None]:
 
 def collect(paths: list[str | Path]) -> list[Row]:
     """Rows from results files found under ``paths`` (files or folders), oldest first so newer wins."""
-    files: list[Path] = []
-    problems: list[Row] = []
-    for p in map(Path, paths):
-        if p.is_file():
-            files.append(p)
-        elif p.is_dir():
-            files.extend(p.rglob("*_results.json"))
-        else:
-            problems.append(Row("?", "?", "?", problems=[f"{p}: no such file or folder"]))
+    files, found_problems = results_files(paths)  # symlinked run folders followed, each file once
+    problems = [Row("?", "?", "?", problems=[problem]) for problem in found_problems]
     rows: dict[tuple[str, str, str, str], Row] = {}
-    for path in sorted(files, key=lambda f: f.stat().st_mtime):
+    for path in files:
         row, problem = read_results(path)
         if row is None:
             problems.append(Row("?", "?", "?", sources=[str(path)], problems=[problem]))
@@ -323,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"error: leaderboard: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    found, problems = results_files(args.paths)
+    if not found:  # an empty table is not a result
+        print(f"error: leaderboard: no results to tabulate: {'; '.join(problems)}", file=sys.stderr)
         return 2
     print(build(args.paths, args.out, args.title))
     print(f"\nwritten: {Path(args.out) / 'leaderboard.md'}, leaderboard.csv, leaderboard_pareto.png")

@@ -107,3 +107,33 @@ def test_rows_over_their_named_budget_are_flagged(tmp_path):
     assert "OVER BUDGET" not in notes["visionzip_64"]
     assert "OVER BUDGET" not in notes["sparsevlm_64"]  # in-LLM: equal tokens within 5 %
     assert "OVER BUDGET: 140.0 visual tokens for a 128-token config" in notes["sparsevlm_128"]
+
+
+def test_run_folders_reached_through_symlinks_are_read_by_every_command(tmp_path, capsys):
+    """A folder of links to run folders: leaderboard and analyze both follow the links (each real file
+    once, a link cycle walked once); a folder with no results is an error that says so, not an empty table."""
+    from sparsezip_lmms.analysis.samples import load_runs
+    from sparsezip_lmms.leaderboard import main
+
+    runs = tmp_path / "runs"
+    _write(runs / "a" / "x_results.json", "llava_hf_timed", "pretrained=m,config=keep_all", _pope(0.8, 1.0, 576, 2.0))
+    _write(runs / "b" / "y_results.json", "llava_visionzip", "pretrained=m,config=visionzip_64", _pope(0.7, 0.5, 64, 0.5))
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    for name in ("a", "b"):
+        (gathered / name).symlink_to(runs / name, target_is_directory=True)
+    (gathered / "b" / "loop").symlink_to(gathered, target_is_directory=True)  # a cycle: walked once
+    rows = collect([gathered])
+    assert sorted(r.model for r in rows) == ["llava_hf_timed", "llava_visionzip"] and not any(r.problems for r in rows)
+    assert main([str(gathered), "--out", str(tmp_path / "lb")]) == 0
+    assert "llava_visionzip" in (tmp_path / "lb" / "leaderboard.md").read_text()
+    runs_read, problems = load_runs([gathered])
+    assert sorted(run.model for run in runs_read) == ["llava_hf_timed", "llava_visionzip"] and problems == []
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    assert main([str(empty), "--out", str(tmp_path / "lb2")]) == 2
+    err = capsys.readouterr().err
+    assert "no results to tabulate" in err and f"{empty}: no *_results.json under this folder" in err
+    assert not (tmp_path / "lb2").exists()

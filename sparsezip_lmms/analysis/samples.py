@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..leaderboard import read_results, task_family
+from ..results_files import results_files
 from .selection import parse_ranges
 
 
@@ -202,24 +203,6 @@ def read_samples_file(path: Path, run: Run) -> None:
             run.malformed_selections += 1
             run.first_malformed = run.first_malformed or f"{path.name} line {number}: {problem}"
         run.samples[sample.doc_id] = sample
-
-
-def results_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
-    """(``*_results.json`` files named or found under ``paths``, oldest first; problems)."""
-    files: list[Path] = []
-    problems: list[str] = []
-    for p in map(Path, paths):
-        if p.is_file():
-            files.append(p)
-        elif p.is_dir():
-            found = sorted(p.rglob("*_results.json"))
-            if not found:
-                problems.append(f"{p}: no *_results.json under this folder")
-            files += found
-        else:
-            problems.append(f"{p}: no such file or folder")
-    unique = list(dict.fromkeys(f.resolve() for f in files))
-    return sorted(unique, key=lambda f: f.stat().st_mtime), problems
 
 
 def samples_files(results_path: Path) -> dict[str, Path]:
