@@ -295,9 +295,12 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
     return path
 
 
-def build(paths: list[str | Path], out_dir: str | Path | None = None, title: str | None = None) -> str:
-    """Collect, tabulate, and (with ``out_dir``) write leaderboard.md/.csv/_pareto.png. Returns the Markdown."""
-    rows = collect(paths)
+def build(
+    paths: list[str | Path], out_dir: str | Path | None = None, title: str | None = None, rows: list[Row] | None = None
+) -> str:
+    """Collect (unless ``rows`` were collected from ``paths`` already), tabulate, and (with ``out_dir``)
+    write leaderboard.md/.csv/_pareto.png. Returns the Markdown."""
+    rows = collect(paths) if rows is None else rows
     columns, cells = table(rows)
     markdown = to_markdown(columns, cells, title)
     if out_dir is not None:
@@ -319,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: leaderboard: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    found, problems = results_files(args.paths)
-    if not found:  # an empty table is not a result
+    rows = collect(args.paths)
+    if not any(row.sources for row in rows):  # no results file found (problem rows have no source): not a table
+        problems = [problem for row in rows for problem in row.problems]
         print(f"error: leaderboard: no results to tabulate: {'; '.join(problems)}", file=sys.stderr)
         return 2
-    print(build(args.paths, args.out, args.title))
+    print(build(args.paths, args.out, args.title, rows=rows))
     print(f"\nwritten: {Path(args.out) / 'leaderboard.md'}, leaderboard.csv, leaderboard_pareto.png")
     return 0

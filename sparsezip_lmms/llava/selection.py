@@ -97,8 +97,7 @@ def next_selections(selected: ImageTokens, crops: list[int], n_patches: int) -> 
     out, start = [], 0
     for count, tokens, newlines in zip(crops, selected.counts.tolist(), newline_counts):
         base, tiles = per_crop[start], per_crop[start + 1 : start + count]
-        newlines = int(newlines)
-        out.append({**base, "tokens": int(tokens), "base_tokens": base["tokens"], "tiles": tiles, "newlines": newlines})
+        out.append({**base, "tokens": int(tokens), "base_tokens": base["tokens"], "tiles": tiles, "newlines": int(newlines)})
         start += count
     return out
 
