@@ -1,4 +1,4 @@
-"""Command line: ``python -m sparsezip_lmms {demo,doctor,leaderboard,analyze,explain,report,sweep,bench,calibrate,import-config,tasks-path,configs,show-config}``."""
+"""Command line: ``python -m sparsezip_lmms {demo,doctor,leaderboard,analyze,explain,report,sweep,bench,calibrate,import-config,tasks-path,configs,methods,show-config}``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("doctor", help="environment check: versions against the lock, torch build, lmms-eval, model ids, tasks", add_help=False)
     sub.add_parser("tasks-path", help="print the folder to pass to lmms-eval --include_path")
     sub.add_parser("configs", help="list the named compression configs")
+    sub.add_parser("methods", help="list the registered compression methods (built-in and installed plugins)")
     show = sub.add_parser("show-config", help="print the effective config (name or path, plus key=value overrides)")
     show.add_argument("config")
     show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. merging.contextual_num=16")
@@ -67,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         from .config import available_configs
 
         print("\n".join(available_configs()))
+    elif args.command == "methods":
+        from .methods import all_methods, broken_methods
+
+        for spec in all_methods():
+            ids = ", ".join(spec.model_ids[:1] + ("llava_compressed",)) if spec.model_ids else "llava_compressed"
+            print(f"{spec.name:<12} {spec.stage:<9} {','.join(spec.families):<16} {ids:<34} {spec.description}")
+        for name, why in broken_methods().items():
+            print(f"error: {name}: {why}", file=sys.stderr)
+        if broken_methods():
+            return 2
     elif args.command == "show-config":
         from .config import ConfigError, config_to_dict, load_config
 

@@ -259,6 +259,19 @@ def check_model_ids() -> Check:
     return Check("model ids", OK, f"{len(MODEL_CLASSES)} resolve: {', '.join(MODEL_CLASSES)}")
 
 
+def check_methods() -> Check:
+    """The method registry: the built-in methods and installed plugins load (entry-point group
+    ``sparsezip_lmms.methods``)."""
+    from .methods import all_methods, broken_methods
+
+    names = [spec.name for spec in all_methods()]
+    broken = broken_methods()
+    if broken or "none" not in names:
+        problems = [f"{name}: {why}" for name, why in broken.items()] or ["the built-in methods are not registered (reinstall)"]
+        return Check("methods", FAIL, "; ".join(problems))
+    return Check("methods", OK, f"{len(names)} registered: {', '.join(names)}")
+
+
 def shipped_task_names() -> list[str]:
     """Task and group names declared by the shipped task YAMLs."""
     import yaml
@@ -309,7 +322,7 @@ def run_checks(lock_file: Path | None = None) -> list[Check]:
     rows += check_torch()
     rows += [check_transformers(), check_attention()]
     rows += check_simple_evaluate()
-    rows += [check_torchvision(gpu), check_decord(), check_model_ids(), check_tasks()]
+    rows += [check_torchvision(gpu), check_decord(), check_model_ids(), check_methods(), check_tasks()]
     return rows
 
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .numbers import format_value, mean
 from .results_files import results_files
 
 BASELINE_MODEL = "llava_hf_timed"
-MISSING = "—"
 
 # task family -> (column label, metric key, is the retention metric)
 TASK_METRICS: dict[str, list[tuple[str, str, bool]]] = {
@@ -144,6 +144,20 @@ def collect(paths: list[str | Path]) -> list[Row]:
 
 
 IN_LLM_MODELS = {"llava_sparsevlm", "llava_fastv"}  # their visual tokens are a layer average ("equal tokens")
+
+
+def prunes_inside_llm(row: Row) -> bool:
+    """True when the row's method prunes inside the LLM (``MethodSpec.stage`` "llm"), so that its visual
+    tokens are a layer average: read from its config where it still loads, else from its model id."""
+    from .config import ConfigError, load_config, split_top_level
+    from .methods.registry import method_of
+
+    name, *overrides = split_top_level(row.config)
+    try:
+        config = load_config(name, dict(item.split("=", 1) for item in overrides if "=" in item))
+        return method_of(config).stage == "llm"
+    except (ConfigError, OSError):
+        return row.model in IN_LLM_MODELS
 IN_LLM_TOLERANCE = 0.05
 
 
@@ -153,11 +167,6 @@ def named_budget(config_label: str) -> int | None:
 
     found = re.search(r"_(\d+)$", config_label.split(",")[0])
     return int(found.group(1)) if found else None
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[str], list[dict[str, Any]]]:
@@ -176,8 +185,8 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
         cells: dict[str, Any] = {"model": row.model, "config": row.config, "checkpoint": row.checkpoint, "dtype": row.dtype}
         failed = [_number(m.get("eff_failed")) for m in row.tasks.values()]
         cells["failed requests"] = int(sum(f for f in failed if f)) if any(f is not None for f in failed) else None
-        cells["visual tokens"] = _mean([_number(row.tasks[f].get("eff_visual_tokens")) for f in families if f in row.tasks])
-        cells["prefill TFLOPs"] = _mean([_number(row.tasks[f].get("eff_prefill_tflops")) for f in families if f in row.tasks])
+        cells["visual tokens"] = mean([_number(row.tasks[f].get("eff_visual_tokens")) for f in families if f in row.tasks], exact=False)
+        cells["prefill TFLOPs"] = mean([_number(row.tasks[f].get("eff_prefill_tflops")) for f in families if f in row.tasks], exact=False)
         retentions, speedups = [], []
         for family in families:
             metrics = row.tasks.get(family, {})
@@ -195,15 +204,15 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
             cells[f"{TASK_LABEL[family]} timed n"] = None if timed is None else int(timed)
             base_ttft = _number(base_metrics.get("eff_ttft_s"))
             speedups.append(base_ttft / ttft if ttft and base_ttft else None)
-        cells["avg retention %"] = _mean(retentions)
-        cells["TTFT speed-up"] = _mean(speedups)
+        cells["avg retention %"] = mean(retentions, exact=False)
+        cells["TTFT speed-up"] = mean(speedups, exact=False)
         notes = []
         if cells["failed requests"]:
             errors = [m.get("eff_first_error") for m in row.tasks.values() if m.get("eff_first_error")]
             notes.append(f"FAILED: {cells['failed requests']} requests" + (f" (first error: {errors[0]})" if errors else ""))
         notes += row.problems
         budget, tokens = named_budget(row.config), cells["visual tokens"]
-        limit = None if budget is None else budget * (1 + IN_LLM_TOLERANCE if row.model in IN_LLM_MODELS else 1)
+        limit = None if budget is None else budget * (1 + IN_LLM_TOLERANCE if prunes_inside_llm(row) else 1)
         if limit is not None and tokens is not None and tokens > limit + 1e-9:
             notes.append(f"OVER BUDGET: {tokens:.1f} visual tokens for a {budget}-token config")
         if base is None and row.model != "?":
@@ -219,20 +228,12 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
     return columns, out
 
 
-def _fmt(value: Any) -> str:
-    if value is None or value == "":
-        return MISSING if value is None else ""
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
-    return str(value).replace("|", "\\|")
-
-
 def to_markdown(columns: list[str], rows: list[dict[str, Any]], title: str | None = None) -> str:
     lines = [f"**{title}**", ""] if title else []
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "|".join("---" for _ in columns) + "|")
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+        lines.append("| " + " | ".join(format_value(row.get(c), markdown=True) for c in columns) + " |")
     return "\n".join(lines)
 
 

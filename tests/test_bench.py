@@ -21,8 +21,7 @@ from sparsezip_lmms.bench.next_section import NEXT_CONFIGS
 from sparsezip_lmms.bench.report import evaluate_targets, pruning_section, render
 from sparsezip_lmms.bench.timing import DeviceTimer
 from sparsezip_lmms.config import load_config
-from sparsezip_lmms.llava import sparsevlm_generate
-from sparsezip_lmms.llava.pruning_decoder import pruned_generate
+from sparsezip_lmms.pruning import pruned_generate
 
 REPORT_SECTIONS = ("vision", "compression", "prefill", "pruning", "harness", "next")
 # GQA (2 query heads per KV head), head size 64: SparseVLM v2.0's RoPE-only term stays positive over 636
@@ -268,10 +267,10 @@ def test_method_config(method):
         method_config("nope", 64)
 
 
-def test_sparsevlm_generate_is_the_v15_decoder(tiny_models):
+def test_pruned_generate_v15_is_the_eager_v15_prefill(tiny_models):
     llm = tiny_models[torch.float32]
     embeds = _prompt(3, torch.float32)
     cfg = load_config("sparsevlm_64")
-    ours = sparsevlm_generate(llm, embeds, None, torch.tensor([35]), cfg, max_new_tokens=1)
+    ours = pruned_generate(llm, embeds, None, torch.tensor([35]), cfg, max_new_tokens=1)
     ref = eager_sparsevlm_prefill(llm, embeds, 35, cfg)
     assert all(torch.equal(a[0], b) for a, b in zip(ours.kept, ref.kept, strict=True))

@@ -18,7 +18,8 @@ from sparsezip_lmms.compress import (
     sparsezip,
     visionzip,
 )
-from sparsezip_lmms.config import IN_LLM_METHODS, available_configs, load_config
+from sparsezip_lmms.config import available_configs, load_config
+from sparsezip_lmms.methods import method_of
 
 from _compress_helpers import golden_inputs, synthetic_inputs
 
@@ -136,7 +137,7 @@ def test_baseline_bad_input():
 def _vision_side(name: str) -> bool:
     """Configs ``compress`` runs: neither an in-LLM method nor one that selects after the projector."""
     config = load_config(name)
-    return config.method not in IN_LLM_METHODS and not selects_after_projector(config)
+    return method_of(config).stage != "llm" and not selects_after_projector(config)
 
 
 @pytest.mark.parametrize("name", [n for n in available_configs() if _vision_side(n)])

@@ -16,7 +16,7 @@ import torch
 from sparsezip_lmms.demo.mini_datasets import _scene
 from sparsezip_lmms.efficiency import get_record
 from sparsezip_lmms.models.base import class_default_config
-from sparsezip_lmms.models.manifest import MODEL_CLASSES
+from sparsezip_lmms.models.manifest import DEDICATED_IDS
 from _requests import make_requests
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh)")
@@ -53,7 +53,7 @@ def _run(model_id, checkpoint, dtype, attn, batch_size, task, clip):
     return results, records
 
 
-@pytest.mark.parametrize("model_id", sorted(MODEL_CLASSES))
+@pytest.mark.parametrize("model_id", sorted(DEDICATED_IDS))
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("attn", _attention_implementations() if torch.cuda.is_available() else ["sdpa"])
 def test_batch_keeps_the_same_tokens_on_cuda(model_id, dtype, attn, tiny_checkpoint, tiny_clip):

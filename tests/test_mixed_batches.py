@@ -23,7 +23,7 @@ from sparsezip_lmms.config import load_config, prunes_in_llm
 from sparsezip_lmms.demo.mini_datasets import _scene
 from sparsezip_lmms.efficiency import get_record
 from sparsezip_lmms.models.base import class_default_config
-from sparsezip_lmms.models.manifest import MODEL_CLASSES
+from sparsezip_lmms.models.manifest import DEDICATED_IDS
 from _requests import make_requests
 
 GEN = {"max_new_tokens": 4, "temperature": 0, "do_sample": False}
@@ -81,7 +81,7 @@ def _checkpoint(model_id, checkpoints):
     return checkpoints[16] if deepest >= 4 else checkpoints[4]
 
 
-@pytest.mark.parametrize("model_id", sorted(MODEL_CLASSES))
+@pytest.mark.parametrize("model_id", sorted(DEDICATED_IDS))
 @pytest.mark.parametrize("dtype, attn", COMBINATIONS)
 def test_batch_size_does_not_change_answers_or_counts(model_id, dtype, attn, shallow_checkpoints, tiny_clip):
     checkpoint = _checkpoint(model_id, shallow_checkpoints)

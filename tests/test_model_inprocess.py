@@ -134,7 +134,7 @@ def test_compressing_models_handle_awkward_images(model_id, config, check, tiny_
 def _visual_tokens(lmm, docs, monkeypatch):
     """Answers and, per image, (source index [T], visual tokens [T, D]) of its valid tokens as they
     entered the LLM (``image_tokens`` wrapped for this test only)."""
-    import sparsezip_lmms.models.base as base
+    import sparsezip_lmms.families.llava as base
 
     seen, original = [], base.image_tokens
 

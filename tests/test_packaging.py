@@ -1,6 +1,7 @@
 """The wheel ships the task YAMLs, model configs and the lock inside the package, where the code finds them."""
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,8 +11,12 @@ import yaml
 
 def test_wheel_contains_tasks_configs_and_entry_point(tmp_path):
     repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    # built from a copy: setuptools writes <name>.egg-info into the tree it builds, and one left in the
+    # repository would shadow the installed metadata (entry points included) for commands run from there
+    source = tmp_path / "src"
+    shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".git", ".venv*", "*.egg-info", "build", "__pycache__", "tests"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(repo)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
     )
@@ -26,6 +31,10 @@ def test_wheel_contains_tasks_configs_and_entry_point(tmp_path):
         assert f"sparsezip_lmms/model_configs/{config}.yaml" in names
     assert "sparsezip_lmms/constraints/lock.txt" in names  # doctor compares with it
     assert "[lmms_eval.models]" in entry_points and "sparsezip_lmms.models.manifest:manifests" in entry_points
+    assert "[sparsezip_lmms.methods]" in entry_points and "sparsezip_lmms.methods.builtin:SPARSEZIP" in entry_points
+    # every subpackage of the source tree ships
+    packages = {p.parent.relative_to(repo).as_posix() for p in (repo / "sparsezip_lmms").rglob("__init__.py")}
+    assert packages and {p for p in packages if f"{p}/__init__.py" not in names} == set()
 
     # In an installed wheel the locator finds the folders inside the package.
     spec = importlib.util.spec_from_file_location("_installed_paths", tmp_path / "site/sparsezip_lmms/paths.py")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from sparsezip_lmms.compress.in_llm import DeferredRule, FastVRule, SparseVLM2Rule, rope_bias, rule_for_config
 from sparsezip_lmms.config import ConfigError, load_config
-from sparsezip_lmms.llava import pruned_generate, sparsevlm_generate
+from sparsezip_lmms.pruning import pruned_generate
 from _tiny_llama import tiny_llama
 
 DATA = Path(__file__).parent / "data"
@@ -279,10 +279,3 @@ def test_rule_for_config(fastv):
     embeds, mask, starts = _batch(cases, meta, ["s0"])
     with pytest.raises(ValueError, match="visual_keep"):
         pruned_generate(model, embeds, mask, starts, load_config("visionzip_64", {"prune_layer": 1}), 1)
-
-
-def test_sparsevlm_generate_accepts_only_v15(sparsevlm2):
-    cases, meta, model = sparsevlm2
-    embeds, mask, starts = _batch(cases, meta, ["s0"])
-    with pytest.raises(ConfigError, match="method 'sparsevlm'"):
-        sparsevlm_generate(model, embeds, mask, starts, _sparsevlm2_config(64), 1)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 from sparsezip_lmms.config import ConfigError, load_config
-from sparsezip_lmms.llava import SparseVLMOutput, sparsevlm_generate
+from sparsezip_lmms.pruning import PrunedOutput, pruned_generate
 from _tiny_llama import tiny_llama
 
 DATA = Path(__file__).parent / "data" / "sparsevlm"
@@ -74,22 +74,22 @@ def _noise(cases, samples, budget):
     return out
 
 
-_RUNS: dict[tuple, SparseVLMOutput] = {}
+_RUNS: dict[tuple, PrunedOutput] = {}
 
 
-def _run(model, cases, meta, samples, budget, noise=True, pad_side="left") -> SparseVLMOutput:
+def _run(model, cases, meta, samples, budget, noise=True, pad_side="left") -> PrunedOutput:
     """Generate NEW_TOKENS tokens for the given samples (one padded batch); memoized across tests."""
     key = (tuple(samples), budget, noise, pad_side)
     if key not in _RUNS:
         embeds, mask, starts = _inputs(cases, meta, samples, pad_side)
         draws = _noise(cases, samples, budget) if noise else None
-        _RUNS[key] = sparsevlm_generate(
+        _RUNS[key] = pruned_generate(
             model, embeds, mask, starts, load_config(f"sparsevlm_{budget}"), NEW_TOKENS, draws
         )
     return _RUNS[key]
 
 
-def _kept(out: SparseVLMOutput, stage: int, row: int) -> torch.Tensor:
+def _kept(out: PrunedOutput, stage: int, row: int) -> torch.Tensor:
     ids = out.kept[stage][row]
     return ids[ids >= 0]
 
@@ -98,7 +98,7 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def _check_against_official(out: SparseVLMOutput, row: int, cases, meta, sample: str, budget: int) -> None:
+def _check_against_official(out: PrunedOutput, row: int, cases, meta, sample: str, budget: int) -> None:
     prefix = f"{sample}/r{budget}/"
     for stage, layer in enumerate(LAYERS):
         assert _kept(out, stage, row).equal(cases[prefix + f"L{layer}/kept_span_ids"]), f"kept at layer {layer}"
@@ -155,7 +155,7 @@ def test_padding_side_does_not_matter(model, cases, meta):
 def test_own_draws_are_seeded_and_batch_invariant(model, cases, meta):
     first = _run(model, cases, meta, list(SAMPLES), 64, noise=False)
     embeds, mask, starts = _inputs(cases, meta, list(SAMPLES))
-    second = sparsevlm_generate(model, embeds, mask, starts, load_config("sparsevlm_64"), NEW_TOKENS)  # not memoized
+    second = pruned_generate(model, embeds, mask, starts, load_config("sparsevlm_64"), NEW_TOKENS)  # not memoized
     assert first.sequences.equal(second.sequences)
     assert all(a.equal(b) for a, b in zip(first.kept, second.kept))
     torch.testing.assert_close(first.prefill_logits, second.prefill_logits, rtol=0, atol=0)
@@ -181,16 +181,16 @@ def test_bare_decoder_with_head_and_eager_layers(model, cases, meta):
     embeds, mask, starts = _inputs(cases, meta, ["s0"])
     config = load_config("sparsevlm_64")  # wide top-k margins: eager's float32 softmax cannot flip a choice
     draws = _noise(cases, ["s0"], 64)
-    full = sparsevlm_generate(model, embeds, mask, starts, config, 3, draws)
-    bare = sparsevlm_generate(model.model, embeds, mask, starts, config, 3, draws, lm_head=model.lm_head)
+    full = pruned_generate(model, embeds, mask, starts, config, 3, draws)
+    bare = pruned_generate(model.model, embeds, mask, starts, config, 3, draws, lm_head=model.lm_head)
     assert full.sequences.equal(bare.sequences)
     torch.testing.assert_close(full.prefill_logits, bare.prefill_logits, rtol=0, atol=0)
     assert model.config._attn_implementation == "sdpa"  # left as configured
     with pytest.raises(ValueError, match="lm_head"):
-        sparsevlm_generate(model.model, embeds, mask, starts, config, 3, draws)
+        pruned_generate(model.model, embeds, mask, starts, config, 3, draws)
 
     eager = tiny_llama(DATA / "llama32", torch.float64, attn_implementation="eager")
-    out = sparsevlm_generate(eager, embeds, mask, starts, config, 3, draws)
+    out = pruned_generate(eager, embeds, mask, starts, config, 3, draws)
     assert out.sequences.equal(full.sequences)
     assert all(a.equal(b) for a, b in zip(out.kept, full.kept))
     torch.testing.assert_close(out.prefill_logits, full.prefill_logits, rtol=1e-4, atol=1e-4)  # float32 softmax
@@ -222,7 +222,7 @@ def test_scores_equal_the_layers_attention_probabilities_gqa():
     n_sys, n_vis, n_text = 5, 24, 7
     embeds = torch.randn(1, n_sys + n_vis + n_text, 32, generator=gen, dtype=torch.float64)
     config = load_config("sparsevlm_64", {"pruning_layers": [1, 2], "schedule": [10, 5]})
-    out = sparsevlm_generate(sdpa, embeds, None, torch.tensor([n_sys]), config, 2, num_visual_tokens=n_vis)
+    out = pruned_generate(sdpa, embeds, None, torch.tensor([n_sys]), config, 2, num_visual_tokens=n_vis)
 
     with torch.no_grad():
         ref = eager(inputs_embeds=embeds, output_attentions=True)
@@ -241,7 +241,7 @@ def test_pruning_layer_on_needed_rows_equals_the_whole_layer(attn, monkeypatch):
     """The pruning layer computed only at the rows the pruning keeps (system, kept, recycling inputs,
     text) gives what running the whole layer and pruning its output gives: a left-padded batch of two
     lengths, GQA, pruning at consecutive layers (a one-layer stage)."""
-    import sparsezip_lmms.llava.pruning_decoder as svlm
+    import sparsezip_lmms.pruning.stages as stages
 
     model = _tiny_gqa_model(attn)
     gen = torch.Generator().manual_seed(3)
@@ -251,10 +251,10 @@ def test_pruning_layer_on_needed_rows_equals_the_whole_layer(attn, monkeypatch):
     mask[1, :3] = 0  # row 1: 2 system tokens after 3 padding rows
     config = load_config("sparsevlm_64", {"pruning_layers": [0, 1, 2], "schedule": [14, 8, 4]})
     starts = torch.tensor([5, 5])
-    split = sparsevlm_generate(model, embeds, mask, starts, config, 4, num_visual_tokens=n_vis)
-    assert svlm._splits_rows(model.model.layers[1])
-    monkeypatch.setattr(svlm, "_splits_rows", lambda layer: False)
-    whole = sparsevlm_generate(model, embeds, mask, starts, config, 4, num_visual_tokens=n_vis)
+    split = pruned_generate(model, embeds, mask, starts, config, 4, num_visual_tokens=n_vis)
+    assert stages.splits_rows(model.model.layers[1])
+    monkeypatch.setattr(stages, "splits_rows", lambda layer: False)
+    whole = pruned_generate(model, embeds, mask, starts, config, 4, num_visual_tokens=n_vis)
     assert split.sequences.equal(whole.sequences)
     assert all(a.equal(b) for a, b in zip(split.kept, whole.kept, strict=True))
     assert split.visual_tokens_per_layer.equal(whole.visual_tokens_per_layer)
@@ -281,8 +281,8 @@ def test_llava_model_uses_its_language_model_and_head():
     llava = llava.to(torch.float64).eval()
     embeds = torch.randn(1, 4 + 24 + 6, 32, dtype=torch.float64)
     config = load_config("sparsevlm_64", {"pruning_layers": [0, 1], "schedule": [8, 4]})
-    whole = sparsevlm_generate(llava, embeds, None, torch.tensor([4]), config, 3, num_visual_tokens=24)
-    parts = sparsevlm_generate(
+    whole = pruned_generate(llava, embeds, None, torch.tensor([4]), config, 3, num_visual_tokens=24)
+    parts = pruned_generate(
         llava.model.language_model,
         embeds,
         None,
@@ -302,7 +302,7 @@ def test_llava_model_uses_its_language_model_and_head():
 def test_pruning_after_the_last_layer_and_single_token(model, cases, meta):
     embeds, mask, starts = _inputs(cases, meta, ["s1"])
     config = load_config("sparsevlm_64", {"pruning_layers": [2, 6, 31]})
-    out = sparsevlm_generate(model, embeds, mask, starts, config, 1, _noise(cases, ["s1"], 64))
+    out = pruned_generate(model, embeds, mask, starts, config, 1, _noise(cases, ["s1"], 64))
     assert out.sequences.shape == (1, 1) and out.decode_positions.shape == (1, 0, 32)
     assert out.visual_tokens_per_layer[0, 31] == 18 and out.visual_tokens_per_layer[0, 30] == 32
     assert out.cache_lengths[0, 31] == out.cache_lengths[0, 7]  # layer 31's cache saw the unpruned stage
@@ -311,7 +311,7 @@ def test_pruning_after_the_last_layer_and_single_token(model, cases, meta):
 def test_single_text_token_uses_it_as_rater(model, cases, meta):
     info = meta["samples"]["s0"]
     embeds = cases["s0/inputs_embeds"][None, : info["text_token_start"] + 1]  # image + one text token
-    out = sparsevlm_generate(model, embeds, None, torch.tensor([info["v_token_start"]]), load_config("sparsevlm_64"), 2)
+    out = pruned_generate(model, embeds, None, torch.tensor([info["v_token_start"]]), load_config("sparsevlm_64"), 2)
     assert out.raters[0].tolist() == [0]
     assert [k.shape[1] for k in out.kept] == [66, 30, 17]
 
@@ -322,7 +322,7 @@ def test_half_precision_runs():
     mask = torch.ones(2, 40, dtype=torch.long)
     mask[1, :4] = 0
     config = load_config("sparsevlm_64", {"pruning_layers": [1, 2], "schedule": [10, 5]})
-    out = sparsevlm_generate(model, embeds, mask, torch.tensor([5, 9]), config, 3, num_visual_tokens=24)
+    out = pruned_generate(model, embeds, mask, torch.tensor([5, 9]), config, 3, num_visual_tokens=24)
     assert out.sequences.shape == (2, 3) and out.prefill_logits.dtype == torch.bfloat16
     assert torch.isfinite(out.prefill_logits.float()).all()
     assert [k.shape for k in out.kept] == [(2, 10), (2, 5)]
@@ -332,33 +332,33 @@ def test_pruning_layer_beyond_depth(model, cases, meta):
     embeds, mask, starts = _inputs(cases, meta, ["s0"])
     config = load_config("sparsevlm_64", {"pruning_layers": [2, 6, 32]})
     with pytest.raises(ConfigError, match="32 layers"):
-        sparsevlm_generate(model, embeds, mask, starts, config, 1)
+        pruned_generate(model, embeds, mask, starts, config, 1)
 
 
 def test_no_text_after_image(model, cases, meta):
     info = meta["samples"]["s0"]
     embeds = cases["s0/inputs_embeds"][None, : info["text_token_start"]]
     with pytest.raises(ValueError, match="no text after the image"):
-        sparsevlm_generate(model, embeds, None, torch.tensor([info["v_token_start"]]), load_config("sparsevlm_64"), 1)
+        pruned_generate(model, embeds, None, torch.tensor([info["v_token_start"]]), load_config("sparsevlm_64"), 1)
 
 
 def test_bad_inputs(model, cases, meta):
     embeds, mask, starts = _inputs(cases, meta, list(SAMPLES))
     config = load_config("sparsevlm_64")
     with pytest.raises(ValueError, match="visual tokens"):  # image span runs into the padding
-        sparsevlm_generate(model, embeds, mask, torch.tensor([35, 5]), config, 1)
+        pruned_generate(model, embeds, mask, torch.tensor([35, 5]), config, 1)
     with pytest.raises(ValueError, match="visual tokens"):  # image span beyond the row
-        sparsevlm_generate(model, embeds, mask, torch.tensor([100, 100]), config, 1)
+        pruned_generate(model, embeds, mask, torch.tensor([100, 100]), config, 1)
     with pytest.raises(ValueError, match="one tensor per pruning layer"):
-        sparsevlm_generate(model, embeds, mask, starts, config, 1, [torch.zeros(2, 200)])
+        pruned_generate(model, embeds, mask, starts, config, 1, [torch.zeros(2, 200)])
     with pytest.raises(ValueError, match="recycle_noise"):
-        sparsevlm_generate(model, embeds, mask, starts, config, 1, [torch.zeros(2, 3)] * 3)
+        pruned_generate(model, embeds, mask, starts, config, 1, [torch.zeros(2, 3)] * 3)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        sparsevlm_generate(model, embeds, mask, starts, config, 0)
+        pruned_generate(model, embeds, mask, starts, config, 0)
     with pytest.raises(ValueError, match="image_start"):
-        sparsevlm_generate(model, embeds, mask, starts[:1], config, 1)
-    with pytest.raises(ConfigError, match="SparseVLM config"):
-        sparsevlm_generate(model, embeds, mask, starts, load_config({"method": "none"}), 1)
+        pruned_generate(model, embeds, mask, starts[:1], config, 1)
+    with pytest.raises(ConfigError, match="does not prune inside the LLM"):
+        pruned_generate(model, embeds, mask, starts, load_config({"method": "none"}), 1)
 
 
 def test_eos_stops_early_and_streamer_sees_every_step(model, cases, meta):
@@ -378,7 +378,7 @@ def test_eos_stops_early_and_streamer_sees_every_step(model, cases, meta):
             self.ended = True
 
     recorder = Recorder()
-    out = sparsevlm_generate(
+    out = pruned_generate(
         model, embeds, mask, starts, load_config("sparsevlm_64"), NEW_TOKENS, _noise(cases, ["s0", "s1"], 64),
         eos_token_id=eos, streamer=recorder,
     )  # fmt: skip

@@ -24,17 +24,12 @@ from .overlay import TILE_CROP, Panel, model_view, overlay_figure, panels_of
 
 
 def model_for_method(method: str) -> str:
-    """The model id that runs configs of ``method``: among the ids accepting it, the one made for it
-    (its first accepted method), e.g. ``none`` -> ``llava_hf_timed``, ``pool`` -> ``llava_sparsezip``."""
-    from lmms_eval.models import get_model
+    """The model id that runs configs of ``method``: the first of its ``MethodSpec.model_ids`` (the id made
+    for it, e.g. ``none`` -> ``llava_hf_timed``, ``pool`` -> ``llava_sparsezip``), else ``llava_compressed``."""
+    from ..methods.registry import get_method
 
-    from ..models.manifest import MODEL_CLASSES
-
-    accepting = {model_id: get_model(model_id).accepted_methods for model_id in sorted(MODEL_CLASSES)}
-    accepting = {model_id: methods for model_id, methods in accepting.items() if method in methods}
-    if not accepting:
-        raise ValueError(f"no model id runs {method!r} configs")
-    return min(accepting, key=lambda model_id: (accepting[model_id][0] != method, model_id))
+    spec = get_method(method)
+    return spec.model_ids[0] if spec.model_ids else "llava_compressed"
 
 
 @dataclass(frozen=True)

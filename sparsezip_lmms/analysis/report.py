@@ -25,6 +25,9 @@ from typing import Any, Iterable
 
 from PIL import Image
 
+# a number in the HTML tables: 4 significant digits (from 1000 up: one decimal), None as —
+from ..numbers import format_value as fmt
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;color:#1d2330;padding:0 16px}
 h1{font-size:1.6em}h2{margin-top:2em;border-bottom:2px solid #dde3ee;padding-bottom:4px}h3{margin-top:1.4em}
@@ -62,17 +65,6 @@ def png_img(data: bytes, alt: str, css_class: str = "") -> str:
     return f'<img{cls} alt="{_esc(alt)}" src="data:image/png;base64,{encoded}">'
 
 
-def fmt(value: Any) -> str:
-    """Numbers to 4 significant digits, None as an em dash."""
-    from ..leaderboard import MISSING
-
-    if value is None:
-        return MISSING
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
-    return str(value)
-
-
 # ----------------------------------------------------------------------------- sections
 
 
@@ -95,7 +87,7 @@ def leaderboard_section(paths: list[Path], work: Path) -> str:
 
 def analysis_section(analysis, work: Path) -> str:
     """Per-category scores, overlap, text sensitivity and agreement of one task (``analyze.Analysis``)."""
-    from .analyze import category_plot, overlap_plot, text_sensitivity_plot
+    from .plots import category_plot, overlap_plot, text_sensitivity_plot
 
     task = analysis.task
     slug = "".join(ch if ch.isalnum() else "_" for ch in task)

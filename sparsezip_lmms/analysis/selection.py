@@ -1,25 +1,13 @@
-"""Patch selections as logged in ``eff_selection``: sets of grid positions written as range strings.
-
-A range string is comma-separated items, each ``a`` or ``a-b`` (inclusive), ascending and without
-overlaps; ``""`` is the empty set. ``[0, 1, 2, 5, 7, 8]`` is written ``"0-2,5,7-8"``.
+"""Patch selections as logged in ``eff_selection``: range strings (the format is described in
+:mod:`sparsezip_lmms.ranges`) read back into grid positions. :func:`parse_ranges` is the inverse of
+:func:`format_ranges`, which the models write with and which is importable from here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from ..ranges import format_ranges
 
-
-def format_ranges(indices: Iterable[int]) -> str:
-    """The range string of ``indices`` (any order, repeats allowed): sorted, consecutive runs collapsed."""
-    items: list[str] = []
-    ordered = sorted(set(indices))
-    start = 0
-    for i in range(1, len(ordered) + 1):
-        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
-            first, last = ordered[start], ordered[i - 1]
-            items.append(str(first) if first == last else f"{first}-{last}")
-            start = i
-    return ",".join(items)
+__all__ = ["format_ranges", "parse_ranges"]
 
 
 def _bound(text: str, item: str) -> int:

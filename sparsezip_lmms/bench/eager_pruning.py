@@ -1,7 +1,7 @@
 """In-LLM pruning prefills computed the way the official codes compute them: eager attention, batch 1.
 
 The references of the speed comparison of section 4, one per method that prunes visual tokens inside
-the LLM (same algorithms and conventions as :func:`sparsezip_lmms.llava.pruned_generate`):
+the LLM (same algorithms and conventions as :func:`sparsezip_lmms.pruning.pruned_generate`):
 
 * SparseVLM v1.5 (``sparsevlm_*``): raters from the raw embeddings, scores = the pruning layer's
   softmax attention of the raters over the visual span, mean over heads then raters, top-k kept in
@@ -40,8 +40,9 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 
+from ..compress.dtypes import at_least_float32
 from ..compress.in_llm import fastv_keep_count
-from ..config import IN_LLM_METHODS
+from ..methods.registry import method_of
 from ..compress.sparsevlm_recycle import (
     density_peak_merge,
     keep_count,
@@ -49,7 +50,7 @@ from ..compress.sparsevlm_recycle import (
     select_raters,
     topk_keep,
 )
-from ..llava.pruning_decoder import RECYCLED_ID_BASE
+from ..pruning import RECYCLED_ID_BASE
 
 __all__ = [
     "EagerPrunedOutput",
@@ -79,9 +80,8 @@ EagerSparseVLMOutput = EagerPrunedOutput  # the v1.5-only name of earlier versio
 
 def eager_method(config: Any) -> str:
     """"sparsevlm", "sparsevlm2", "fastv" or "deferred" (a vision-side config with ``prune_layer > 0``)."""
-    method = getattr(config, "method", None)
-    if method in IN_LLM_METHODS:
-        return method
+    if method_of(config).stage == "llm":
+        return config.method
     if getattr(config, "prune_layer", 0) > 0:
         return "deferred"
     raise ValueError(f"config {config!r} does not prune inside the LLM")
@@ -151,7 +151,7 @@ def eager_pruned_prefill(
         raise ValueError(f"the eager reference handles one prompt: inputs_embeds [1, L, d], got {tuple(inputs_embeds.shape)}")
     method = eager_method(config)
     decoder, head = _decoder_and_head(language_model)
-    work = torch.promote_types(inputs_embeds.dtype, torch.float32)
+    work = at_least_float32(inputs_embeds.dtype)
     hidden = inputs_embeds[0]  # [L, d]
     length = hidden.shape[0]
     fixed = method == "fastv" and getattr(config, "span", "image") == "fixed"
@@ -241,7 +241,7 @@ def _scores(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(score of every visual-span token [n_v], priority heads [h] or None) read from the full matrix."""
     span = probs[:, rows, v_start:text_start]  # [H, R, n_v]
-    span = span.to(torch.promote_types(span.dtype, torch.float32))  # scores in at least float32
+    span = span.to(at_least_float32(span.dtype))  # scores in at least float32
     if method != "sparsevlm2":  # v1.5 raters, FastV's last row: mean over heads, then over the rows
         return span.mean(dim=0).mean(dim=0), None
     bias = _rope_only_term(cos_sin, rows, v_start, text_start, layer.self_attn.scaling, span.dtype)  # [R, n_v]

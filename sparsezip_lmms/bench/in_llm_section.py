@@ -19,7 +19,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from ..config import load_config
 from ..efficiency.flops import llm_layer_flops
-from ..llava.pruning_decoder import pruned_generate
+from ..pruning import pruned_generate
 from .eager_pruning import _causal_mask, eager_pruned_prefill
 from .prefill import PROMPT_AFTER, PROMPT_BEFORE, llm_prefill
 from .timing import DeviceTimer, measure, paired_ratio

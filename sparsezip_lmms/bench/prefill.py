@@ -23,8 +23,8 @@ from transformers.cache_utils import DynamicCache
 
 from ..config import load_config
 from ..efficiency.flops import llm_layer_flops
-from ..llava import sparsevlm_generate
 from ..llava.compat import cache_kwargs
+from ..pruning import pruned_generate
 from .timing import DeviceTimer, measure, paired_ratio
 
 __all__ = ["PROMPT_AFTER", "PROMPT_BEFORE", "llava_prompt", "llm_prefill", "mlp_rates", "prefill_section"]
@@ -98,7 +98,7 @@ def prefill_section(
             for name in SPARSEVLM_CONFIGS:
                 cfg = load_config(name)
                 svlm_inputs[name] = (embeds, start, cfg)
-                cases[name] = lambda e=embeds, s=start, c=cfg: sparsevlm_generate(llm, e, None, s, c, max_new_tokens=1)
+                cases[name] = lambda e=embeds, s=start, c=cfg: pruned_generate(llm, e, None, s, c, max_new_tokens=1)
         stats = measure(cases, timer, repeats=repeats, warmup=warmup)
         n_full = width_of["keep_all"] + PROMPT_BEFORE + PROMPT_AFTER
         text = PROMPT_BEFORE + PROMPT_AFTER

@@ -43,9 +43,10 @@ def compression_configs() -> tuple[str, ...]:
     v2.0 and FastV, timed in section 4), ordered by method then budget: keep_all, visionzip_*,
     sparsezip_* (+ dynamic), ablations/*, random_*, pool_*. The LLaVA-NeXT budgets (``*_next_*``) are
     timed on NeXT-shaped inputs in section 6."""
-    from ..config import IN_LLM_METHODS, available_configs
+    from ..config import available_configs
+    from ..methods.registry import method_of
 
-    names = [n for n in available_configs() if load_config(n).method not in IN_LLM_METHODS and "_next_" not in n]
+    names = [n for n in available_configs() if method_of(load_config(n)).stage != "llm" and "_next_" not in n]
     order = {"none": 0, "visionzip": 1, "sparsezip": 2, "divprune": 3.1, "cdpruner": 3.2, "random": 4, "pool": 5}
 
     def key(name: str) -> tuple:

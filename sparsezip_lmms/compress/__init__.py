@@ -12,10 +12,10 @@ Every method returns a :class:`Compressed` (``tokens`` [B, T, C], ``valid`` [B, 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from ..config import IN_LLM_METHODS, KeepAllConfig, PoolConfig, RandomKeepConfig, SparseZipConfig, VisionZipConfig
+from ..methods.registry import method_of
+from ..methods.spec import VisionInputs
 from .baselines import image_keys, keep_all, pool, pool_grid, random_keep
 from .cdpruner import cdpruner_relevance, cdpruner_select
 from .divprune import divprune_select
@@ -57,17 +57,17 @@ __all__ = [
 
 def needs_scoring_inputs(config: object) -> bool:
     """True when :func:`compress` needs ``cls_attn`` and ``keys`` for this config."""
-    return isinstance(config, (VisionZipConfig, SparseZipConfig))
+    return method_of(config).needs("scoring", config)
 
 
 def selects_after_projector(config: object) -> bool:
-    """True for the methods that select among the projected (LLM-side) patch tokens: DivPrune, CDPruner."""
-    return getattr(config, "method", None) in ("divprune", "cdpruner")
+    """True for the methods that select among the projected (LLM-side) patch tokens (stage "projected")."""
+    return method_of(config).stage == "projected"
 
 
 def needs_text(config: object) -> bool:
     """True when :func:`compress` uses ``text_relevance`` for this config."""
-    return isinstance(config, SparseZipConfig) and config.cross_beta > 0
+    return method_of(config).needs("question", config)
 
 
 def compress(
@@ -79,7 +79,7 @@ def compress(
     image_keys: Tensor | None = None,
     groups: Tensor | None = None,
 ) -> Compressed:
-    """Apply the method a :func:`sparsezip_lmms.config.load_config` config selects.
+    """Apply the vision-stage method a :func:`sparsezip_lmms.config.load_config` config selects.
 
     ``image_keys`` [B] (``image_keys(pixel_values)``): with ``random``, each image's draw depends only on
     the config's seed and its key (batch-invariant); without, one seeded draw for the whole batch.
@@ -89,25 +89,15 @@ def compress(
     ``none`` → the N patch tokens (no CLS), ``random``/``pool`` → ``keep`` patch-level tokens (no CLS);
     ``visionzip``/``sparsezip`` → CLS + dominant patches + contextual tokens (CLS counted in
     ``dominant``). ``cls_attn``/``keys`` may be None for methods that do not score
-    (:func:`needs_scoring_inputs`). ``sparsevlm`` prunes inside the LLM and is rejected here.
+    (:func:`needs_scoring_inputs`). Methods of the other stages are refused.
     """
-    if isinstance(config, KeepAllConfig):
-        return keep_all(hidden)
-    if isinstance(config, VisionZipConfig):
-        return visionzip(hidden, cls_attn, keys, config.dominant, config.contextual)
-    if isinstance(config, SparseZipConfig):
-        return sparsezip(hidden, cls_attn, keys, config, text_relevance, groups=groups)
-    if isinstance(config, RandomKeepConfig):
-        if image_keys is not None:
-            return random_keep(hidden, config.keep, keys=image_keys, seed=config.seed)
-        return random_keep(hidden, config.keep, torch.Generator().manual_seed(config.seed))
-    if isinstance(config, PoolConfig):
-        return pool(hidden, config.keep)
-    if getattr(config, "method", None) in IN_LLM_METHODS:
+    spec = method_of(config)
+    if spec.stage == "llm":
         raise ValueError(f"config: method {config.method!r} prunes inside the LLM prefill, not on the vision tower output")
-    if selects_after_projector(config):
+    if spec.stage == "projected":
         raise ValueError(
-            f"config: method {config.method!r} selects among the projected tokens (divprune_select / "
-            "cdpruner_select, or llava.features.image_tokens), not on the vision tower output"
+            f"config: method {config.method!r} selects among the projected tokens (its MethodSpec.select with "
+            "ProjectedInputs, or llava.features.image_tokens), not on the vision tower output"
         )
-    raise ValueError(f"config must be a compression config from load_config, got {type(config).__name__}")
+    inputs = VisionInputs(hidden, cls_attn, keys, text_relevance, image_keys, groups)
+    return spec.select(inputs, config)

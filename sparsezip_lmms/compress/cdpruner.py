@@ -67,6 +67,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .dtypes import at_least_float32
 from .types import check_finite, check_int
 
 __all__ = [
@@ -85,11 +86,6 @@ __all__ = [
 
 RELEVANCE_EPS = 1e-6  # the official numerator offset of the min–max normalisation
 CONTEXT_LENGTH = 77  # CLIP text positions per segment
-
-
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    """float32 or wider (the official casts, as the fixtures' README states them)."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _check_float(name: str, t: object, ndim: int, shape_doc: str) -> Tensor:
@@ -112,7 +108,7 @@ def cdpruner_similarity(features: Tensor) -> Tensor:
     dtype), then promoted to float32 or wider before the product (official ``.float()``).
     """
     unit = features / features.norm(dim=-1, keepdim=True)  # [B, N, D]
-    unit = unit.to(_wide(unit.dtype))
+    unit = unit.to(at_least_float32(unit.dtype))
     return unit @ unit.transpose(1, 2)  # [B, N, N]
 
 
@@ -126,7 +122,7 @@ def cdpruner_cosine(image_embeds: Tensor, text_embeds: Tensor, text_mask: Tensor
     text_mask [B|1, M] bool or None. Returns c [B, N, M] in float32 or wider. Masked segments (which
     may be zero padding) give c = 0.
     """
-    work = torch.promote_types(_wide(image_embeds.dtype), text_embeds.dtype)
+    work = torch.promote_types(at_least_float32(image_embeds.dtype), text_embeds.dtype)
     image = image_embeds.to(work)
     text = text_embeds.to(work)
     image = image / image.norm(dim=-1, keepdim=True)  # [B, N, E]
@@ -393,7 +389,7 @@ def cdpruner_patch_embeds(
     patches = post_layernorm(hidden_states[:, 1:])  # [B, N, C]
     if isinstance(visual_projection, torch.nn.Linear):
         weight, bias = visual_projection.weight, visual_projection.bias
-        work = torch.promote_types(_wide(patches.dtype), weight.dtype)
+        work = torch.promote_types(at_least_float32(patches.dtype), weight.dtype)
         bias = None if bias is None else bias.to(work)
         return torch.nn.functional.linear(patches.to(work), weight.to(work), bias)  # [B, N, P]
-    return visual_projection(patches.to(_wide(patches.dtype)))  # [B, N, P]
+    return visual_projection(patches.to(at_least_float32(patches.dtype)))  # [B, N, P]

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from .dtypes import at_least_float32
+
 __all__ = [
     "agglomerate_average",
     "agglomerate_midpoint",
@@ -201,7 +203,7 @@ def weighted_cluster_tokens(
     """
     ids = torch.arange(n_clusters, device=hidden.device)  # [S]
     one_hot = (labels.unsqueeze(-1) == ids) & member.unsqueeze(-1)  # [B, M, S]
-    work = torch.promote_types(hidden.dtype, torch.float32)  # sums of many states: at least float32
+    work = at_least_float32(hidden.dtype)  # sums of many states: at least float32
     w = one_hot.to(work)  # [B, M, S]
     if weights is not None:
         w = w * weights.to(work).unsqueeze(-1)
@@ -268,7 +270,7 @@ def cluster_merge(
     output token, :func:`cluster_token_labels`) and ``init`` [B, K] (seed indices into the member list).
     """
     b = hidden.shape[0]
-    keys = keys.to(torch.promote_types(keys.dtype, torch.float32))  # distances in at least float32
+    keys = keys.to(at_least_float32(keys.dtype))  # distances in at least float32
     points = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [B, M, Ck]
     wide = max(contextual, math.ceil(init_factor * contextual))
     n_seeds = wide if (agglomerative or seeds == "factor") else contextual

@@ -1,6 +1,6 @@
 """Rules of the methods that prune visual tokens inside the LLM (pure tensor code, one sample at a time).
 
-The pruning decoder (``sparsezip_lmms.llava.pruning_decoder``) runs the LLM layer by layer and, at each
+The pruning decoder (``sparsezip_lmms.pruning``) runs the LLM layer by layer and, at each
 pruning layer, hands a rule what it asked for: the attention probabilities of a few query rows over the
 visual span (``probs [H, R, n]``, post-RoPE, causal, of that layer) and, when the rule corrects them, the
 RoPE-only term of those rows x columns. The rule answers with the span positions to keep. It also
@@ -21,12 +21,15 @@ A new method is a new :class:`PruningRule` subclass, passed to ``pruned_generate
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
+from ..config import ConfigError
+from ..config.schemas import layer_order_problem
 from .sparsevlm_recycle import keep_count, recycle_sizes, topk_keep
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "PruningRule",
     "SparseVLM2Rule",
     "SparseVLMRule",
+    "check_pruning_layers",
     "fastv_keep_count",
     "priority_head_scores",
     "rope_bias",
@@ -80,6 +84,14 @@ def priority_head_scores(probs: Tensor, bias: Tensor, heads: int) -> tuple[Tenso
 def fastv_keep_count(n_visual: int, ratio: float) -> int:
     """FastV's ``int(n_visual * ratio)`` (truncated, as the official code), at least 1 and below n_visual."""
     return max(1, min(int(n_visual * ratio), n_visual - 1))
+
+
+def check_pruning_layers(layers: Sequence[int], depth: int) -> None:
+    """Refuse (ConfigError) pruning layers that a model of ``depth`` decoder layers does not have
+    (0..depth-1), or that are not strictly increasing (``config.schemas.layer_order_problem``)."""
+    problem = layer_order_problem(list(layers), depth)
+    if problem:
+        raise ConfigError(problem)
 
 
 # --------------------------------------------------------------------------- rules
@@ -213,22 +225,15 @@ class DeferredRule(PruningRule):
 
 
 def rule_for_config(config: Any) -> PruningRule:
-    """The rule of an in-LLM config (``load_config("fastv_64")``, ``"sparsevlm2_64"``, a deferred one)."""
-    method = getattr(config, "method", None)
-    if method == "sparsevlm":
-        return SparseVLMRule(
-            tuple(config.pruning_layers),
-            tuple(config.schedule),
-            config.recycle,
-            config.recycle_ratio,
-            config.cluster_divisor,
-        )
-    if method == "sparsevlm2":
-        return SparseVLM2Rule(tuple(config.pruning_layers), tuple(config.schedule), config.priority_heads)
-    if method == "fastv":
-        return FastVRule(config.layer, config.ratio, config.span == "fixed")
+    """The rule of an in-LLM config (its method's ``MethodSpec.rule``: ``"fastv_64"``, ``"sparsevlm2_64"``),
+    or of a vision-side config deferred into the LLM (``prune_layer`` > 0)."""
+    from ..methods.registry import method_of
+
+    spec = method_of(config)
+    if spec.stage == "llm":
+        return spec.rule(config)
     if getattr(config, "prune_layer", 0) > 0:
         return DeferredRule(config.prune_layer, config.prune_positions == "original")
-    raise ValueError(
+    raise ConfigError(
         f"config {config!r} does not prune inside the LLM (an in-LLM method, or a vision-side one with prune_layer > 0)"
     )

@@ -1,7 +1,7 @@
 """Pure tensor pieces of SparseVLM v1.5: rater selection, top-k, and token recycling.
 
 Everything here works on one sample at a time (no batch axis) and has no knowledge of the LLM;
-``sparsezip_lmms.llava.sparsevlm`` calls these functions stage by stage.
+the pruning decoder (``sparsezip_lmms.pruning``) calls these functions stage by stage.
 
 Conventions follow the official v1.5 code (see ``docs/ALGORITHMS.md (SparseVLM section)``):
 

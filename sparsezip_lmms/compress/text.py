@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dtypes import at_least_float32
+
 __all__ = ["PullBack", "projector_pull_back", "seed_key_relevance", "seed_zscore", "text_relevance", "zscore"]
 
 _SPACES = ("vision", "llm")
@@ -99,7 +101,7 @@ class PullBack:
 def projector_pull_back(projector: nn.Module) -> PullBack:
     """Fold a LLaVA projector's ``W2 · W1`` (and bias) once, for :func:`text_relevance`'s ``pull_back``."""
     l1, l2 = _projector_linears(projector)
-    work = torch.promote_types(torch.float32, l1.weight.dtype)
+    work = at_least_float32(l1.weight.dtype)
     matrix = l2.weight.to(work) @ l1.weight.to(work)  # [D, Dh] @ [Dh, C] -> [D, C]
     offset = l2.bias.to(work) @ matrix if l2.bias is not None else matrix.new_zeros(matrix.shape[1])  # [C]
     return PullBack(matrix, offset)
@@ -156,7 +158,7 @@ def text_relevance(
             f"pull_back is for space='vision' with a [{l2.out_features}, {c}] matrix, "
             f"got space={space!r} and {tuple(pull_back.matrix.shape)}"
         )
-    work = torch.promote_types(torch.float32, torch.promote_types(patch_hidden.dtype, text_embeds.dtype))
+    work = at_least_float32(torch.promote_types(patch_hidden.dtype, text_embeds.dtype))
 
     if space == "vision":
         patches = patch_hidden.to(work)  # [B, N, C]

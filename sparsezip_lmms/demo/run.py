@@ -14,11 +14,11 @@ from .mini_datasets import MINI_BUILDERS
 from .tiny_checkpoint import build_tiny_clip, build_tiny_llava
 
 def demo_runs() -> list[tuple[str, str]]:
-    """(model id, its default config) for every model id of the manifest, the uncompressed one first."""
-    from ..models.manifest import MODEL_CLASSES
+    """(model id, its default config) for every dedicated model id of the manifest, the uncompressed one first."""
+    from ..models.manifest import DEDICATED_IDS
     from ..models.base import class_default_config
 
-    ids = sorted(MODEL_CLASSES, key=lambda model_id: (model_id != "llava_hf_timed", model_id))
+    ids = sorted(DEDICATED_IDS, key=lambda model_id: (model_id != "llava_hf_timed", model_id))
     return [(model_id, class_default_config(model_id)) for model_id in ids] + EXTRA_RUNS
 
 

@@ -15,10 +15,7 @@ plus the vision tower, the projector and the compression method's own work.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-
-from ..config import IN_LLM_METHODS
 
 
 @dataclass(frozen=True)
@@ -79,72 +76,33 @@ def vision_flops(n_images: int, visual_tokens_out: int, dims: Dims) -> int:
     return clip + projector
 
 
+@dataclass(frozen=True)
+class MethodWork:
+    """What a method's FLOP count (``MethodSpec.flops``) may read about one request."""
+
+    n_images: int  # vision-tower passes (images; LLaVA-NeXT: crops)
+    dims: Dims
+    text_tokens: int = 0  # question tokens of the prompt
+    clip_text_flops: int = 0  # the CLIP text tower on the request's question segments ("clip_text" methods)
+    candidates: list[int] | None = None  # "packed" methods on LLaVA-NeXT: each image's packed length
+
+
 def compression_flops(
     config, n_images: int, dims: Dims, text_tokens: int = 0, clip_text_flops: int = 0, candidates: list[int] | None = None
 ) -> int:
-    """The compression method's own work, dominant terms only (documented per method).
+    """The compression method's own work, dominant terms only (each method's ``MethodSpec.flops``,
+    documented there; 0 for a method that declares none).
 
     ``n_images``: vision-tower passes (images; LLaVA-NeXT: crops). ``clip_text_flops``: CDPruner's CLIP
     text tower on the request's question segments (the caller knows how many there were).
     ``candidates``: DivPrune on LLaVA-NeXT, the packed sequence length of each image it chose from
     (None: every pass chooses from its N patches)."""
-    n = dims.vision_tokens - 1  # patches
-    c = dims.vision_width
-    ck = c // dims.vision_heads  # width of the head-averaged keys
-    method = config.method
-    if method in ("none", "random", "pool") or method in IN_LLM_METHODS:
+    from ..methods.registry import method_of
+
+    spec = method_of(config)
+    if spec.flops is None:
         return 0
-    if method == "divprune":
-        # (the projector on every patch is in vision_flops) the L x L cosine distances of the candidates,
-        # then one running-min update of L entries per pick
-        lengths = candidates if candidates is not None else [n] * n_images
-        return sum(length * length * dims.llm_width + config.budget(length) * length for length in lengths)
-    if method == "cdpruner":
-        d, k, p = dims.llm_width, config.keep, dims.clip_projection or c
-        # per pass: the N x N similarity of the projected patches, the patch embeds (visual_projection),
-        # their cosine with the question, the kernel, and the greedy MAP (step t updates N entries
-        # against t earlier vectors)
-        per_image = n * n * d + n * c * p + n * p + n * n + n * k * (k + 1) // 2
-        return n_images * per_image + clip_text_flops
-    # the capture recomputes the feature layer's projections it reads: the CLS query row (c·c) and the
-    # keys of all 1+N tokens ((1+N)·c·c), then the CLS row against them ((1+N)·c)
-    capture = c * c + (n + 1) * c * c + (n + 1) * c
-    if method == "visionzip":
-        remaining = n - (config.dominant - 1)
-        return n_images * (capture + remaining * config.contextual * ck)
-    # sparsezip
-    per_image = capture
-    source_visual = config.dynk.source == "visual"
-    if not config.skip_hybrid_attn or (not config.skip_dynamic_k and source_visual):
-        # cosine similarities of the mutual-information term: the hybrid score runs whenever it ranks the
-        # patches or dynamic K reads it (dynk.source visual)
-        per_image += n * n * ck
-    if config.cross_beta > 0 and text_tokens:
-        if config.text_source == "seed_keys":
-            # mean of the question embeddings, then its first Ck dims against every unit key
-            per_image += text_tokens * dims.llm_width + (n + 1) * ck
-        elif config.text_space == "vision":
-            # question -> CLIP space through the folded (W2·W1)ᵀ (made once per model), then cosine with every patch
-            per_image += text_tokens * dims.llm_width * c + text_tokens * n * c
-        else:
-            # every patch -> LLM space through the projector, then cosine with the question
-            per_image += n * (c * dims.llm_width + dims.llm_width * dims.llm_width) + text_tokens * n * dims.llm_width
-    k = config.merging.contextual_num
-    merge = "visionzip" if config.skip_ctx_merge else config.merge  # skip_ctx_merge: the seed's VisionZip merge
-    if merge != "none" and k > 0:
-        if merge == "visionzip":
-            per_image += n * k * ck  # every remaining token against the k targets
-        else:
-            m = config.merging
-            # as compress.cluster.cluster_merge: ceil(factor·k) seeds when reducing agglomeratively, or always
-            # with seeds "factor"
-            wide = max(k, math.ceil(m.kmeans_init_factor * k))
-            seeds = wide if (m.agglomerative or m.seeds == "factor") else k
-            per_image += (m.kmeans_iters + 1) * n * seeds * ck  # Lloyd steps + the final assignment
-            if m.agglomerative and seeds > k and m.linkage == "midpoint":
-                # each merge recomputes the cosines of the current centres, then a re-assignment to the survivors
-                per_image += sum(w * w * ck for w in range(k + 1, seeds + 1)) + n * k * ck
-    return n_images * per_image
+    return int(spec.flops(config, MethodWork(n_images, dims, text_tokens, clip_text_flops, candidates)))
 
 
 def kv_cache_bytes(cache_len_per_layer: list[int], dims: Dims, bytes_per_value: int) -> int:

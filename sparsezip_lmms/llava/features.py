@@ -1,47 +1,25 @@
 """Image tokens for the LLM: CLIP once, scoring inputs, compression, projector.
 
 ``image_tokens`` is the one place where pixels become the visual tokens a LLaVA language model
-reads. With a ``none`` (keep-all) or ``sparsevlm`` config it is LLaVA's own feature path, so the
-uncompressed models are the stock model; every other method compresses the CLIP layer -2 states
-before the projector.
+reads. For a ``"stock"`` or ``"llm"`` method (keep-all, SparseVLM, FastV) it is LLaVA's own feature
+path, so the uncompressed models are the stock model; a ``"vision"`` method compresses the CLIP layer -2
+states before the projector, a ``"projected"`` one selects among the projector's outputs
+(``llava.projected``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..config import CompressionConfig
-
-
-@dataclass
-class ImageTokens:
-    features: torch.Tensor  # [n_images, T_max, D_llm] projected visual tokens (padding where invalid)
-    valid: torch.Tensor  # [n_images, T_max] bool
-    source_index: torch.Tensor | None  # [n_images, T_max] long, CLIP position or -1 (merged); None = all patches
-    patches: torch.Tensor | None = None  # [n_images, N, D_llm] every projected patch token (deferred pruning)
-    members: torch.Tensor | None = None  # [n_images, T_max, 1+N] bool: CLIP positions of each merged token
-    crops: "ImageTokens | None" = None  # LLaVA-NeXT: the compressed crops behind the tokens (llava.next)
-    candidates: torch.Tensor | None = None  # [n_images] tokens a selection over NeXT's packed sequence chose from
-    newlines: torch.Tensor | None = None  # [n_images] long: NeXT image-newline tokens among them, counted per slot
-
-    @property
-    def counts(self) -> torch.Tensor:  # [n_images]
-        return self.valid.sum(dim=1)
-
-
-def _llava_parts(model):
-    """(vision tower, projector, config) of a transformers 5.x LLaVA model."""
-    inner = getattr(model, "model", model)
-    return inner.vision_tower, inner.multi_modal_projector, model.config
+from ..methods.registry import method_of
+from .image_tokens import ImageTokens, check_feature_path, llava_parts
+from .projected import next_projected_selection, projected_selection
 
 
 def uses_stock_features(config: CompressionConfig) -> bool:
-    """True when every image reaches the LLM as LLaVA's own 576 tokens (keep-all, the in-LLM methods)."""
-    from ..config import IN_LLM_METHODS
-
-    return config.method == "none" or config.method in IN_LLM_METHODS
+    """True when every image reaches the LLM as LLaVA's own tokens (keep-all, the in-LLM methods)."""
+    return method_of(config).stage in ("stock", "llm")
 
 
 def stock_image_tokens(model, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None) -> ImageTokens:
@@ -67,54 +45,7 @@ def text_pull_back(model, config: CompressionConfig):
 
     if not needs_text(config) or getattr(config, "text_space", None) != "vision" or config.text_source != "projector":
         return None
-    return projector_pull_back(_llava_parts(model)[1])
-
-
-def _check_feature_path(llava_config) -> int:
-    if llava_config.vision_feature_select_strategy != "default":
-        raise ValueError(
-            f"compression expects vision_feature_select_strategy='default' (LLaVA-1.5), "
-            f"got {llava_config.vision_feature_select_strategy!r}"
-        )
-    layer = llava_config.vision_feature_layer
-    if not isinstance(layer, int):
-        raise ValueError(f"compression needs a single vision_feature_layer, got {layer!r}")
-    return layer
-
-
-def projected_selection(
-    model,
-    pixel_values: torch.Tensor,  # [n_images, 3, H, W]
-    config: CompressionConfig,
-    clip_text=None,  # llava.clip_text.ClipText (CDPruner)
-    question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # CLIP text embeds [n, M, P], mask [n, M]
-    with_patches: bool = False,
-) -> ImageTokens:
-    """DivPrune / CDPruner: the projector runs on all N patch tokens, the method picks ``keep`` of them
-    per image, and the picks enter the LLM in ascending patch order (as the official code keeps them)."""
-    from ..compress.cdpruner import cdpruner_patch_embeds, cdpruner_relevance, cdpruner_select
-    from ..compress.divprune import divprune_select
-    from .scoring import feature_layer_hidden
-
-    vision_tower, projector, llava_config = _llava_parts(model)
-    hidden = feature_layer_hidden(vision_tower, pixel_values, layer=_check_feature_path(llava_config))  # [n, 1+N, C]
-    patches = projector(hidden[:, 1:])  # [n, N, D_llm]
-    if config.method == "divprune":
-        order = divprune_select(
-            patches, config.budget(patches.shape[1]), mask_chosen=config.mask_chosen,
-            compute_dtype=config.compute_dtype(patches.dtype),
-        )  # [n, k]  # fmt: skip
-    else:
-        if clip_text is None or question_embeds is None:
-            raise ValueError("cdpruner needs the CLIP text tower and the question embeds")
-        embeds = cdpruner_patch_embeds(hidden, vision_tower.post_layernorm, clip_text.visual_projection)  # [n, N, P]
-        text, text_mask = question_embeds
-        relevance = cdpruner_relevance(embeds, text.to(embeds.dtype), text_mask=text_mask)  # [n, N]
-        order = cdpruner_select(patches, relevance, config.keep, distinct=config.distinct)  # [n, k]
-    kept = order.sort(dim=1).values  # [n, k] ascending patch index (repeats stay, as in the official code)
-    features = patches.gather(1, kept[..., None].expand(-1, -1, patches.shape[-1]))  # [n, k, D_llm]
-    valid = torch.ones(kept.shape, dtype=torch.bool, device=kept.device)
-    return ImageTokens(features, valid, kept + 1, patches if with_patches else None)  # CLIP positions (CLS = 0)
+    return projector_pull_back(llava_parts(model)[1])
 
 
 def image_tokens(
@@ -133,24 +64,21 @@ def image_tokens(
     groups: torch.Tensor | None = None,  # [n_images] long: rows sharing one budget (NeXT crops, SparseZip per_image)
 ) -> ImageTokens:
     """Visual tokens entering the LLM for each image under ``config`` (its selection, before the LLM)."""
-    from ..compress import selects_after_projector
-
-    if uses_stock_features(config):
+    stage = method_of(config).stage
+    if stage in ("stock", "llm"):
         return stock_image_tokens(model, pixel_values, image_sizes)
-    if image_sizes is not None and selects_after_projector(config):
-        from .next import next_projected_selection
-
+    if image_sizes is not None and stage == "projected":
         return next_projected_selection(model, pixel_values, image_sizes, config, clip_text, question_embeds, grid_pinpoints)
     if image_sizes is not None:
         return next_image_tokens(model, pixel_values, image_sizes, config, text_embeds, text_mask, pull_back, image_keys)
-    if selects_after_projector(config):
+    if stage == "projected":
         return projected_selection(model, pixel_values, config, clip_text, question_embeds, with_patches)
 
     from ..compress import compress, needs_text, text_relevance
     from .scoring import scoring_inputs
 
-    vision_tower, projector, llava_config = _llava_parts(model)
-    inputs = scoring_inputs(vision_tower, pixel_values, layer=_check_feature_path(llava_config))  # hidden [n, 1+N, C]
+    vision_tower, projector, llava_config = llava_parts(model)
+    inputs = scoring_inputs(vision_tower, pixel_values, layer=check_feature_path(llava_config))  # hidden [n, 1+N, C]
     relevance = None
     if needs_text(config) and text_embeds is not None and config.text_source == "seed_keys":
         from ..compress import seed_key_relevance  # the seed's (reproduction only): question mean vs unit keys
@@ -182,12 +110,11 @@ def next_image_tokens(
     method scores each crop against its image's question), then laid out per image in VisionZip's
     official NeXT order (``llava.next.per_crop_layout``; SparseZip uses the same, each crop with its
     own dynamic budget, or with ``next_budget: per_image`` one budget per image shared by its crops)."""
-    from ..budgets import NEXT_METHODS
     from .next import crop_counts, crop_owners, flatten_crops, per_crop_layout, tile_grids
 
-    if config.method not in NEXT_METHODS:
-        raise ValueError(f"method {config.method!r} does not run on LLaVA-NeXT's tiles yet")
-    _, _, llava_config = _llava_parts(model)
+    if "llava_next" not in method_of(config).families:
+        raise ValueError(f"method {config.method!r} does not run on LLaVA-NeXT's tiles")
+    _, _, llava_config = llava_parts(model)
     counts = crop_counts(image_sizes, llava_config)
     repeat = torch.tensor(counts, device=pixel_values.device)  # [n_images] crops of each image
     if text_embeds is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .features import ImageTokens
+from .image_tokens import ImageTokens
 
 
 def fixed_2x2_pinpoints(llava_config) -> list[list[int]]:
@@ -175,7 +175,7 @@ def per_crop_layout(crops: ImageTokens, counts: list[int], grids: list[tuple[int
     return ImageTokens(features, valid, None, crops=crops)
 
 
-def _compact(features: torch.Tensor, positions: torch.Tensor, counts: torch.Tensor) -> ImageTokens:
+def compact(features: torch.Tensor, positions: torch.Tensor, counts: torch.Tensor) -> ImageTokens:
     """Tokens ``positions`` [n, T] (ascending, those past ``counts`` [n] ignored) of ``features``
     [n, L, D] as padded ImageTokens [n, T, D]."""
     valid = torch.arange(positions.shape[1], device=positions.device)[None, :] < counts[:, None]  # [n, T]
@@ -190,85 +190,3 @@ def positions_mask(positions: torch.Tensor, length: int) -> torch.Tensor:
     overwrite a kept last position."""
     mask = torch.zeros(positions.shape[0], length + 1, dtype=torch.bool, device=positions.device)
     return mask.scatter_(1, positions, True)[:, :length]
-
-
-def next_projected_selection(
-    model,
-    pixel_values: torch.Tensor,  # [n_images, crops_max, 3, H, W]
-    image_sizes: torch.Tensor,  # [n_images, 2] (height, width)
-    config,
-    clip_text=None,
-    question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # [n_images, M, P], [n_images, M]
-    pinpoints: list | None = None,
-) -> ImageTokens:
-    """DivPrune and CDPruner on LLaVA-NeXT, as their official code runs them.
-
-    * DivPrune chooses from the whole stock packed sequence of each image (base view, unpadded tiles,
-      newline tokens), ``config.budget(L)`` of its L tokens, and keeps them in sequence order (repeats
-      stay, as on LLaVA-1.5).
-    * CDPruner runs its DPP on every crop with ``config.keep`` tokens per crop, the relevance min–max
-      taken jointly over the crops of one image; the stock packing then applies the per-crop masks:
-      newline tokens always stay, chosen patches in the unpadded-away border drop out.
-    Both choose among the projector outputs of every patch. ``pinpoints``: the tile grid the
-    processor used (CDPruner's fixed 2 x 2), None: the checkpoint's.
-    """
-    from ..compress.cdpruner import cdpruner_patch_embeds, cdpruner_relevance, cdpruner_select
-    from ..compress.divprune import divprune_select_ragged
-    from .features import _check_feature_path, _llava_parts
-    from .scoring import feature_layer_hidden
-
-    vision_tower, projector, llava_config = _llava_parts(model)
-    counts = crop_counts(image_sizes, llava_config, pinpoints)
-    grids = tile_grids(image_sizes, llava_config, pinpoints)
-    side = llava_config.vision_config.image_size // llava_config.vision_config.patch_size
-    n = side * side
-    device = pixel_values.device
-    flat = flatten_crops(pixel_values, counts)  # [C, 3, H, W]
-    hidden = feature_layer_hidden(vision_tower, flat, layer=_check_feature_path(llava_config))  # [C, 1+N, Cv]
-    patches = projector(hidden[:, 1:])  # [C, N, D]
-    sources = packed_sources(image_sizes, counts, grids, side).to(device)  # [n_images, L]
-    newline = getattr(model, "model", model).image_newline  # [D]
-    packed, valid = gather_packed(patches, newline, sources, counts)  # [n_images, L, D], [n_images, L]
-    lengths = valid.sum(dim=1)  # [n_images]
-
-    if config.method == "divprune":
-        budgets = torch.tensor([config.budget(int(v)) for v in lengths.tolist()], device=device)  # [n_images]
-        if bool((budgets >= lengths).any()):
-            raise ValueError(
-                f"divprune budget {budgets.tolist()} is not below the packed sequence's {lengths.tolist()} tokens: "
-                "nothing would be pruned"
-            )
-        order = divprune_select_ragged(
-            packed, valid, budgets, mask_chosen=config.mask_chosen, compute_dtype=config.compute_dtype(packed.dtype)
-        )  # [n, k_max], -1 past k
-        positions = torch.where(order < 0, torch.full_like(order, packed.shape[1]), order).sort(dim=1).values
-        selected = _compact(packed, positions, budgets)
-        keep = positions_mask(positions, packed.shape[1])  # [n_images, L]
-        slot_sources = sources.gather(1, positions.clamp(max=sources.shape[1] - 1))  # [n_images, k_max]
-        selected.newlines = ((slot_sources == NEWLINE) & selected.valid).sum(dim=1)  # repeated picks count as sent
-    else:
-        if clip_text is None or question_embeds is None:
-            raise ValueError("cdpruner needs the CLIP text tower and the question embeds")
-        repeat = torch.tensor(counts, device=device)  # [n_images]
-        image_of_crop = crop_owners(counts, device)  # [C]
-        embeds = cdpruner_patch_embeds(hidden, vision_tower.post_layernorm, clip_text.visual_projection)  # [C, N, P]
-        text, text_mask = question_embeds
-        relevance = cdpruner_relevance(
-            embeds,
-            text.to(embeds.dtype).repeat_interleave(repeat, dim=0),
-            joint=True,
-            text_mask=text_mask.repeat_interleave(repeat, dim=0),
-            groups=image_of_crop,
-        )  # [C, N], one min–max per image
-        order = cdpruner_select(patches, relevance, config.keep, distinct=config.distinct)  # [C, k]
-        crop_keep = torch.zeros(patches.shape[:2], dtype=torch.bool, device=device).scatter_(1, order, True)  # [C, N]
-        at_source = crop_keep.flatten()[crop_patch_index(sources, counts, n).clamp(min=0)]  # [n_images, L]
-        keep = valid & ((sources == NEWLINE) | at_source)  # [n_images, L]
-        kept_counts = keep.sum(dim=1)  # [n_images]
-        positions = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, : int(kept_counts.max())]
-        selected = _compact(packed, positions, kept_counts)
-        selected.newlines = (keep & (sources == NEWLINE)).sum(dim=1)  # [n_images]
-    selected.crops = packed_selection_crops(sources, keep, counts, n)
-    if config.method == "divprune":
-        selected.candidates = lengths
-    return selected

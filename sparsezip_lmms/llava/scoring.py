@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..compress.dtypes import at_least_float32
+
 __all__ = ["ScoringInputs", "resolve_vision_transformer", "scoring_inputs"]
 
 
@@ -75,7 +77,7 @@ def cls_row_attention(attn: nn.Module, normed: Tensor) -> tuple[Tensor, Tensor]:
     """
     b, length, _ = normed.shape
     heads, d = attn.num_heads, attn.head_dim
-    work = torch.promote_types(torch.float32, normed.dtype)
+    work = at_least_float32(normed.dtype)
     q = attn.q_proj(normed[:, :1]).to(work).view(b, 1, heads, d).transpose(1, 2)  # [B, H, 1, d]
     k = attn.k_proj(normed).to(work).view(b, length, heads, d).transpose(1, 2)  # [B, H, L, d]
     logits = (q * attn.scale) @ k.transpose(-1, -2)  # [B, H, 1, L]

@@ -7,7 +7,7 @@ One record per request (format version 1; ``docs/ALGORITHMS.md``, "Selection rec
                  "merged": ["0-2,24", ...], "layers": {"2": "0-9,300"}, "prune_layer": 3}]}
 
 Patches are numbered 0..rows·cols−1 row-major on the CLIP grid; sets are range strings
-(``analysis.selection.format_ranges``). ``kept``: patches that enter the LLM as their own token;
+(``ranges.format_ranges``). ``kept``: patches that enter the LLM as their own token;
 ``merged``: the member patches of each merged token (VisionZip's and SparseZip's contextual tokens,
 pooling cells); ``layers``: in-LLM methods, the patches still in the sequence after pruning at that
 decoder layer; ``prune_layer``: deferred pruning, the layer from which ``kept`` holds.
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..analysis.selection import format_ranges
+from ..ranges import format_ranges
 from .features import ImageTokens
 
 SELECTION_VERSION = 1

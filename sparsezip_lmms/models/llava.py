@@ -1,4 +1,6 @@
-"""The lmms-eval model ids. They share one implementation and differ in their configs."""
+"""The lmms-eval model ids. They share one implementation and differ in their default config and in the
+methods they accept: a dedicated id accepts the methods whose ``MethodSpec.model_ids`` name it, the
+generic ``llava_compressed`` every registered method."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ class LlavaHfTimed(CompressedLlava):
 
     model_id = "llava_hf_timed"
     default_config = "keep_all"
-    accepted_methods = ("none",)
 
 
 class LlavaVisionZip(CompressedLlava):
@@ -18,7 +19,6 @@ class LlavaVisionZip(CompressedLlava):
 
     model_id = "llava_visionzip"
     default_config = "visionzip_64"
-    accepted_methods = ("visionzip", "none")
 
 
 class LlavaSparseZip(CompressedLlava):
@@ -29,7 +29,6 @@ class LlavaSparseZip(CompressedLlava):
 
     model_id = "llava_sparsezip"
     default_config = "sparsezip_64"
-    accepted_methods = ("sparsezip", "random", "pool", "none")
 
 
 class LlavaSparseVLM(CompressedLlava):
@@ -38,7 +37,6 @@ class LlavaSparseVLM(CompressedLlava):
 
     model_id = "llava_sparsevlm"
     default_config = "sparsevlm_64"
-    accepted_methods = ("sparsevlm", "sparsevlm2", "none")
 
 
 class LlavaFastV(CompressedLlava):
@@ -46,7 +44,6 @@ class LlavaFastV(CompressedLlava):
 
     model_id = "llava_fastv"
     default_config = "fastv_default"
-    accepted_methods = ("fastv", "none")
 
 
 class LlavaDivPrune(CompressedLlava):
@@ -54,7 +51,6 @@ class LlavaDivPrune(CompressedLlava):
 
     model_id = "llava_divprune"
     default_config = "divprune_64"
-    accepted_methods = ("divprune", "none")
 
 
 class LlavaCDPruner(CompressedLlava):
@@ -65,4 +61,12 @@ class LlavaCDPruner(CompressedLlava):
 
     model_id = "llava_cdpruner"
     default_config = "cdpruner_64"
-    accepted_methods = ("cdpruner", "none")
+
+
+class LlavaCompressed(CompressedLlava):
+    """Any registered method, built-in or a user's, chosen by ``config=`` (a name or a YAML path whose
+    ``method`` names it): ``--model llava_compressed --model_args pretrained=...,config=my_method.yaml``."""
+
+    model_id = "llava_compressed"
+    default_config = None
+    generic = True

@@ -14,7 +14,14 @@ MODEL_CLASSES = {
     "llava_divprune": "sparsezip_lmms.models.llava.LlavaDivPrune",
     "llava_cdpruner": "sparsezip_lmms.models.llava.LlavaCDPruner",
     "llava_hf_timed": "sparsezip_lmms.models.llava.LlavaHfTimed",
+    "llava_compressed": "sparsezip_lmms.models.llava.LlavaCompressed",
 }
+
+
+# the ids that run any registered method from config= (no default config)
+GENERIC_IDS = ("llava_compressed",)
+# one id per method family, each with its default config (demo, tests)
+DEDICATED_IDS = tuple(model_id for model_id in MODEL_CLASSES if model_id not in GENERIC_IDS)
 
 
 def manifests():
