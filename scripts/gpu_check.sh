@@ -59,7 +59,10 @@ step() {  # step NAME LOGFILE COMMAND...
   [ $code -eq 0 ] || failed+=("$name")
 }
 step doctor doctor.md "$PY" -m sparsezip_lmms doctor
-step cuda-tests cuda_tests.txt "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step cuda-tests cuda_tests.txt "$PY" -m pytest -q -p no:cacheprovider tests/test_half_precision.py -k cuda
+# one more pass with CUDA's sync debug mode: every synchronising call warns; the warnings summary lists where
+step sync-points sync_points.txt env SPARSEZIP_SYNC_DEBUG=warn "$PY" -m pytest -q -p no:cacheprovider -rw \
+  -W "always::UserWarning" tests/test_half_precision.py -k "cuda and float16 and not bfloat16"
 step bench bench_quick.md "$PY" -m sparsezip_lmms bench --device cuda --quick --json "$OUT/bench_quick.json"
 
 if [ ${#failed[@]} -eq 0 ]; then

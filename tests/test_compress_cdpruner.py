@@ -495,3 +495,19 @@ def test_pool_positions_with_fixed_eos_id():
     assert first_eos[:2].tolist() == [0, 0] and int(ids[2, first_eos[2]]) == 49407
     legacy = cdpruner_pool_positions(ids, 2)
     assert legacy.tolist() == [0, 73, 5]  # differs only in the middle segment
+
+
+def test_similarity_dtype_normalises_half_precision_features_in_float32():
+    """similarity_dtype: at_least_float32 normalises bfloat16 tokens in float32 (official: in bfloat16)."""
+    from sparsezip_lmms.compress.cdpruner import cdpruner_select, cdpruner_similarity
+    from sparsezip_lmms.config import load_config
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 40, 24, generator=generator).to(torch.bfloat16)  # [B, N, D]
+    relevance = torch.rand(2, 40, generator=generator)  # [B, N]
+    wide = cdpruner_similarity(features.float())
+    assert torch.equal(cdpruner_similarity(features, torch.float32), wide)
+    assert not torch.equal(cdpruner_similarity(features), wide)  # the official bfloat16 normalisation rounds
+    order = cdpruner_select(features, relevance, 8, normalize_dtype=torch.float32)
+    assert torch.equal(order, cdpruner_select(features.float(), relevance, 8))
+    assert load_config("cdpruner_64").similarity_dtype == "model"  # the official behaviour by default

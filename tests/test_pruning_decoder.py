@@ -279,3 +279,71 @@ def test_rule_for_config(fastv):
     embeds, mask, starts = _batch(cases, meta, ["s0"])
     with pytest.raises(ValueError, match="visual_keep"):
         pruned_generate(model, embeds, mask, starts, load_config("visionzip_64", {"prune_layer": 1}), 1)
+
+
+def test_sparsevlm2_rope_term_uses_float32_tables_in_half_precision(sparsevlm2, monkeypatch):
+    """In bfloat16 the layer's rotary tables are rounded to 3 digits; the RoPE-only term is built from the
+    same positions in float32 instead (the tables a float32 model would use)."""
+    import copy
+
+    import sparsezip_lmms.pruning.attention as attention
+
+    cases, meta, model = sparsevlm2
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    embeds, mask, starts = _batch(cases, meta, ["s0"])
+    seen = []
+
+    def recording(cos_rows, sin_rows, cos_cols, sin_cols, scaling):
+        seen.append((cos_rows, sin_rows))
+        return rope_bias(cos_rows, sin_rows, cos_cols, sin_cols, scaling)
+
+    monkeypatch.setattr(attention, "rope_bias", recording)
+    out = pruned_generate(half, embeds.to(torch.bfloat16), mask, starts, _sparsevlm2_config(64), 1)
+    assert out.method == "sparsevlm2" and len(seen) == 3
+    sample = meta["samples"]["s0"]
+    rows = torch.tensor(sample["rater_idx"]) + sample["text_token_start"]  # the raters' position ids at layer 2
+    probe = torch.zeros(1, 1, dtype=torch.float32)
+    cos32, sin32 = half.model.rotary_emb(probe, position_ids=rows[None])  # [1, R, hd] float32
+    cos, sin = seen[0]
+    assert cos.dtype == torch.float32
+    torch.testing.assert_close(cos, cos32[0], rtol=0, atol=0)
+    torch.testing.assert_close(sin, sin32[0], rtol=0, atol=0)
+    assert (cos32[0].to(torch.bfloat16).float() - cos32[0]).abs().max() > 1e-4  # what the bfloat16 tables would lose
+
+
+def test_row_logits_match_repeated_float32_keys_without_copying_them_whole(monkeypatch):
+    """The pruning layer's query-row logits: grouped-query heads share their key head, and the keys are
+    converted to float32 chunk by chunk; the values are those of the repeated float32 keys."""
+    import sparsezip_lmms.pruning.attention as attention
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 8, 3, 16, generator=generator).to(torch.bfloat16)  # [B, H, R, hd]
+    keys = torch.randn(2, 2, 1000, 16, generator=generator).to(torch.bfloat16)  # [B, H_kv, L, hd]
+    expected = query.float() @ repeat_kv(keys, 4).float().transpose(-1, -2)  # [B, H, R, L]
+    monkeypatch.setattr(attention, "KEY_CHUNK_ELEMENTS", 2 * 2 * 16 * 300)  # 300-key chunks (the minimum is 256)
+    got = attention.row_logits(query, keys)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_pruning_layer_computations_follow_the_layer_device(fastv):
+    """With device_map over several devices each layer lives on one of them: what the decoder computes
+    with a layer's own submodules runs where that layer's weights are (here: a layer moved to "meta",
+    fed host tensors; shapes only)."""
+    import copy
+
+    from sparsezip_lmms.pruning.attention import keys_and_values, layer_device, query_attention
+
+    _, _, model = fastv
+    layer = copy.deepcopy(model.model.layers[1]).to("meta")
+    assert layer_device(layer).type == "meta"
+    batch, length, width = 2, 7, model.config.hidden_size
+    hidden = torch.randn(batch, length, width, dtype=torch.float64)
+    cos_sin = model.model.rotary_emb(hidden, position_ids=torch.arange(length).expand(batch, -1))
+    from transformers.cache_utils import DynamicCache
+
+    keys, values = keys_and_values(layer, DynamicCache(config=model.config), hidden, cos_sin)
+    assert keys.device.type == "meta" and keys.shape[2] == length
+    probs = query_attention(layer, hidden[:, -2:], cos_sin, keys, torch.tensor([[5, 6], [5, 6]]), torch.ones(batch, length, dtype=torch.bool))
+    assert probs.device.type == "meta" and probs.shape == (batch, model.config.num_attention_heads, 2, length)

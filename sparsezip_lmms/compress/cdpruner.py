@@ -101,12 +101,15 @@ def _check_float(name: str, t: object, ndim: int, shape_doc: str) -> Tensor:
 # --------------------------------------------------------------------------- (a) similarity
 
 
-def cdpruner_similarity(features: Tensor) -> Tensor:
+def cdpruner_similarity(features: Tensor, normalize_dtype: torch.dtype | None = None) -> Tensor:
     """Cosine similarity of every pair of tokens of each image.
 
     features [B, N, D] -> S [B, N, N]. ``x / ‖x‖`` in the dtype of ``features`` (official: the model
-    dtype), then promoted to float32 or wider before the product (official ``.float()``).
+    dtype) or in ``normalize_dtype``, then promoted to float32 or wider before the product (official
+    ``.float()``).
     """
+    if normalize_dtype is not None:
+        features = features.to(normalize_dtype)
     unit = features / features.norm(dim=-1, keepdim=True)  # [B, N, D]
     unit = unit.to(at_least_float32(unit.dtype))
     return unit @ unit.transpose(1, 2)  # [B, N, N]
@@ -305,7 +308,9 @@ def cdpruner_greedy_map(kernel: Tensor, k: int, distinct: bool = False) -> tuple
     return order, gain
 
 
-def cdpruner_select(features: Tensor, relevance: Tensor, k: int, *, distinct: bool = False) -> Tensor:
+def cdpruner_select(
+    features: Tensor, relevance: Tensor, k: int, *, distinct: bool = False, normalize_dtype: torch.dtype | None = None
+) -> Tensor:
     """CDPruner's selection order: k tokens of each image by greedy MAP of the conditional DPP.
 
     features [B, N, D] (LLaVA: projector outputs, no CLS); relevance [B, N] (:func:`cdpruner_relevance`);
@@ -328,7 +333,7 @@ def cdpruner_select(features: Tensor, relevance: Tensor, k: int, *, distinct: bo
     check_finite(features=features, relevance=relevance)
     if bool((features.norm(dim=-1) == 0).any()):  # host sync, once, before the loop
         raise ValueError("features has a zero-norm token (its similarity would be NaN)")
-    similarity = cdpruner_similarity(features)  # [B, N, N]
+    similarity = cdpruner_similarity(features, normalize_dtype)  # [B, N, N]
     kernel = cdpruner_kernel(similarity, relevance.to(torch.promote_types(similarity.dtype, relevance.dtype)))
     order, _ = cdpruner_greedy_map(kernel, k, distinct=distinct)
     return order

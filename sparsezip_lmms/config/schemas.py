@@ -146,6 +146,11 @@ class CDPrunerConfig(DeferrableConfig):
     strip_answer_format: bool = Field(
         True, description="drop the benchmark's answer-format instruction from the question, as the official scripts do"
     )
+    similarity_dtype: Literal["model", "at_least_float32"] = Field(
+        "model",
+        description="dtype the projected tokens are normalised in before their similarity: the model's (official; "
+        "bfloat16 rounds them, docs/ALGORITHMS.md) or at least float32",
+    )
     seed: int = 0
 
 

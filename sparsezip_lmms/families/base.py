@@ -21,6 +21,9 @@ class ModelFamily(Protocol):
     def processor_inputs(self, processor, texts: list[str], images: list, config, device) -> tuple[Any, Any]:
         """The processor's batch on the model's device, and the tiling it used (or None)."""
 
+    def prompt_cost(self, images: list, config) -> int:
+        """A prompt's images in vision-tower passes (what its LLM input length mostly depends on)."""
+
     def images_per_row(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B] long: images in each prompt."""
 

@@ -41,7 +41,23 @@ class LlavaFamily:
         pinpoints = self.grid_pinpoints(config)
         tiling = {"image_grid_pinpoints": pinpoints} if (pinpoints is not None and images) else {}
         inputs = processor(images=images or None, text=texts, return_tensors="pt", padding=True, **tiling)
-        return inputs.to(device), pinpoints
+        sizes = inputs.pop("image_sizes", None)  # [n_images, 2]: read on the host only (layouts), never moved
+        inputs = inputs.to(device)
+        if sizes is not None:
+            inputs["image_sizes"] = sizes
+        return inputs, pinpoints
+
+    def prompt_cost(self, images: list, config) -> int:
+        """Vision-tower passes of a prompt's images (LLaVA-NeXT: base view + tiles of each, from its size
+        and the tile grid), the bulk of its LLM input: requests are batched by it, longest first."""
+        if not images or not self.geometry.any_resolution:
+            return len(images)
+        from ..llava.next import crop_counts
+
+        if not all(hasattr(image, "height") for image in images):  # not PIL images: the processor will say
+            return len(images)
+        sizes = torch.tensor([[image.height, image.width] for image in images])  # [n, 2] (H, W)
+        return sum(crop_counts(sizes, self.model.config, self.grid_pinpoints(config)))
 
     def images_per_row(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B] long: images (placeholder runs) in each prompt."""
@@ -150,7 +166,7 @@ class LlavaFamily:
                 from ..llava.next import packed_sources
                 from ..llava.selection import patch_grid
 
-                sources = packed_sources(image_sizes.cpu(), crops, grids, patch_grid(n_patches)[0])  # [n_images, L]
+                sources = packed_sources(image_sizes, crops, grids, patch_grid(n_patches)[0])  # [n_images, L]
                 by_tile = next_layer_tiles(pruned.kept, pruned.pruning_layers, sources, n_patches)
         if selected is not None and selected.crops is not None:  # NeXT, compressed crop by crop
             images = next_selections(selected, crops, n_patches)

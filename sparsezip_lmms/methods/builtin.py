@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..compress.baselines import keep_all, pool, random_keep
 from ..compress.cdpruner import cdpruner_relevance, cdpruner_select
+from ..compress.dtypes import at_least_float32
 from ..compress.divprune import divprune_select, divprune_select_ragged
 from ..compress.in_llm import FastVRule, SparseVLM2Rule, SparseVLMRule
 from ..compress.sparsezip import sparsezip
@@ -88,7 +89,8 @@ def _cdpruner(inputs: ProjectedInputs, config: CDPrunerConfig) -> Tensor:
         relevance = cdpruner_relevance(embeds, text.to(embeds.dtype), text_mask=text_mask)  # [B, N]
     else:
         relevance = cdpruner_relevance(embeds, text.to(embeds.dtype), joint=True, text_mask=text_mask, groups=inputs.groups)
-    return cdpruner_select(inputs.projected, relevance, config.keep, distinct=config.distinct)  # [B, k]
+    normalize = None if config.similarity_dtype == "model" else at_least_float32(inputs.projected.dtype)
+    return cdpruner_select(inputs.projected, relevance, config.keep, distinct=config.distinct, normalize_dtype=normalize)
 
 
 # ------------------------------------------------------------------------------------------- llm stage

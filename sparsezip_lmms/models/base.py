@@ -227,7 +227,8 @@ class CompressedLlava(_LlavaHfChat):
             for item in message["content"]
             if item.get("type") == "text" and item.get("text")
         )  # the user's text alone (CDPruner's CLIP question)
-        return _Prepared(key, index, text, list(images), gen_kwargs, task, split, doc_id, uid, question, fingerprints)
+        cost = self.family.prompt_cost(list(images), self.compression)
+        return _Prepared(key, index, text, list(images), gen_kwargs, task, split, doc_id, uid, question, fingerprints, cost)
 
     def _document_key(self, task: str, split: str, doc_id: int) -> str | None:
         """The ``*_eff`` key of a document whose row cannot be read whole (its key column alone)."""
@@ -257,8 +258,9 @@ class CompressedLlava(_LlavaHfChat):
                 record_request(task, split, doc_id, record, uid=self._document_key(task, split, doc_id))
                 failures += 1
 
-        # Same generation settings in one batch; longest prompts first to pad little.
-        prepared.sort(key=lambda item: (item.key, -len(item.text), item.index))
+        # Same generation settings in one batch; longest prompts first to pad little: the images' cost
+        # (LLaVA-NeXT: their crops, thousands of tokens) before the text's length
+        prepared.sort(key=batch_order)
         batches = [prepared[i : i + self.batch_size] for i in range(0, len(prepared), self.batch_size)]
         pbar = tqdm(total=len(requests), disable=(self.rank != 0), desc=f"{self.model_id} responding")
         pbar.update(failures)
@@ -345,6 +347,12 @@ class CompressedLlava(_LlavaHfChat):
         return pairs
 
 
+def batch_order(item: "_Prepared") -> tuple:
+    """Sort key of the requests: same generation settings together, then the longest LLM input first
+    (the images' vision-tower passes, then the text's length), then the request order."""
+    return (item.key, -item.cost, -len(item.text), item.index)
+
+
 @dataclass
 class _Prepared:
     """One request, ready to batch."""
@@ -360,5 +368,6 @@ class _Prepared:
     uid: str | None  # the document's key from the *_eff tasks' process_docs
     question: str = ""  # the user's text without the chat template
     fingerprints: list[str] | None = None  # llava.selection.image_fingerprint of each image (log_selection)
+    cost: int = 0  # vision-tower passes of its images (families.llava.LlavaFamily.prompt_cost)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 from ..efficiency.clock import TokenClock, now
 from ..efficiency.records import peak_memory, reset_peak_memory
@@ -132,17 +133,21 @@ def generate_batch(
     inputs_embeds = family.embed(prompt, visual)  # [B, L', D] image tokens spliced into the prompt
 
     args = generation_args(lmm, gen_kwargs)
-    t_generate = now(device)
+    clock = TokenClock(device)  # one token clock for both decoders (efficiency.clock)
+    t_generate = clock.start()
     if prune:
         if not bool((images_per_row == 1).all()):
             raise ValueError(f"{lmm.model_id}: the pruning decoder needs exactly one image per prompt")
-        tokens, step_times, layer_stats, pruned = generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep)
+        tokens, layer_stats, pruned = generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep, clock)
     else:
-        clock = TokenClock() if args["num_beams"] == 1 else None
         tokens = lmm.model.generate(
-            inputs_embeds=inputs_embeds, attention_mask=prompt.attention_mask, streamer=clock, **args
+            inputs_embeds=inputs_embeds,
+            attention_mask=prompt.attention_mask,
+            stopping_criteria=StoppingCriteriaList([clock.stopping_criterion()]),
+            **args,
         )  # [B, new] (no prompt ids when generating from embeddings)
-        step_times, layer_stats, pruned = (clock.step_times if clock else []), None, None
+        layer_stats, pruned = None, None
+    step_times = clock.step_times
     t_end = now(device)
     selections = None
     if fingerprints is not None:
@@ -203,14 +208,14 @@ def decode(lmm, tokens: torch.Tensor, args: dict[str, Any]) -> tuple[list[str], 
     return texts, counts
 
 
-def generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep):
-    """Generate with the pruning decoder (one image per prompt, ``counts`` [B] its visual tokens)."""
+def generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep, clock: TokenClock):
+    """Generate with the pruning decoder (one image per prompt, ``counts`` [B] its visual tokens); ``clock``
+    ticks once per generated token."""
     from ..pruning import pruned_generate
 
     if args["num_beams"] != 1 or args["do_sample"]:
         raise ValueError(f"{lmm.model_id}: the pruning decoder generates greedily (num_beams=1, temperature=0)")
     image_start = lmm.family.image_starts(prompt)  # [B] first image position per row
-    clock = TokenClock()
     out = pruned_generate(
         lmm.model,
         inputs_embeds,
@@ -221,14 +226,14 @@ def generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep):
         num_visual_tokens=counts,
         visual_keep=visual_keep,
         eos_token_id=args["eos_token_id"],
-        streamer=clock,
+        clock=clock,
     )
     stats = {
         "visual_tokens_per_layer": out.visual_tokens_per_layer.tolist(),
         "equal_tokens": out.equal_tokens.tolist(),
         "cache_lengths": out.cache_lengths.tolist(),
     }
-    return out.sequences, clock.step_times, stats, out
+    return out.sequences, stats, out
 
 
 @dataclass

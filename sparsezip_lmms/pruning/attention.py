@@ -14,6 +14,7 @@ Shapes: ``B`` samples, ``L`` padded keys, ``q`` input rows, ``R`` query rows, ``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,6 @@ from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
     eager_attention_forward,
-    repeat_kv,
     rotate_half,
 )
 
@@ -32,7 +32,27 @@ from ..compress.in_llm import PruningRule, rope_bias
 from ..llava.compat import cache_kwargs
 from .batch import Padded, Sample, gather_rows
 
-__all__ = ["keys_and_values", "layer_rows", "query_attention", "run_layers", "span_scores", "splits_rows"]
+__all__ = ["follow", "keys_and_values", "layer_device", "layer_rows", "query_attention", "run_layers", "span_scores", "splits_rows"]
+
+
+def layer_device(module: nn.Module) -> torch.device:
+    """The device of a module's weights: with ``device_map`` over several devices each decoder layer lives
+    on one of them."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def follow(device: torch.device, *tensors):
+    """The placement rule of every computation this package runs on a layer's own submodules (the layers
+    themselves move their inputs through accelerate's hooks): its tensors go to the layer's device (a no-op
+    on one device). Tuples (``cos_sin``) are moved whole; None stays None."""
+    moved = tuple(
+        None if t is None else tuple(x.to(device) for x in t) if isinstance(t, tuple) else t.to(device) for t in tensors
+    )
+    return moved if len(moved) > 1 else moved[0]
 
 
 def run_layers(
@@ -44,19 +64,21 @@ def run_layers(
     first: int,
     last: int,
     capture: torch.Tensor | None = None,  # [B, R] rows of the last layer's input to return
+    mask: Any = None,  # the layers' attention mask, when the caller made it (decoding: decode_step_mask)
 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
     """Run layers first..last (inclusive) with the stage's own mask and positions.
 
     Returns (output [B, q, d], captured input rows [B, R, d] of layer ``last`` or None, (cos, sin) [B, q, hd]).
     """
-    mask = create_causal_mask(
-        config=decoder.config,
-        inputs_embeds=hidden,
-        attention_mask=key_valid,
-        position_ids=position_ids,
-        layer_idx=first,
-        **cache_kwargs(create_causal_mask, cache),
-    )
+    if mask is None:
+        mask = create_causal_mask(
+            config=decoder.config,
+            inputs_embeds=hidden,
+            attention_mask=key_valid,
+            position_ids=position_ids,
+            layer_idx=first,
+            **cache_kwargs(create_causal_mask, cache),
+        )
     cos_sin = decoder.rotary_emb(hidden, position_ids=position_ids)  # ([B, q, hd], [B, q, hd])
     captured = None
     for index in range(first, last + 1):
@@ -116,12 +138,32 @@ def query_attention(
     """Attention probabilities of the query rows over all keys, per head (causal, the layer's scaling):
     [B, H, R, L], in at least float32."""
     attn = layer.self_attn
+    rows_in, cos_sin, keys, query_rows, key_valid = follow(layer_device(layer), rows_in, cos_sin, keys, query_rows, key_valid)
     query = _row_queries(attn, layer.input_layernorm(rows_in), cos_sin, query_rows)  # [B, H, R, hd]
-    dtype = at_least_float32(query.dtype)
-    keys = repeat_kv(keys, attn.num_key_value_groups).to(dtype)  # [B, H, L, hd]
-    logits = (query.to(dtype) @ keys.transpose(-1, -2)) * attn.scaling  # [B, H, R, L]
+    logits = row_logits(query, keys) * attn.scaling  # [B, H, R, L]
     logits = logits.masked_fill(~_row_causal_mask(key_valid, query_rows)[:, None], float("-inf"))
     return logits.softmax(dim=-1)  # [B, H, R, L]
+
+
+KEY_CHUNK_ELEMENTS = 1 << 24  # keys converted to float32 at a time by row_logits (64 MB in float32)
+
+
+def row_logits(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``query @ keys^T`` in at least float32 for a few query rows: [B, H, R, L].
+
+    query: [B, H, R, hd]; keys: [B, H_kv, L, hd] (grouped-query heads share a key head). The keys are
+    neither repeated per query head nor copied to float32 whole: chunks of the key length are converted
+    in turn (each logit is the same dot product over hd, so the result does not depend on the chunks)."""
+    batch, heads, rows, head_dim = query.shape
+    kv_heads, length = keys.shape[1], keys.shape[2]
+    dtype = at_least_float32(query.dtype)
+    grouped = query.to(dtype).reshape(batch, kv_heads, (heads // kv_heads) * rows, head_dim)  # [B, H_kv, g*R, hd]
+    chunk = max(256, KEY_CHUNK_ELEMENTS // max(1, batch * kv_heads * head_dim))
+    parts = [
+        grouped @ keys[:, :, start : start + chunk].to(dtype).transpose(-1, -2)  # [B, H_kv, g*R, chunk]
+        for start in range(0, length, chunk)
+    ]
+    return torch.cat(parts, dim=-1).reshape(batch, heads, rows, length)  # [B, H, R, L]
 
 
 def span_scores(
@@ -132,9 +174,15 @@ def span_scores(
     query_rows: torch.Tensor,  # [B, R]
     samples: Sequence[Sample],
     padded: Padded,
+    rotary: nn.Module | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """Per sample: the rule's score of every visual-span token [v_num_b], and the heads it used [h] or None."""
+    """Per sample: the rule's score of every visual-span token [v_num_b], and the heads it used [h] or None.
+
+    SparseVLM v2.0's RoPE-only term is built from rotary tables in float32: the layer's own ``cos_sin``
+    when they are (float32 or float64 models: the same values), else recomputed by ``rotary`` (the
+    decoder's ``rotary_emb``) in float32 at the same position ids, instead of the half-precision tables."""
     scores, heads, biases = [], [], []
+    query_rows, cos_sin = follow(probs.device, query_rows, cos_sin)
     for b, sample in enumerate(samples):
         lo = padded.pad[b] + sample.v_start
         count = sample.raters.numel()
@@ -142,7 +190,12 @@ def span_scores(
         bias = None
         if rule.rope_corrected:
             rows, dtype = query_rows[b, :count], probs.dtype
-            cos, sin = cos_sin[0][b].to(dtype), cos_sin[1][b].to(dtype)  # [L, hd]
+            cos, sin = cos_sin[0][b], cos_sin[1][b]  # [L, hd]
+            if rotary is not None and cos.dtype not in (torch.float32, torch.float64):
+                work = torch.empty(1, dtype=torch.float32, device=cos.device)
+                positions = follow(layer_device(rotary), padded.position_ids[b : b + 1])  # [1, L]
+                cos, sin = (t[0].to(probs.device) for t in rotary(work, position_ids=positions))
+            cos, sin = cos.to(dtype), sin.to(dtype)  # [L, hd] in the probabilities' (>= float32) dtype
             cols = slice(lo, lo + sample.v_num)
             bias = rope_bias(cos[rows], sin[rows], cos[cols], sin[cols], layer.self_attn.scaling)  # [R_b, v_num]
             biases.append(bias.min())
@@ -181,6 +234,7 @@ def keys_and_values(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's post-RoPE keys and values of every row, stored in its cache: ([B, H_kv, L, hd] x 2)."""
     attn = layer.self_attn
+    normed, cos_sin = follow(layer_device(layer), normed, cos_sin)
     batch, length, _ = normed.shape
     keys = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, L, hd]
     values = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, L, hd]
@@ -199,6 +253,9 @@ def layer_rows(
 ) -> torch.Tensor:
     """The decoder layer's output at ``rows`` only: [B, M, d] (each row attends causally to all keys)."""
     attn = layer.self_attn
+    hidden, normed, cos_sin, keys, values, key_valid, rows = follow(
+        layer_device(layer), hidden, normed, cos_sin, keys, values, key_valid, rows
+    )
     batch, count = rows.shape
     query = _row_queries(attn, gather_rows(normed, rows), cos_sin, rows)  # [B, H, M, hd]
     allowed = _row_causal_mask(key_valid, rows)[:, None]  # [B, 1, M, L]

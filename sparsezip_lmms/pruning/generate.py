@@ -108,6 +108,7 @@ def pruned_generate(
     visual_keep: torch.Tensor | None = None,
     eos_token_id: int | None = None,
     streamer: Any | None = None,
+    clock: Any | None = None,
     seed: int | None = None,
 ) -> PrunedOutput:
     """Greedy generation (``max_new_tokens`` tokens) with in-LLM pruning of the visual tokens.
@@ -127,7 +128,9 @@ def pruned_generate(
         first repeat it), so ``sequences`` may be shorter than ``max_new_tokens``. Without it decoding
         runs exactly ``max_new_tokens`` steps.
     streamer: optional object with ``put(tensor)`` / ``end()`` (a transformers streamer): it receives
-        an empty [B, 0] prompt tensor first, then each step's tokens as a host tensor [B].
+        an empty [B, 0] prompt tensor first, then each step's tokens as a host tensor [B] (a host copy per
+        step; the stop condition is then read every step).
+    clock: optional ``efficiency.clock.TokenClock``, ticked once per generated token without a host wait.
     seed: the recycling's tie-break draws (SparseVLM v1.5); default: the config's ``seed`` (0 for a rule).
     """
     rule = config if isinstance(config, PruningRule) else rule_for_config(config)
@@ -191,7 +194,7 @@ def pruned_generate(
     if streamer is not None:
         streamer.put(torch.zeros(batch, 0, dtype=torch.long))
     sequences, decode_positions = greedy_decode(
-        decoder, head, cache, groups, prefill_logits, int(max_new_tokens), depth, eos_token_id, streamer
+        decoder, head, cache, groups, prefill_logits, int(max_new_tokens), depth, eos_token_id, streamer, clock
     )  # [B, T], [B, T - 1, N]
     stage_positions = [pad_stack(p, -1) for p in stats.positions]  # per stage: [B, n_max]
 

@@ -25,7 +25,7 @@ from transformers.cache_utils import DynamicCache
 from ..compress.dtypes import at_least_float32
 from ..compress.in_llm import Decision, PruningRule
 from ..compress.sparsevlm_recycle import density_peak_merge
-from .attention import keys_and_values, layer_rows, query_attention, run_layers, span_scores, splits_rows
+from .attention import follow, keys_and_values, layer_device, layer_rows, query_attention, run_layers, span_scores, splits_rows
 from .batch import Padded, Sample, gather_rows, needed_padded_rows, query_rows
 
 __all__ = ["PruningStageResult", "Stage", "apply_pruning", "pruning_stage", "stages"]
@@ -78,7 +78,10 @@ def pruning_stage(
             hidden, _, _ = run_layers(
                 decoder, cache, hidden, padded.valid, padded.position_ids, stage.first, stage.last - 1
             )
-        cos_sin = decoder.rotary_emb(hidden, position_ids=padded.position_ids)  # ([B, L, hd], [B, L, hd])
+        device = layer_device(pruning)
+        positions = follow(layer_device(decoder.rotary_emb), padded.position_ids)  # [B, L]
+        cos_sin = follow(device, decoder.rotary_emb(hidden, position_ids=positions))  # ([B, L, hd], [B, L, hd])
+        hidden = follow(device, hidden)  # [B, L, d] on the pruning layer's device
         normed = pruning.input_layernorm(hidden)  # [B, L, d]
         keys, values = keys_and_values(pruning, cache, normed, cos_sin)  # [B, H_kv, L, hd] x 2
         if scoring:
@@ -90,7 +93,9 @@ def pruning_stage(
         keys = cache.layers[stage.last].keys  # [B, H_kv, L, hd]
     if scoring:
         probs = query_attention(pruning, rows_in, cos_sin, keys, rows_q, padded.valid)  # [B, H, R, L]
-        scores, heads = span_scores(rule, pruning, probs, cos_sin, rows_q, samples, padded)
+        scores, heads = span_scores(rule, pruning, probs, cos_sin, rows_q, samples, padded, decoder.rotary_emb)
+        scores = [follow(s.span_ids.device, sc) for s, sc in zip(samples, scores, strict=True)]  # to each sample's device
+        heads = [None if h is None else follow(s.span_ids.device, h) for s, h in zip(samples, heads, strict=True)]
         decisions = [rule.decide(stage.prune, sc, h) for sc, h in zip(scores, heads, strict=True)]
     else:
         decisions = [_given_decision(s) for s in samples]

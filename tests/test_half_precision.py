@@ -1,0 +1,124 @@
+"""Half precision, as users run it on a GPU, on every device this machine has: the CPU always (its
+bfloat16/float16 stand in for the GPU's), CUDA when torch sees one (``scripts/gpu_check.sh``).
+
+For every model id and config family (LLaVA-1.5 and LLaVA-NeXT, SparseVLM v1.5 and v2.0, FastV, deferred
+pruning, the vision-side and projected methods) in float16 and bfloat16, at batch 1 and 3: no request
+fails (non-finite visual tokens are refused, so none reached the LLM), the visual tokens sent are distinct
+source patches or declared merges, and the token counts (LLM input, visual tokens, the in-LLM layer
+average) equal float32's, where the method's decision is integer-valued (SparseZip's dynamic K: within
+one token, docs/ALGORITHMS.md "Precision rules"). The kept sets may differ from float32's on near ties.
+
+The checkpoints are small (a 3-layer CLIP; a 4-layer LLM, or 16 layers where pruning reaches layer 15;
+the NeXT checkpoint), the images small, one short request each; one model is loaded per checkpoint and
+dtype, and its configs switch on the loaded weights (``with_config``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+from sparsezip_lmms.demo.mini_datasets import _scene
+from sparsezip_lmms.efficiency import get_record
+from _requests import make_requests
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+HALF = ["bfloat16", "float16"]
+GEN = {"max_new_tokens": 2, "temperature": 0, "do_sample": False}
+# (model id, config, checkpoint): "llm4" / "llm16" shallow LLaVA-1.5, "next" the tiny LLaVA-NeXT
+CASES = [
+    ("llava_hf_timed", "keep_all", "llm4"),
+    ("llava_visionzip", "visionzip_64", "llm4"),
+    ("llava_sparsezip", "sparsezip_64", "llm4"),
+    ("llava_sparsezip", "random_64", "llm4"),
+    ("llava_divprune", "divprune_64", "llm4"),
+    ("llava_cdpruner", "cdpruner_64", "llm4"),
+    ("llava_fastv", "fastv_default", "llm4"),
+    ("llava_sparsevlm", "sparsevlm_64", "llm16"),
+    ("llava_sparsevlm", "sparsevlm2_64", "llm16"),
+    ("llava_sparsezip", "confound/aware_inside", "llm4"),
+    ("llava_compressed", "pool_64", "llm4"),
+    ("llava_hf_timed", "keep_all", "next"),
+    ("llava_visionzip", "visionzip_next_320", "next"),
+    ("llava_divprune", "divprune_next_320", "next"),
+    ("llava_sparsevlm", "sparsevlm2_64", "next"),
+]
+DYNAMIC_K = {"sparsezip_64", "confound/aware_inside"}
+_LOADED: dict = {}
+_REFERENCE: dict = {}
+
+
+def _docs():
+    rng = random.Random(11)
+    sizes, questions = [(640, 480), (300, 500), (336, 336)], ["Is there a cat?", "What colour is the square?", "Count."]
+    return [([_scene(rng, size)], q) for size, q in zip(sizes, questions)]
+
+
+def _model(checkpoint, device, dtype, clip):
+    """One loaded model per (checkpoint, device, dtype) for the whole file (its weights are only read)."""
+    from lmms_eval.models import get_model
+
+    key = (str(checkpoint), device, dtype)
+    if key not in _LOADED:
+        _LOADED[key] = get_model("llava_hf_timed")(pretrained=str(checkpoint), device=device, dtype=dtype, batch_size=1)
+    return _LOADED[key]
+
+
+def _run(case, checkpoints, device, dtype, batch_size, clip):
+    model_id, config, kind = case
+    base = _model(checkpoints[kind], device, dtype, clip)
+    lmm = base.with_config(model_id, config, clip_text_tower=str(clip) if model_id == "llava_cdpruner" else None)
+    lmm.batch_size_per_gpu = batch_size
+    task = f"half_{model_id}_{config}_{kind}_{device}_{dtype}_{batch_size}".replace("/", "_")
+    results = lmm.generate_until(make_requests(lmm, _docs(), GEN, task=task))
+    records = [get_record(task, "test", i) for i in range(len(results))]
+    return results, records
+
+
+def _counts(records):
+    return [(r.input_tokens, r.visual_tokens, round(r.visual_tokens_layer_avg, 6)) for r in records]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(shallow_checkpoints, tiny_next_checkpoint):
+    return {"llm4": shallow_checkpoints[4], "llm16": shallow_checkpoints[16], "next": tiny_next_checkpoint}
+
+
+@pytest.fixture(autouse=True)
+def _sync_debug(request):
+    """SPARSEZIP_SYNC_DEBUG=warn (scripts/gpu_check.sh): CUDA warns at every synchronising call."""
+    mode = os.environ.get("SPARSEZIP_SYNC_DEBUG")
+    if mode and torch.cuda.is_available():
+        torch.cuda.set_sync_debug_mode(mode)
+        yield
+        torch.cuda.set_sync_debug_mode(0)
+    else:
+        yield
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}:{c[1]}:{c[2]}")
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("device", DEVICES)
+def test_half_precision_keeps_float32_token_counts(case, dtype, device, checkpoints, tiny_clip):
+    key = (case, device)
+    if key not in _REFERENCE:
+        _REFERENCE[key] = _run(case, checkpoints, device, "float32", 1, tiny_clip)[1]
+    reference = _REFERENCE[key]
+    assert all(r.error is None for r in reference), [r.error for r in reference]
+    for batch_size in (1, 3):
+        results, records = _run(case, checkpoints, device, dtype, batch_size, tiny_clip)
+        assert all(r.error is None for r in records), [r.error for r in records]  # finite tokens, no failure
+        assert all(isinstance(r.text, str) for r in results)
+        got, expected = _counts(records), _counts(reference)
+        if case[1] in DYNAMIC_K:  # K is read from a score: a rounding boundary may move it by one
+            assert all(abs(g[1] - e[1]) <= 1 and abs(g[0] - e[0]) <= 1 for g, e in zip(got, expected)), (got, expected)
+        else:
+            assert got == expected, batch_size
+        for record in records:  # distinct source patches (DivPrune's default keeps them so in every dtype)
+            assert all("repeated" not in image for image in record.selection["images"]), record.selection
+            if device == "cuda":
+                assert record.peak_memory_bytes and record.peak_memory_bytes > 0
+                assert record.ttft_s is not None and record.ttft_s > 0
