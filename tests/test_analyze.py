@@ -332,3 +332,20 @@ def test_cli_mixed_tasks_need_task(pope_runs, tmp_path, capsys):
     assert "pick one with --task" in err and "docvqa_val_eff (1 run)" in err and f"{TASK} (5 runs)" in err
     assert cli(["analyze", str(pope_runs), "--task", "docvqa_val_eff", "--out", str(tmp_path / "out")]) == 0
     assert cli(["analyze", str(pope_runs), "--task", "mme_eff", "--out", str(tmp_path / "out")]) == 2
+
+
+def test_next_in_llm_layer_records_are_read_as_base_view_positions():
+    """LLaVA-NeXT in-LLM records name packed-sequence positions in ``layers`` (past the 24 x 24 grid for
+    the tiles); they are read, not refused: the base view's patches (the first N positions) remain."""
+    from sparsezip_lmms.analysis.samples import read_selection
+
+    selection = {
+        "version": 1, "method": "fastv", "grid": [24, 24],
+        "images": [{"image": "abc", "kept": "0-575", "crops": 3, "tile_grid": [1, 2],
+                    "layers": {"2": "3-5,574,690-693,1500"}, "layer_tiles": {"2": ["", "114-117"]}}],
+    }  # fmt: skip
+    (image,) = read_selection(selection)
+    assert image.layers == {2: frozenset({3, 4, 5, 574})}
+    llava15 = {**selection, "images": [{"image": "abc", "kept": "0-575", "layers": {"2": "3-5,690"}}]}
+    with pytest.raises(ValueError, match="past the last position 575"):  # LLaVA-1.5 records stay strict
+        read_selection(llava15)

@@ -190,3 +190,27 @@ def test_log_selection_false_logs_nothing(tiny_checkpoint):
 
     with pytest.raises(ConfigError, match="log_selection must be true or false"):
         _selections("llava_visionzip", tiny_checkpoint, config="visionzip_64", log_selection="maybe")
+
+
+@pytest.mark.parametrize("config", ["sparsevlm_64", "fastv_64"])
+def test_next_in_llm_records_do_not_depend_on_the_batch(config, tiny_next_checkpoint):
+    """LLaVA-NeXT images of different sizes have packed spans of different lengths: each row's layer
+    record keeps its own span's positions only (a recycled token's id is past the row's span, though
+    it may be inside a longer row's), so batch 1 and batch 3 write the same records."""
+    model_id = "llava_sparsevlm" if config.startswith("sparsevlm") else "llava_fastv"
+    one = _selections(model_id, tiny_next_checkpoint, config=config)
+    batched = _selections(model_id, tiny_next_checkpoint, batch_size=3, config=config)
+    assert one == batched
+
+
+def test_layer_records_keep_each_rows_own_span():
+    """A recycled token of a short row (id 1000 + c: its span is under 1000) is not a position of that
+    row, even where a longer row of the same batch has a position 1000."""
+    from sparsezip_lmms.llava.selection import layer_kept_patches
+    from sparsezip_lmms.pruning import recycled_id_base
+
+    short, long = 900, 2400
+    kept = [torch.tensor([[3, 7, recycled_id_base(short) + 1, -1], [5, 1001, 2300, 2399]])]  # [B, k_max]
+    rows = layer_kept_patches(kept, (2,), [short, long])
+    assert rows == [{"2": "3,7"}, {"2": "5,1001,2300,2399"}]
+    assert layer_kept_patches(kept, (2,), 576) == [{"2": "3,7"}, {"2": "5"}]  # LLaVA-1.5: one span for all rows

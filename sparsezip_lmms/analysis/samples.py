@@ -99,10 +99,15 @@ def read_selection(selection: Any) -> tuple[ImageSelection, ...] | None:
         if not isinstance(layers_in, dict):
             raise TypeError(f"image {i} 'layers' is not an object")
         layers = {}
+        packed = "tile_grid" in entry  # LLaVA-NeXT: in-LLM layers name positions of the packed sequence
         for layer, text in layers_in.items():
             if not (str(layer).isascii() and str(layer).isdigit()):
                 raise ValueError(f"image {i} 'layers': {layer!r} is not a layer number")
-            layers[int(layer)] = _selection_positions(text, size, f"image {i} layer {layer}")
+            if packed:  # the packed sequence opens with the base view's patches: those are its grid positions
+                positions = _selection_positions(text, None, f"image {i} layer {layer}")
+                layers[int(layer)] = frozenset(p for p in positions if size is None or p < size)
+            else:
+                layers[int(layer)] = _selection_positions(text, size, f"image {i} layer {layer}")
         images.append(ImageSelection(entry["image"], kept, dict(sorted(layers.items()))))
     return tuple(images)
 

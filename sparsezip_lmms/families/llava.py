@@ -160,8 +160,8 @@ class LlavaFamily:
         n_patches = self.geometry.patches
         layers, by_tile = None, None
         if pruned is not None and not deferred:  # NeXT: positions in each image's packed sequence
-            span = int(selected.features.shape[1]) if self.geometry.any_resolution else n_patches
-            layers = layer_kept_patches(pruned.kept, pruned.pruning_layers, span)
+            spans = selected.counts.tolist() if self.geometry.any_resolution else n_patches  # each row's own span
+            layers = layer_kept_patches(pruned.kept, pruned.pruning_layers, spans)
             if self.geometry.any_resolution:  # one image per prompt: the decoder's rows are the images
                 from ..llava.next import packed_sources
                 from ..llava.selection import patch_grid

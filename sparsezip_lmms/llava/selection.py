@@ -108,18 +108,21 @@ def next_layout(entries: list[dict[str, Any]], crops: list[int], grids: list[tup
     return [{**entry, "crops": count, "tile_grid": list(grid)} for entry, count, grid in zip(entries, crops, grids)]
 
 
-def layer_kept_patches(kept: list[torch.Tensor], layers: tuple[int, ...], n_patches: int) -> list[dict[str, str]]:
-    """Per row, {decoder layer: range string} of the patch identities (0..N−1) each pruning layer kept.
+def layer_kept_patches(kept: list[torch.Tensor], layers: tuple[int, ...], spans: int | list[int]) -> list[dict[str, str]]:
+    """Per row, {decoder layer: range string} of the span identities (0..span−1) each pruning layer kept.
 
     kept: the pruning decoder's ``PrunedOutput.kept``, per pruning layer [B, k_max] identities padded
-    with −1 (recycled tokens, ids from ``recycled_id_base``, and anything outside the patch grid are left out)."""
+    with −1; spans: each row's own visual span (LLaVA-1.5: the N patches; NeXT: the row's packed length),
+    or one for all rows. Recycled tokens (ids from ``recycled_id_base`` of the row's span) and anything
+    past the row's span are left out, so a row's record does not depend on the other rows of its batch."""
     if not kept:
         return []
     rows = kept[0].shape[0]
+    spans = [spans] * rows if isinstance(spans, int) else list(spans)
     out: list[dict[str, str]] = [{} for _ in range(rows)]
     for layer, ids in zip(layers, kept):
         for row, values in enumerate(ids.tolist()):
-            out[row][str(layer)] = format_ranges(v for v in values if 0 <= v < n_patches)
+            out[row][str(layer)] = format_ranges(v for v in values if 0 <= v < spans[row])
     return out
 
 
