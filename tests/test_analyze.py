@@ -349,3 +349,37 @@ def test_next_in_llm_layer_records_are_read_as_base_view_positions():
     llava15 = {**selection, "images": [{"image": "abc", "kept": "0-575", "layers": {"2": "3-5,690"}}]}
     with pytest.raises(ValueError, match="past the last position 575"):  # LLaVA-1.5 records stay strict
         read_selection(llava15)
+
+
+def test_a_failed_run_is_reported_as_failed_not_as_missing_selections(pope_runs):
+    """Every request of a run failed: analyze says so (as the leaderboard does), and does not claim
+    the selections were not logged."""
+    rows = []
+    for doc_id in POPE_DOCS:
+        row = _pope_row(doc_id, "", None)
+        row["eff_failed"] = {"error": "RuntimeError('out of memory')"}
+        rows.append(row)
+    _write_run(pope_runs / "broken", "llava_sparsezip", "sparsezip_8", rows)
+    result = analyze([pope_runs])
+    (summary,) = [r for r in result.runs if r.config == "sparsezip_8"]
+    assert summary.failed == len(POPE_DOCS)
+    notes = [n for n in result.notes if n.startswith("llava_sparsezip:sparsezip_8")]
+    assert any("FAILED: 7 of 7 requests (first error: RuntimeError('out of memory'))" in n for n in notes), notes
+    assert any("no selections: every request failed" in n for n in notes)
+    assert not any("no selections logged" in n for n in notes)
+    assert all(r.failed == 0 for r in result.runs if r.config != "sparsezip_8")
+
+
+def test_llava15_and_next_selections_are_never_compared(pope_runs):
+    """A LLaVA-NeXT run of the same task (base-view positions) is not compared patch by patch with the
+    LLaVA-1.5 runs: its overlap cells stay empty and a note names the two families."""
+    rows = []
+    for doc_id in POPE_DOCS:
+        selection = _selection(POPE_DOCS[doc_id][0], AGNOSTIC[POPE_DOCS[doc_id][0]])
+        selection["images"][0].update(crops=3, tile_grid=[1, 2])
+        rows.append(_pope_row(doc_id, "Yes", selection))
+    _write_run(pope_runs / "next", "llava_visionzip", "visionzip_next_320", rows)
+    result = analyze([pope_runs])
+    nxt = "llava_visionzip:visionzip_next_320"
+    assert _cell(result, nxt, VZ) == (None, 0) and _cell(result, VZ, VZ2)[0] == 1.0  # same kept sets, not compared
+    assert any("not compared across model families" in n and nxt in n for n in result.notes), result.notes

@@ -113,6 +113,7 @@ class RunSummary:
     malformed_lines: int
     malformed_selections: int
     sources: list[str]
+    failed: int = 0  # requests the model answered with an error (empty answer), as the leaderboard counts them
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def _summary(label: str, run: Run) -> RunSummary:
         malformed_lines=run.malformed_lines,
         malformed_selections=run.malformed_selections,
         sources=run.sources,
+        failed=sum(1 for s in run.samples.values() if s.error is not None),
     )
 
 
@@ -182,10 +184,19 @@ def _run_notes(summary: RunSummary, run: Run) -> list[str]:
         malformed.append(f"{summary.malformed_selections} malformed selections left out")
     if malformed:
         notes.append(f"{summary.label}: {', '.join(malformed)} (first: {run.first_malformed})")
-    if summary.samples and not summary.with_selection:
+    if summary.failed:
+        first = next(s.error for s in run.samples.values() if s.error is not None)
+        notes.append(
+            f"{summary.label}: FAILED: {summary.failed} of {summary.samples} requests (first error: {first}); "
+            "their empty answers are scored as logged"
+        )
+    answered = summary.samples - summary.failed  # a failed request logs no selection
+    if summary.samples and summary.failed == summary.samples:
+        notes.append(f"{summary.label}: no selections: every request failed")
+    elif answered and not summary.with_selection:
         notes.append(f"{summary.label}: {NO_SELECTIONS}")
-    elif summary.samples > summary.with_selection:
-        notes.append(f"{summary.label}: {summary.samples - summary.with_selection} samples without a selection")
+    elif answered > summary.with_selection:
+        notes.append(f"{summary.label}: {answered - summary.with_selection} answered samples without a selection")
     if summary.not_single_image:
         notes.append(
             f"{summary.label}: {summary.not_single_image} requests without exactly one image left out of overlap and text sensitivity"
@@ -221,6 +232,14 @@ def analyze(paths: Iterable[str | Path], task: str | None = None) -> Analysis:
 
     views = [view for label, by_doc in samples.items() for view in run_views(label, by_doc.values())]
     matrix = overlap(views, mismatches)
+    kinds = {kind: sorted({v.run for v in views if v.kind == kind}) for kind in {v.kind for v in views}}
+    if len(kinds) > 1:
+        names = {"llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT (base view)"}
+        parts = "; ".join(f"{names.get(k, k)}: {', '.join(runs)}" for k, runs in sorted(kinds.items()))
+        notes.append(
+            f"kept patches are not compared across model families, whose grid positions index different views "
+            f"of the image ({parts}); their overlap cells are empty"
+        )
     undefined = sum(matrix.undefined[i][j] for i, j in combinations(range(len(views)), 2))
     if undefined:
         notes.append(f"{undefined} sample pairs where both views kept no patch (Jaccard undefined, left out of the means)")

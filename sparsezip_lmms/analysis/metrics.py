@@ -37,6 +37,7 @@ class View:
     patches: dict[int, frozenset[int]]  # doc_id -> patches kept
     images: dict[int, str]  # doc_id -> image fingerprint
     questions: dict[int, str | None]  # doc_id -> question text
+    kind: str = "llava"  # ImageSelection.view: views of different kinds index different images' grids
 
 
 def run_views(run: str, samples: Iterable[Sample]) -> list[View]:
@@ -46,11 +47,12 @@ def run_views(run: str, samples: Iterable[Sample]) -> list[View]:
     layers: dict[str, int] = {}
     images: dict[int, str] = {}
     questions: dict[int, str | None] = {}
+    kind = "llava"
     for sample in samples:
         if sample.images is None or len(sample.images) != 1:
             continue
         (image,) = sample.images
-        images[sample.doc_id], questions[sample.doc_id] = image.image, sample.question
+        images[sample.doc_id], questions[sample.doc_id], kind = image.image, sample.question, image.view
         if image.layers:
             for layer, kept in image.layers.items():
                 layers[f"{run}@L{layer}"] = layer
@@ -60,7 +62,7 @@ def run_views(run: str, samples: Iterable[Sample]) -> list[View]:
             patches[run][sample.doc_id] = image.kept
     order = sorted(patches, key=lambda label: layers[label])
     return [
-        View(label, run, patches[label], {d: images[d] for d in patches[label]}, {d: questions[d] for d in patches[label]})
+        View(label, run, patches[label], {d: images[d] for d in patches[label]}, {d: questions[d] for d in patches[label]}, kind)
         for label in order
     ]
 
@@ -113,7 +115,8 @@ class Overlap:
 
 def overlap(views: list[View], skip: Mapping[frozenset[str], Iterable[int]] | None = None) -> Overlap:
     """Jaccard of the kept patches for every two views, per shared ``doc_id`` and averaged.
-    ``skip``: {run pair: doc_ids not to compare} (documents that differ between the runs)."""
+    ``skip``: {run pair: doc_ids not to compare} (documents that differ between the runs). Views of
+    different kinds (LLaVA-1.5 vs LLaVA-NeXT) are never compared: their cells stay empty."""
     skip = skip or {}
     k = len(views)
     means: list[list[float | None]] = [[None] * k for _ in range(k)]
@@ -125,6 +128,8 @@ def overlap(views: list[View], skip: Mapping[frozenset[str], Iterable[int]] | No
         undefined[i][i] = len(view.patches) - n[i][i]
         means[i][i] = 1.0 if n[i][i] else None
     for (i, a), (j, b) in combinations(enumerate(views), 2):
+        if a.kind != b.kind:  # LLaVA-1.5 patches and NeXT base-view patches are positions in different images
+            continue
         excluded = set(skip.get(frozenset((a.run, b.run)), ())) if a.run != b.run else set()
         docs = sorted(a.patches.keys() & b.patches.keys() - excluded)
         values = [jaccard(a.patches[d], b.patches[d]) for d in docs]

@@ -56,8 +56,8 @@ def to_markdown(analysis: Analysis, figures: Iterable[str] = ()) -> str:
     label = TASK_LABEL.get(a.family, a.task)
     lines = [f"# Selection analysis: {a.task} ({len(a.runs)} run{'s' * (len(a.runs) != 1)})", ""]
     lines += _table(
-        ["run", "checkpoint", "dtype", "samples", "with selection", "not single-image"],
-        [(r.label, r.checkpoint, r.dtype, r.samples, r.with_selection, r.not_single_image) for r in a.runs],
+        ["run", "checkpoint", "dtype", "samples", "failed", "with selection", "not single-image"],
+        [(r.label, r.checkpoint, r.dtype, r.samples, r.failed, r.with_selection, r.not_single_image) for r in a.runs],
     )
     if a.notes:
         lines += ["", "## Notes", ""] + [f"- {_fmt(n)}" for n in a.notes]

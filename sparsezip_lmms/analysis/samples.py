@@ -28,6 +28,7 @@ class ImageSelection:
     image: str  # fingerprint of the image's pixels (same image -> same string)
     kept: frozenset[int]  # patches kept as their own token
     layers: dict[int, frozenset[int]]  # in-LLM methods: decoder layer -> patches still in the sequence
+    view: str = "llava"  # what the grid positions index: "llava" (LLaVA-1.5's image) or "llava_next" (NeXT's base view)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Sample:
     score: float | None  # POPE / MME: the per-sample 0/1 score; DocVQA: ANLS
     pair_id: str | None  # MME: the question_id an image's two questions share
     images: tuple[ImageSelection, ...] | None  # None: no selection logged
+    error: str | None = None  # the request failed (its answer is empty): the model's error
 
 
 @dataclass
@@ -108,7 +110,7 @@ def read_selection(selection: Any) -> tuple[ImageSelection, ...] | None:
                 layers[int(layer)] = frozenset(p for p in positions if size is None or p < size)
             else:
                 layers[int(layer)] = _selection_positions(text, size, f"image {i} layer {layer}")
-        images.append(ImageSelection(entry["image"], kept, dict(sorted(layers.items()))))
+        images.append(ImageSelection(entry["image"], kept, dict(sorted(layers.items())), "llava_next" if packed else "llava"))
     return tuple(images)
 
 
@@ -178,8 +180,16 @@ def read_sample(row: Any, family: str | None) -> tuple[Sample, str | None]:
         score=score,
         pair_id=None if pair_id is None else str(pair_id),
         images=images,
+        error=_request_error(row),
     )
     return sample, problem
+
+
+def _request_error(row: dict[str, Any]) -> str | None:
+    """The error of a failed request, from the *_eff tasks' per-sample bookkeeping (``eff_failed``)."""
+    bookkeeping = row.get("eff_failed")
+    error = bookkeeping.get("error") if isinstance(bookkeeping, dict) else None
+    return str(error) if error else None
 
 
 # ----------------------------------------------------------------------------- files
