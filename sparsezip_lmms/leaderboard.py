@@ -56,14 +56,22 @@ class Row:
     config: str
     checkpoint: str
     dtype: str = "auto"
+    batch_size: str = "?"  # lmms-eval --batch_size: TTFT includes waiting for the batch
+    limit: str = "all"  # lmms-eval --limit: the documents scored
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> metrics
     sources: list[str] = field(default_factory=list)
     versions: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.model, self.config, self.checkpoint, self.dtype)
+    def key(self) -> tuple[str, ...]:
+        """What makes two results files one row: the same run setting (results of different tasks merge)."""
+        return (self.model, self.config, self.checkpoint, self.dtype, self.batch_size, self.limit)
+
+    @property
+    def setting(self) -> tuple[str, str, str, str]:
+        """What a row and its baseline must share to be compared (accuracy retention, TTFT speed-up)."""
+        return (self.checkpoint, self.dtype, self.batch_size, self.limit)
 
 
 def _parse_model_args(model_args: Any) -> dict[str, str]:
@@ -112,7 +120,11 @@ def read_results(path: Path) -> tuple[Row | None, str | None]:
     overrides = [f"{k}={v}" for k, v in args.items() if k != "config" and k not in _ARG_KEYS_NOT_IN_LABEL]
     if overrides:
         label += "," + ",".join(overrides)
-    row = Row(model=model, config=label, checkpoint=args.get("pretrained", "?") or "?", dtype=args.get("dtype", "auto"))
+    limit = config.get("limit")
+    row = Row(
+        model=model, config=label, checkpoint=args.get("pretrained", "?") or "?", dtype=args.get("dtype", "auto"),
+        batch_size=str(config.get("batch_size", "?")), limit="all" if limit in (None, "") else str(limit),
+    )  # fmt: skip
     row.sources.append(str(path))
     row.versions.add(str(data.get("lmms_eval_version", "unknown")))
     for task, metrics in results.items():
@@ -129,13 +141,13 @@ def collect(paths: list[str | Path]) -> list[Row]:
     """Rows from results files found under ``paths`` (files or folders), oldest first so newer wins."""
     files, found_problems = results_files(paths)  # symlinked run folders followed, each file once
     problems = [Row("?", "?", "?", problems=[problem]) for problem in found_problems]
-    rows: dict[tuple[str, str, str, str], Row] = {}
+    rows: dict[tuple[str, ...], Row] = {}
     for path in files:
         row, problem = read_results(path)
         if row is None:
             problems.append(Row("?", "?", "?", sources=[str(path)], problems=[problem]))
             continue
-        merged = rows.setdefault(row.key, Row(row.model, row.config, row.checkpoint, row.dtype))
+        merged = rows.setdefault(row.key, Row(row.model, row.config, row.checkpoint, row.dtype, row.batch_size, row.limit))
         merged.tasks.update(row.tasks)
         merged.sources += row.sources
         merged.versions |= row.versions
@@ -172,8 +184,8 @@ def named_budget(config_label: str) -> int | None:
 def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[str], list[dict[str, Any]]]:
     """Column names and one dict per row (numbers or None)."""
     families = [f for f in TASK_METRICS if any(f in r.tasks for r in rows)] or list(TASK_METRICS)
-    baselines = {(r.checkpoint, r.dtype): r for r in rows if r.model == baseline_model}
-    columns = ["model", "config", "checkpoint", "dtype", "failed requests", "visual tokens", "prefill TFLOPs"]
+    baselines = {r.setting: r for r in rows if r.model == baseline_model}
+    columns = ["model", "config", "checkpoint", "dtype", "batch size", "limit", "failed requests", "visual tokens", "prefill TFLOPs"]
     for family in families:
         columns += [label for label, _, _ in TASK_METRICS[family]]
         columns += [f"{TASK_LABEL[family]} TTFT s", f"{TASK_LABEL[family]} timed n", f"{TASK_LABEL[family]} retention %"]
@@ -181,8 +193,9 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
 
     out = []
     for row in rows:
-        base = baselines.get((row.checkpoint, row.dtype))
+        base = baselines.get(row.setting)
         cells: dict[str, Any] = {"model": row.model, "config": row.config, "checkpoint": row.checkpoint, "dtype": row.dtype}
+        cells["batch size"], cells["limit"] = row.batch_size, row.limit
         failed = [_number(m.get("eff_failed")) for m in row.tasks.values()]
         cells["failed requests"] = int(sum(f for f in failed if f)) if any(f is not None for f in failed) else None
         cells["visual tokens"] = mean([_number(row.tasks[f].get("eff_visual_tokens")) for f in families if f in row.tasks], exact=False)
@@ -216,7 +229,16 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
         if limit is not None and tokens is not None and tokens > limit + 1e-9:
             notes.append(f"OVER BUDGET: {tokens:.1f} visual tokens for a {budget}-token config")
         if base is None and row.model != "?":
-            notes.append(f"no {baseline_model} row for this checkpoint and dtype")
+            others = [b for b in baselines.values() if (b.checkpoint, b.dtype) == (row.checkpoint, row.dtype)]
+            if others:  # a baseline exists, but of another setting: name what differs instead of comparing
+                differs = sorted({f"batch size {b.batch_size}" for b in others if b.batch_size != row.batch_size}
+                                 | {f"limit {b.limit}" for b in others if b.limit != row.limit})  # fmt: skip
+                notes.append(
+                    f"not compared with {baseline_model} (its run differs: {', '.join(differs)}; this row: batch size "
+                    f"{row.batch_size}, limit {row.limit})"
+                )
+            else:
+                notes.append(f"no {baseline_model} row for this checkpoint and dtype")
         missing = [TASK_LABEL[f] for f in families if f not in row.tasks and row.model != "?"]
         if missing:
             notes.append("missing: " + ", ".join(missing))

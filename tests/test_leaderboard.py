@@ -137,3 +137,25 @@ def test_run_folders_reached_through_symlinks_are_read_by_every_command(tmp_path
     err = capsys.readouterr().err
     assert "no results to tabulate" in err and f"{empty}: no *_results.json under this folder" in err
     assert not (tmp_path / "lb2").exists()
+
+
+def test_rows_of_different_batch_size_or_limit_are_not_compared(tmp_path):
+    """A batch-1 baseline of every document and a batch-2 run of 4 (``--limit 4``): two settings, so no
+    TTFT speed-up or retention between them, and a note naming what differs."""
+
+    def write(name, model, config, batch, limit, ttft):
+        path = _write(tmp_path / f"{name}_results.json", model, f"pretrained=a/b,config={config}", _pope(0.5, ttft, 64, 1.0))
+        data = json.loads(path.read_text())
+        data["config"].update(batch_size=batch, limit=limit)
+        path.write_text(json.dumps(data))
+
+    write("base", "llava_hf_timed", "keep_all", "1", None, 2.0)
+    write("fast", "llava_sparsezip", "sparsezip_64", "2", 4, 0.5)
+    write("same", "llava_sparsezip", "sparsezip_64", "1", None, 1.0)
+    columns, cells = table(collect([tmp_path]))
+    assert {"batch size", "limit"} <= set(columns)
+    by = {(c["model"], c["batch size"], c["limit"]): c for c in cells}
+    fast, same = by[("llava_sparsezip", "2", "4")], by[("llava_sparsezip", "1", "all")]
+    assert fast["TTFT speed-up"] is None and fast["avg retention %"] is None
+    assert "not compared with llava_hf_timed (its run differs: batch size 1, limit all" in fast["notes"]
+    assert same["TTFT speed-up"] == 2.0 and same["avg retention %"] == 100.0
