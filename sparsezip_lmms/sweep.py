@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .demo.harness import HarnessError, error_lines, lmms_eval_command, run_lmms_eval
+from .run_identity import differences, run_identity
 
 MARKER = "sweep_run.json"
 _SET_BY_FLAGS = {"pretrained", "config"}  # model_args keys the sweep's own flags set
@@ -154,23 +155,48 @@ def _marker_identity(model: str, model_args: str, task: str, extra: list[str]) -
     return {"model": model, "model_args": model_args, "task": task, "extra": list(extra)}
 
 
-def completed_results(run_dir: Path, run: Run, extra: list[str]) -> Path | None:
-    """The results file of an earlier successful run of exactly this command, or None (run it)."""
+def _recorded(run_dir: Path) -> tuple[dict[str, Any], Any, Path] | None:
     try:
         marker = json.loads((run_dir / MARKER).read_text())
         recorded = {key: marker[key] for key in ("model", "model_args", "task", "extra")}
-        results = Path(marker["results"])
+        return recorded, marker.get("setting"), Path(marker["results"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if recorded != _marker_identity(run.model, run.model_args, run.task, extra) or not results.is_file():
+
+
+def rerun_reason(run_dir: Path, run: Run, extra: list[str], setting: dict[str, Any] | None = None) -> str | None:
+    """Why an earlier run in ``run_dir`` does not count as this one (None: it does, resume it).
+    ``setting``: ``run_identity.run_identity`` of the new command (include path, batch size, device,
+    the task's data, lmms-eval version); without it only model, model_args, task and extra arguments count."""
+    found = _recorded(run_dir)
+    if found is None:
+        return "not run yet" if not (run_dir / MARKER).exists() else "its sweep_run.json is unreadable"
+    recorded, recorded_setting, results = found
+    current = _marker_identity(run.model, run.model_args, run.task, extra)
+    changed = [f"{key}: {recorded[key]!r} -> {current[key]!r}" for key in current if recorded[key] != current[key]]
+    if setting is not None:
+        changed += differences(recorded_setting, setting)
+    if changed:
+        return "; ".join(changed)
+    if not results.is_file():
+        return f"its results file {results} is gone"
+    return None
+
+
+def completed_results(run_dir: Path, run: Run, extra: list[str], setting: dict[str, Any] | None = None) -> Path | None:
+    """The results file of an earlier successful run of exactly this run (same identity), or None."""
+    if rerun_reason(run_dir, run, extra, setting) is not None:
         return None
-    return results
+    return _recorded(run_dir)[2]
 
 
-def write_marker(run_dir: Path, run: Run, extra: list[str], cmd: list[str], results: Path) -> None:
+def write_marker(
+    run_dir: Path, run: Run, extra: list[str], cmd: list[str], results: Path, setting: dict[str, Any] | None = None
+) -> None:
     """Record a successful run in ``run_dir/sweep_run.json`` (what :func:`completed_results` checks)."""
     marker = {
         **_marker_identity(run.model, run.model_args, run.task, extra),
+        "setting": setting,
         "command": cmd,
         "results": str(results),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -232,7 +258,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def execute(
-    runs: list[Run], commands: list[list[str]], extra: list[str], out: Path, timeout: float, plan: dict[str, Any]
+    runs: list[Run], commands: list[list[str]], extra: list[str], out: Path, timeout: float, plan: dict[str, Any],
+    include_path: str | Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run (or skip, when completed earlier) every run into ``out/runs/<folder>``.
 
@@ -252,12 +279,15 @@ def execute(
     _write_json(out / "sweep_failures.json", failures)
     for i, (run, cmd, entry) in enumerate(zip(runs, commands, entries), 1):
         tag, run_dir = f"[{i}/{len(runs)}]", out / "runs" / run.folder
-        done = completed_results(run_dir, run, extra)
-        if done is not None:
-            print(f"{tag} skip {run.folder}", flush=True)
+        setting = run_identity(cmd, run.task, include_path)
+        reason = rerun_reason(run_dir, run, extra, setting)
+        if reason is None:
+            done = completed_results(run_dir, run, extra, setting)
+            print(f"{tag} skip {run.folder}", flush=True)  # completed earlier with the same setting
             entry.update(status="skipped", results=str(done))
         else:
-            print(f"{tag} run {run.folder}", flush=True)
+            again = "" if reason == "not run yet" else f" (again: {reason})"
+            print(f"{tag} run {run.folder}{again}", flush=True)
             run_dir.mkdir(parents=True, exist_ok=True)
             try:
                 result = run_lmms_eval(cmd, run_dir, timeout=timeout)
@@ -268,7 +298,7 @@ def execute(
                 failures.append({"folder": run.folder, "model": run.model, "model_args": run.model_args,
                                  "task": run.task, "command": cmd, "error": summary, "message": str(err)})  # fmt: skip
             else:
-                write_marker(run_dir, run, extra, cmd, result.results_path)
+                write_marker(run_dir, run, extra, cmd, result.results_path, setting)
                 entry.update(status="ran", results=str(result.results_path))
         _write_json(out / "sweep.json", {**plan, "runs": entries})
         _write_json(out / "sweep_failures.json", failures)
@@ -381,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model, "pretrained": args.pretrained, "configs": configs, "grid": grid, "tasks": tasks,
         "extra": extra,
     }  # fmt: skip
-    entries, failures = execute(runs, commands, extra, out, args.timeout, plan)
+    entries, failures = execute(runs, commands, extra, out, args.timeout, plan, include_path)
     problems = write_tables(out, f"sweep of {args.model} on {args.pretrained}: {', '.join(tasks)}", not args.no_report)
     for problem in problems:
         print(f"error: sweep: {problem}", file=sys.stderr)

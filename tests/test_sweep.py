@@ -319,3 +319,32 @@ def test_sweep_writes_the_html_report(mixed_sweep, tiny_checkpoint, mini_tasks, 
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert (out / "report.html").is_file() and (out / "report.html").stat().st_size > 0
+
+
+def test_resume_needs_the_same_setting_and_task_data(tmp_path):
+    """The same task name under another --include_path (other data), another batch size: not the run
+    that completed; the reason names what differs. The same setting resumes."""
+    from sparsezip_lmms.run_identity import run_identity
+    from sparsezip_lmms.sweep import rerun_reason
+
+    for name, data in (("a", "/data/pope_a"), ("b", "/data/pope_b")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "base.yaml").write_text("dataset_path: lmms-lab/POPE\ntest_split: test\nprocess_results: !function utils.x\n")
+        (tmp_path / name / "mini.yaml").write_text(f"include: base.yaml\ntask: pope_mini\ndataset_path: {data}\n")
+    run = Run("m", "c", (), "pope_mini", "pretrained=p,config=c", "m__c__t")
+    results = tmp_path / "x_results.json"
+    results.write_text("{}")
+
+    def command(batch):
+        return ["python", "-m", "lmms_eval", "--tasks", "pope_mini", "--batch_size", batch, "--output_path", str(tmp_path / "o")]
+
+    first = run_identity(command("4"), "pope_mini", tmp_path / "a")
+    assert first["data"]["dataset_path"] == "/data/pope_a" and first["data"]["test_split"] == "test"
+    write_marker(tmp_path, run, [], command("4"), results, first)
+    assert rerun_reason(tmp_path, run, [], run_identity(command("4"), "pope_mini", tmp_path / "a")) is None
+    other_data = rerun_reason(tmp_path, run, [], run_identity(command("4"), "pope_mini", tmp_path / "b"))
+    assert "task data dataset_path: '/data/pope_a' -> '/data/pope_b'" in other_data
+    other_batch = rerun_reason(tmp_path, run, [], run_identity(command("8"), "pope_mini", tmp_path / "a"))
+    assert other_batch == "command: 4 -> 8"
+    assert completed_results(tmp_path, run, [], run_identity(command("8"), "pope_mini", tmp_path / "a")) is None
+    assert completed_results(tmp_path, run, [], first) == results
