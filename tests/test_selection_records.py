@@ -192,14 +192,21 @@ def test_log_selection_false_logs_nothing(tiny_checkpoint):
         _selections("llava_visionzip", tiny_checkpoint, config="visionzip_64", log_selection="maybe")
 
 
-@pytest.mark.parametrize("config", ["sparsevlm_64", "fastv_64"])
-def test_next_in_llm_records_do_not_depend_on_the_batch(config, tiny_next_checkpoint):
-    """LLaVA-NeXT images of different sizes have packed spans of different lengths: each row's layer
-    record keeps its own span's positions only (a recycled token's id is past the row's span, though
-    it may be inside a longer row's), so batch 1 and batch 3 write the same records."""
-    model_id = "llava_sparsevlm" if config.startswith("sparsevlm") else "llava_fastv"
-    one = _selections(model_id, tiny_next_checkpoint, config=config)
-    batched = _selections(model_id, tiny_next_checkpoint, batch_size=3, config=config)
+@pytest.mark.parametrize(
+    "model_id, config",
+    [
+        ("llava_sparsevlm", "sparsevlm_64"), ("llava_fastv", "fastv_64"), ("llava_visionzip", "visionzip_next_320"),
+        ("llava_sparsezip", "sparsezip_next_320"), ("llava_divprune", "divprune_next_320"),
+        ("llava_cdpruner", "cdpruner_next_320"), ("llava_hf_timed", "keep_all"),
+    ],
+)  # fmt: skip
+def test_next_records_do_not_depend_on_the_batch(model_id, config, tiny_next_checkpoint, tiny_clip):
+    """Every model id on LLaVA-NeXT, images of different sizes (packed spans of different lengths):
+    batch 1 and batch 3 write the same selection records. In-LLM layer records keep each row's own span's
+    positions only (a recycled token's id is past the row's span, though it may be inside a longer row's)."""
+    extra = {"clip_text_tower": str(tiny_clip)} if model_id == "llava_cdpruner" else {}
+    one = _selections(model_id, tiny_next_checkpoint, config=config, **extra)
+    batched = _selections(model_id, tiny_next_checkpoint, batch_size=3, config=config, **extra)
     assert one == batched
 
 
