@@ -404,9 +404,18 @@ def render(
             if conn.session is None or event.get("sessionId") != conn.session:
                 return
             method, params = event["method"], event.get("params", {})
-            if method == "Network.requestWillBeSent":
+            if method == "Fetch.requestPaused":  # every request waits here until answered: none is missed
                 url = params.get("request", {}).get("url", "")
-                if not url.startswith(LOCAL_SCHEMES):
+                if url.startswith(LOCAL_SCHEMES):
+                    conn.send("Fetch.continueRequest", {"requestId": params["requestId"]}, session=conn.session)
+                else:
+                    if url not in requests:
+                        requests.append(url)
+                    failed = {"requestId": params["requestId"], "errorReason": "BlockedByClient"}
+                    conn.send("Fetch.failRequest", failed, session=conn.session)  # nothing leaves the machine
+            elif method == "Network.requestWillBeSent":
+                url = params.get("request", {}).get("url", "")
+                if not url.startswith(LOCAL_SCHEMES) and url not in requests:
                     requests.append(url)
             elif method == "Runtime.exceptionThrown":
                 console_errors.append(_exception_text(params.get("exceptionDetails", {})))
@@ -419,6 +428,7 @@ def render(
         conn.session = session
         for method in ("Page.enable", "Network.enable", "Runtime.enable", "Inspector.enable"):
             conn.call(method, session=session)
+        conn.call("Fetch.enable", {"patterns": [{"urlPattern": "*"}]}, session=session)
         conn.call(
             "Emulation.setDeviceMetricsOverride",
             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
