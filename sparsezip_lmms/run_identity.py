@@ -80,15 +80,19 @@ def command_setting(cmd: list[str]) -> list[str]:
     return out
 
 
-def run_identity(cmd: list[str], task: str, include_path: str | Path | None) -> dict[str, Any]:
-    """The identity of one run of ``cmd`` (an lmms-eval command line) on ``task``."""
+def run_identity(
+    cmd: list[str], task: str, include_path: str | Path | None, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The identity of one run of ``cmd`` (an lmms-eval command line) on ``task``; ``data``: its
+    :func:`task_data`, when the caller has it already."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         lmms_eval_version = version("lmms_eval")
     except PackageNotFoundError:
         lmms_eval_version = "unknown"
-    return {"command": command_setting(cmd), "data": task_data(task, include_path), "lmms_eval": lmms_eval_version}
+    data = task_data(task, include_path) if data is None else data
+    return {"command": command_setting(cmd), "data": data, "lmms_eval": lmms_eval_version}
 
 
 def differences(recorded: Any, current: dict[str, Any]) -> list[str]:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .demo.harness import HarnessError, error_lines, lmms_eval_command, run_lmms_eval
-from .run_identity import differences, run_identity
+from .run_identity import differences, run_identity, task_data
 
 MARKER = "sweep_run.json"
 _SET_BY_FLAGS = {"pretrained", "config"}  # model_args keys the sweep's own flags set
@@ -164,30 +164,34 @@ def _recorded(run_dir: Path) -> tuple[dict[str, Any], Any, Path] | None:
         return None
 
 
-def rerun_reason(run_dir: Path, run: Run, extra: list[str], setting: dict[str, Any] | None = None) -> str | None:
-    """Why an earlier run in ``run_dir`` does not count as this one (None: it does, resume it).
-    ``setting``: ``run_identity.run_identity`` of the new command (include path, batch size, device,
-    the task's data, lmms-eval version); without it only model, model_args, task and extra arguments count."""
+def _judge(run_dir: Path, run: Run, extra: list[str], setting: dict[str, Any] | None) -> tuple[str | None, Path | None]:
+    """(why an earlier run in ``run_dir`` does not count as this one, or None; its results file when it
+    does), from one read of its ``sweep_run.json``."""
     found = _recorded(run_dir)
     if found is None:
-        return "not run yet" if not (run_dir / MARKER).exists() else "its sweep_run.json is unreadable"
+        return ("not run yet" if not (run_dir / MARKER).exists() else "its sweep_run.json is unreadable"), None
     recorded, recorded_setting, results = found
     current = _marker_identity(run.model, run.model_args, run.task, extra)
     changed = [f"{key}: {recorded[key]!r} -> {current[key]!r}" for key in current if recorded[key] != current[key]]
     if setting is not None:
         changed += differences(recorded_setting, setting)
     if changed:
-        return "; ".join(changed)
+        return "; ".join(changed), None
     if not results.is_file():
-        return f"its results file {results} is gone"
-    return None
+        return f"its results file {results} is gone", None
+    return None, results
+
+
+def rerun_reason(run_dir: Path, run: Run, extra: list[str], setting: dict[str, Any] | None = None) -> str | None:
+    """Why an earlier run in ``run_dir`` does not count as this one (None: it does, resume it).
+    ``setting``: ``run_identity.run_identity`` of the new command (include path, batch size, device,
+    the task's data, lmms-eval version); without it only model, model_args, task and extra arguments count."""
+    return _judge(run_dir, run, extra, setting)[0]
 
 
 def completed_results(run_dir: Path, run: Run, extra: list[str], setting: dict[str, Any] | None = None) -> Path | None:
     """The results file of an earlier successful run of exactly this run (same identity), or None."""
-    if rerun_reason(run_dir, run, extra, setting) is not None:
-        return None
-    return _recorded(run_dir)[2]
+    return _judge(run_dir, run, extra, setting)[1]
 
 
 def write_marker(
@@ -277,12 +281,14 @@ def execute(
     (out / "runs").mkdir(parents=True, exist_ok=True)
     _write_json(out / "sweep.json", {**plan, "runs": entries})
     _write_json(out / "sweep_failures.json", failures)
+    data_of: dict[str, dict[str, Any]] = {}
     for i, (run, cmd, entry) in enumerate(zip(runs, commands, entries), 1):
         tag, run_dir = f"[{i}/{len(runs)}]", out / "runs" / run.folder
-        setting = run_identity(cmd, run.task, include_path)
-        reason = rerun_reason(run_dir, run, extra, setting)
+        if run.task not in data_of:  # one task's data is read once per sweep, not once per run
+            data_of[run.task] = task_data(run.task, include_path)
+        setting = run_identity(cmd, run.task, include_path, data_of[run.task])
+        reason, done = _judge(run_dir, run, extra, setting)
         if reason is None:
-            done = completed_results(run_dir, run, extra, setting)
             print(f"{tag} skip {run.folder}", flush=True)  # completed earlier with the same setting
             entry.update(status="skipped", results=str(done))
         else:

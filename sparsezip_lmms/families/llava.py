@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..budgets import Geometry
+from ..budgets import Geometry, family_of
 from ..compress.baselines import image_keys
 from ..llava.features import ImageTokens, image_tokens
 from ..llava.tokens import ExpandedPrompt, placeholder_runs, resize_image_placeholders, splice_image_features
@@ -29,7 +29,7 @@ class LlavaFamily:
 
     @property
     def name(self) -> str:
-        return "llava_next" if self.geometry.any_resolution else "llava"
+        return family_of(self.geometry)
 
     @property
     def image_token_id(self) -> int:

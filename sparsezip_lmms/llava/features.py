@@ -64,9 +64,9 @@ def image_tokens(
     groups: torch.Tensor | None = None,  # [n_images] long: rows sharing one budget (NeXT crops, SparseZip per_image)
 ) -> ImageTokens:
     """Visual tokens entering the LLM for each image under ``config`` (its selection, before the LLM)."""
-    stage = method_of(config).stage
-    if stage in ("stock", "llm"):
+    if uses_stock_features(config):
         return stock_image_tokens(model, pixel_values, image_sizes)
+    stage = method_of(config).stage
     if image_sizes is not None and stage == "projected":
         return next_projected_selection(model, pixel_values, image_sizes, config, clip_text, question_embeds, grid_pinpoints)
     if image_sizes is not None:

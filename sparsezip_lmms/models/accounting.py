@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..efficiency.flops import compression_flops, kv_cache_bytes, llm_prefill_flops, vision_flops
 from ..efficiency.records import EfficiencyRecord
-from ..methods.registry import method_of
+from ..compress import selects_after_projector
+from ..llava.features import uses_stock_features
 from .pipeline import BatchOutput
 
 __all__ = ["request_record"]
@@ -22,12 +23,11 @@ def request_record(lmm, out: BatchOutput, row: int) -> EfficiencyRecord:
         layer_avg = float(out.layer_stats["equal_tokens"][row])
     else:
         per_layer_visual, tokens_per_layer, layer_avg = None, [n_in] * layers, float(n_visual)
-    stage = method_of(lmm.compression).stage
-    stock = stage in ("stock", "llm")  # LLaVA's own feature path
+    stock = uses_stock_features(lmm.compression)  # LLaVA's own feature path
     vision_dims = lmm._stock_vision_dims if stock else dims
     # CLIP on every crop (one per LLaVA-1.5 image; NeXT: base view + tiles), the projector on what it reads
     # (DivPrune and CDPruner choose among the projector outputs of every patch)
-    projected = out.crops[row] * lmm.geometry.patches if (stock or stage == "projected") else n_visual
+    projected = out.crops[row] * lmm.geometry.patches if (stock or selects_after_projector(lmm.compression)) else n_visual
     vision = vision_flops(out.crops[row], projected, vision_dims)
     clip_text = out.clip_segments[row] * lmm._clip_text.segment_flops() if lmm._clip_text is not None else 0
     candidates = out.candidates[row] if out.candidates is not None else None

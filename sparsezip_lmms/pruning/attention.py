@@ -183,6 +183,10 @@ def span_scores(
     decoder's ``rotary_emb``) in float32 at the same position ids, instead of the half-precision tables."""
     scores, heads, biases = [], [], []
     query_rows, cos_sin = follow(probs.device, query_rows, cos_sin)
+    if rule.rope_corrected and rotary is not None and cos_sin[0].dtype not in (torch.float32, torch.float64):
+        work = torch.empty(1, dtype=torch.float32, device=probs.device)
+        positions = follow(layer_device(rotary), padded.position_ids)  # [B, L]
+        cos_sin = follow(probs.device, tuple(rotary(work, position_ids=positions)))  # [B, L, hd] each, float32
     for b, sample in enumerate(samples):
         lo = padded.pad[b] + sample.v_start
         count = sample.raters.numel()
@@ -190,12 +194,7 @@ def span_scores(
         bias = None
         if rule.rope_corrected:
             rows, dtype = query_rows[b, :count], probs.dtype
-            cos, sin = cos_sin[0][b], cos_sin[1][b]  # [L, hd]
-            if rotary is not None and cos.dtype not in (torch.float32, torch.float64):
-                work = torch.empty(1, dtype=torch.float32, device=cos.device)
-                positions = follow(layer_device(rotary), padded.position_ids[b : b + 1])  # [1, L]
-                cos, sin = (t[0].to(probs.device) for t in rotary(work, position_ids=positions))
-            cos, sin = cos.to(dtype), sin.to(dtype)  # [L, hd] in the probabilities' (>= float32) dtype
+            cos, sin = cos_sin[0][b].to(dtype), cos_sin[1][b].to(dtype)  # [L, hd] in the probabilities' dtype
             cols = slice(lo, lo + sample.v_num)
             bias = rope_bias(cos[rows], sin[rows], cos[cols], sin[cols], layer.self_attn.scaling)  # [R_b, v_num]
             biases.append(bias.min())
