@@ -155,7 +155,7 @@ def collect(paths: list[str | Path]) -> list[Row]:
     return list(rows.values()) + problems
 
 
-IN_LLM_MODELS = {"llava_sparsevlm", "llava_fastv"}  # their visual tokens are a layer average ("equal tokens")
+IN_LLM_MODELS = {"llava_sparsevlm", "llava_fastv", "llava_dart"}  # their visual tokens are a layer average ("equal tokens")
 
 
 def prunes_inside_llm(row: Row) -> bool:
@@ -170,6 +170,23 @@ def prunes_inside_llm(row: Row) -> bool:
         return method_of(config).stage == "llm"
     except (ConfigError, OSError):
         return row.model in IN_LLM_MODELS
+
+
+def budget_note(row: Row) -> str | None:
+    """What the row's method says about its own token count (``MethodSpec.budget_note``), where its config
+    still loads: e.g. DART's official count keeps 68 tokens at "64"."""
+    from .config import ConfigError, load_config, split_top_level
+    from .methods.registry import method_of
+
+    name, *overrides = split_top_level(row.config)
+    try:
+        config = load_config(name, dict(item.split("=", 1) for item in overrides if "=" in item))
+    except (ConfigError, OSError):
+        return None
+    spec = method_of(config)
+    return None if spec.budget_note is None else spec.budget_note(config)
+
+
 IN_LLM_TOLERANCE = 0.05
 
 
@@ -227,7 +244,8 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
         budget, tokens = named_budget(row.config), cells["visual tokens"]
         limit = None if budget is None else budget * (1 + IN_LLM_TOLERANCE if prunes_inside_llm(row) else 1)
         if limit is not None and tokens is not None and tokens > limit + 1e-9:
-            notes.append(f"OVER BUDGET: {tokens:.1f} visual tokens for a {budget}-token config")
+            why = budget_note(row)
+            notes.append(f"OVER BUDGET: {tokens:.1f} visual tokens for a {budget}-token config" + (f" ({why})" if why else ""))
         if base is None and row.model != "?":
             others = [b for b in baselines.values() if (b.checkpoint, b.dtype) == (row.checkpoint, row.dtype)]
             if others:  # a baseline exists, but of another setting: name what differs instead of comparing

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import torch
 from PIL import Image
 from transformers import AutoConfig, AutoProcessor
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import zipfile
 
-import yaml
 
 
 def test_wheel_contains_tasks_configs_and_entry_point(tmp_path):

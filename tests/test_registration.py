@@ -14,7 +14,7 @@ MODEL_IDS = sorted(MODEL_CLASSES)
 def test_manifest_lists_every_method_family():
     assert {
         "llava_sparsezip", "llava_visionzip", "llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner",
-        "llava_hf_timed", "llava_compressed",
+        "llava_dart", "llava_vispruner", "llava_hf_timed", "llava_compressed",
     } == set(MODEL_IDS)  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from .sparsezip import SparseZipTrace, dynamic_k, fit_dynamic_k, hybrid_scores, 
 from .text import PullBack, projector_pull_back, seed_key_relevance, seed_zscore, text_relevance, zscore
 from .types import Compressed
 from .visionzip import visionzip
+from .vispruner import vispruner_select
 
 __all__ = [
     "Compressed",
@@ -51,6 +52,7 @@ __all__ = [
     "PullBack",
     "projector_pull_back",
     "visionzip",
+    "vispruner_select",
     "zscore",
 ]
 

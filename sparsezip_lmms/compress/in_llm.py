@@ -12,8 +12,12 @@ rule          pruning layers     queries     score              keep        posi
 SparseVLM1.5  after 2, 6, 15     raters      head mean          schedule    0..n-1 again
 SparseVLM2.0  after 2, 6, 15     raters      P / RoPE, 14 heads schedule    original
 FastV         after K-1          last token  head mean          int(n R)    original
+DART          after K-1          states      key L1 + dissim.   Pi+P*T      original
 Deferred      after L-1          none        (given selection)  selection   either
 ============  =================  ==========  =================  ==========  ============
+
+A ``"states"`` rule (DART, ``compress.dart``) reads the pruning layer's post-RoPE keys and its
+final-normed output at every row instead of attention probabilities (``decide_states``).
 
 "after layer l" = the output of layer l is pruned, i.e. layer l + 1 is the first to see fewer tokens.
 A new method is a new :class:`PruningRule` subclass, passed to ``pruned_generate`` as its ``config``.
@@ -45,7 +49,7 @@ __all__ = [
     "rule_for_config",
 ]
 
-Queries = Literal["raters", "last", "none"]
+Queries = Literal["raters", "last", "states", "none"]
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -105,14 +109,16 @@ class Decision:
     recycle_in: Tensor  # [n_in] deleted tokens fed to the recycling (descending score); empty without
     clusters: int  # recycled tokens to make (0 without recycling)
     heads: Tensor | None = None  # [h] the heads the score used (SparseVLM v2.0), else None
+    pivots: Tensor | None = None  # [P] absolute positions of the pivots, in processing order (DART), else None
 
 
 class PruningRule:
     """What one in-LLM method decides; the decoder does everything else.
 
     ``pruning_layers``: the layers whose output is pruned (ascending). ``queries``: the rows whose
-    attention scores the span ("raters": SparseVLM's text raters, "last": the last prompt token, "none":
-    the selection comes from outside). ``original_positions``: kept tokens keep their position ids and
+    attention scores the span ("raters": SparseVLM's text raters, "last": the last prompt token, "states": the
+    rule reads the layer's keys and final-normed output itself (``decide_states``), "none": the selection
+    comes from outside). ``original_positions``: kept tokens keep their position ids and
     decoding continues at the unpruned length (else they are renumbered 0..n-1 and decoding continues at
     each layer's own length). ``rope_corrected``: the decoder also passes the RoPE-only term.
     """
@@ -122,6 +128,11 @@ class PruningRule:
     queries: ClassVar[Queries] = "raters"
     original_positions: ClassVar[bool] = False
     rope_corrected: ClassVar[bool] = False
+
+    def for_layout(self, any_resolution: bool) -> "PruningRule":
+        """The rule for a model whose visual span is LLaVA-NeXT's any-resolution layout (a rule whose budget
+        differs there returns a changed copy); default: unchanged."""
+        return self
 
     def scores(self, probs: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """probs [H, R, n] -> (scores [n], heads used or None). Default: mean over heads, then over rows."""

@@ -29,13 +29,13 @@ from .loading import (
     CompressionConfig, available_configs, config_dir, config_to_dict, load_config, parse_config, prunes_in_llm,
 )  # fmt: skip
 from .schemas import (
-    CDPrunerConfig, DeferrableConfig, DivPruneConfig, FastVConfig, KeepAllConfig, MethodConfig, PoolConfig,
-    RandomKeepConfig, ScheduleConfig, SparseVLM2Config, SparseVLMConfig, VisionZipConfig,
+    CDPrunerConfig, DARTConfig, DeferrableConfig, DivPruneConfig, FastVConfig, KeepAllConfig, MethodConfig, PoolConfig,
+    RandomKeepConfig, ScheduleConfig, SparseVLM2Config, SparseVLMConfig, VisionZipConfig, VisPrunerConfig,
 )  # fmt: skip
 from .sparsezip_schema import DynamicKConfig, HybridWeights, MergingConfig, SparseZipConfig
 
 __all__ = [
-    "CDPrunerConfig", "CompressionConfig", "ConfigError", "DeferrableConfig", "DivPruneConfig", "DynamicKConfig",
+    "CDPrunerConfig", "CompressionConfig", "ConfigError", "DARTConfig", "VisPrunerConfig", "DeferrableConfig", "DivPruneConfig", "DynamicKConfig",
     "FastVConfig", "HybridWeights", "KeepAllConfig", "MergingConfig", "MethodConfig", "PoolConfig", "RandomKeepConfig",
     "ScheduleConfig", "SparseVLM2Config", "SparseVLMConfig", "SparseZipConfig", "VisionZipConfig", "available_configs",
     "config_dir", "config_to_dict", "load_config", "load_yaml", "parse_config", "parse_value", "prunes_in_llm",

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .errors import ConfigError
 
 __all__ = [
-    "CDPrunerConfig", "ConfigError", "layer_order_problem", "DeferrableConfig", "DivPruneConfig", "FastVConfig", "KeepAllConfig", "MethodConfig",
+    "CDPrunerConfig", "ConfigError", "DARTConfig", "VisPrunerConfig", "layer_order_problem", "DeferrableConfig", "DivPruneConfig", "FastVConfig", "KeepAllConfig", "MethodConfig",
     "PoolConfig", "RandomKeepConfig", "ScheduleConfig", "SparseVLM2Config", "SparseVLMConfig", "VisionZipConfig",
 ]  # fmt: skip
 
@@ -229,3 +229,57 @@ class FastVConfig(MethodConfig):
                 "the official code crashes at K = 1, whose scoring layer is layer 0)"
             )
         return self
+
+
+class DARTConfig(MethodConfig):
+    """DART (Wen et al., 2025): pivots by the L1 norm of layer K-1's keys, each keeps the visual tokens least
+    similar to it; pruned at layer K's input, original position ids. Kept: ``Pi + (Pi + Pt) * T`` with
+    ``T = max_tokens // (Pi + Pt)`` (the official scripts' count: 64 -> 68 tokens)."""
+
+    method: Literal["dart"] = "dart"
+    layer: int = Field(2, description="K: scored on layer K-1's keys and output, pruned at layer K's input (official: 2)")
+    max_tokens: int | None = Field(
+        128,
+        description="the official max_num_trunction M: T = M // (Pi + Pt) picks per pivot; null: T from reduction_ratio",
+    )
+    reduction_ratio: float = Field(
+        0.778, ge=0, lt=1, description="r, used only when max_tokens is null: T = (N * (1 - r)) // (Pi + Pt)"
+    )
+    pivot_image: int = Field(4, ge=0, description="Pi: image pivots (top-k key L1 norm over the visual span)")
+    pivot_text: int = Field(4, ge=0, description="Pt: text pivots (top-k key L1 norm over every token after the image)")
+    pivot_order: Literal["set", "topk", "ascending"] = Field(
+        "set",
+        description="order the pivots are processed in: set (official: CPython's set iteration order), topk "
+        "(image pivots then text pivots, each in top-k order) or ascending position (ablations)",
+    )
+    next_retain: int = Field(
+        320, ge=1, description="LLaVA-NeXT: T = min(next_retain, N - Pi) // (Pi + Pt) (official retain_token_num_for_llava_next)"
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "DARTConfig":
+        if self.layer < 1:
+            raise ValueError(
+                f"key 'layer': K = {self.layer}; DART needs K >= 1 (scored on layer K-1; the official code crashes at K = 0)"
+            )
+        if self.pivot_image + self.pivot_text < 1:
+            raise ValueError("keys 'pivot_image', 'pivot_text': DART needs at least one pivot (their sum is 0)")
+        if self.max_tokens is not None and self.max_tokens < 0:
+            raise ValueError(f"key 'max_tokens': {self.max_tokens} is negative")
+        if self.pivot_image == 0 and self.max_tokens is not None and self.max_tokens // self.pivot_text < 1:
+            raise ValueError(
+                f"keys 'max_tokens', 'pivot_image': {self.max_tokens} // {self.pivot_text} = 0 picks and no image pivot: "
+                "no visual token would be kept"
+            )
+        return self
+
+
+class VisPrunerConfig(DeferrableConfig):
+    """VisPruner (Zhang et al., ICCV 2025): ``int(keep * important_ratio)`` important patches by the CLS
+    attention of CLIP layer -2, the rest chosen by removing duplicates (cosine similarity) from the others."""
+
+    method: Literal["vispruner"] = "vispruner"
+    keep: int = Field(64, ge=1, description="T: patches kept per image (LLaVA-NeXT: per crop, as the official code)")
+    important_ratio: float = Field(0.5, ge=0, le=1, description="r: int(T * r) important patches, the rest diverse (official: 0.5)")
+    seed: int = 0

@@ -78,9 +78,13 @@ def cls_row_attention(attn: nn.Module, normed: Tensor) -> tuple[Tensor, Tensor]:
     b, length, _ = normed.shape
     heads, d = attn.num_heads, attn.head_dim
     work = at_least_float32(normed.dtype)
-    q = attn.q_proj(normed[:, :1]).to(work).view(b, 1, heads, d).transpose(1, 2)  # [B, H, 1, d]
+    # the CLS query is read from the projection of every row: a one-row product per image would take another
+    # kernel path (a matrix-vector product at batch 1) and round differently at different batch sizes
+    q = attn.q_proj(normed)[:, :1].to(work).view(b, 1, heads, d).transpose(1, 2)  # [B, H, 1, d]
     k = attn.k_proj(normed).to(work).view(b, length, heads, d).transpose(1, 2)  # [B, H, L, d]
-    logits = (q * attn.scale) @ k.transpose(-1, -2)  # [B, H, 1, L]
+    # an elementwise product and a sum over d, not a batched matrix product: the same rounding at any batch
+    # size (top-k selections on these scores must not depend on the batch an image shares)
+    logits = ((q * attn.scale) * k).sum(dim=-1, keepdim=True).transpose(-1, -2)  # [B, H, 1, L]
     cls_attn = logits.softmax(dim=-1).squeeze(2)  # [B, H, L]
     keys = k.mean(dim=1)  # [B, L, d] averaged over heads
     return cls_attn, keys

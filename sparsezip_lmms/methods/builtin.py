@@ -10,14 +10,16 @@ from torch import Tensor
 from ..compress.baselines import keep_all, pool, random_keep
 from ..compress.cdpruner import cdpruner_relevance, cdpruner_select
 from ..compress.dtypes import at_least_float32
+from ..compress.dart import DartRule
 from ..compress.divprune import divprune_select, divprune_select_ragged
 from ..compress.in_llm import FastVRule, SparseVLM2Rule, SparseVLMRule
 from ..compress.sparsezip import sparsezip
 from ..compress.types import Compressed
 from ..compress.visionzip import visionzip
+from ..compress.vispruner import vispruner_select
 from ..config.schemas import (
-    CDPrunerConfig, DivPruneConfig, FastVConfig, KeepAllConfig, PoolConfig, RandomKeepConfig, SparseVLM2Config,
-    SparseVLMConfig, VisionZipConfig,
+    CDPrunerConfig, DARTConfig, DivPruneConfig, FastVConfig, KeepAllConfig, PoolConfig, RandomKeepConfig,
+    SparseVLM2Config, SparseVLMConfig, VisionZipConfig, VisPrunerConfig,
 )  # fmt: skip
 from ..config.sparsezip_schema import SparseZipConfig
 from . import builtin_checks as checks
@@ -25,7 +27,7 @@ from .builtin_flops import cdpruner_flops, divprune_flops, sparsezip_flops, visi
 from .spec import MethodSpec, ProjectedInputs, VisionInputs
 
 __all__ = [
-    "CDPRUNER", "DIVPRUNE", "FASTV", "KEEP_ALL", "POOL", "RANDOM", "SPARSEVLM", "SPARSEVLM2", "SPARSEZIP", "VISIONZIP",
+    "CDPRUNER", "DART", "DIVPRUNE", "FASTV", "VISPRUNER", "KEEP_ALL", "POOL", "RANDOM", "SPARSEVLM", "SPARSEVLM2", "SPARSEZIP", "VISIONZIP",
 ]  # fmt: skip
 
 # ---------------------------------------------------------------------------------------- vision stage
@@ -53,6 +55,14 @@ def _random(inputs: VisionInputs, config: RandomKeepConfig) -> Compressed:
 
 def _pool(inputs: VisionInputs, config: PoolConfig) -> Compressed:
     return pool(inputs.hidden, config.keep)
+
+
+def _vispruner(inputs: VisionInputs, config: VisPrunerConfig) -> Compressed:
+    """The kept patches (CLS dropped, as the official ``select_feature: patch``), in ascending order."""
+    hidden = inputs.hidden  # [B, 1+N, C]
+    kept = vispruner_select(hidden[:, 1:], inputs.cls_attn[:, :, 1:], config.keep, config.important_ratio) + 1  # [B, T]
+    tokens = hidden.gather(1, kept[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, T, C]
+    return Compressed(tokens=tokens, valid=torch.ones_like(kept, dtype=torch.bool), index=kept)
 
 
 def _sparsezip_inputs(config: SparseZipConfig) -> frozenset[str]:
@@ -110,9 +120,19 @@ def _fastv_rule(config: FastVConfig) -> FastVRule:
     return FastVRule(config.layer, config.ratio, config.span == "fixed")
 
 
+def _dart_rule(config: DARTConfig) -> DartRule:
+    return DartRule(
+        config.layer, config.max_tokens, config.reduction_ratio, config.pivot_image, config.pivot_text,
+        config.pivot_order, config.next_retain,
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------- the specs
 
-_DEDICATED = ("llava_hf_timed", "llava_visionzip", "llava_sparsezip", "llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner")
+_DEDICATED = (
+    "llava_hf_timed", "llava_visionzip", "llava_sparsezip", "llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner",
+    "llava_dart", "llava_vispruner",
+)  # fmt: skip
 
 KEEP_ALL = MethodSpec(
     "none", KeepAllConfig, "stock", select=_keep_all, model_ids=_DEDICATED,
@@ -158,4 +178,14 @@ SPARSEVLM2 = MethodSpec(
 FASTV = MethodSpec(
     "fastv", FastVConfig, "llm", rule=_fastv_rule, model_ids=("llava_fastv",), check=checks.check_fastv,
     description="FastV (Chen et al., ECCV 2024): the last prompt token's attention at layer K-1 prunes from layer K",
+)  # fmt: skip
+DART = MethodSpec(
+    "dart", DARTConfig, "llm", rule=_dart_rule, model_ids=("llava_dart",), max_tokens=checks.dart_max,
+    check=checks.check_dart, budget_note=checks.dart_budget_note,
+    description="DART (Wen et al., 2025): pivots by key L1 norm at layer K-1 keep the tokens least similar to them",
+)  # fmt: skip
+VISPRUNER = MethodSpec(
+    "vispruner", VisPrunerConfig, "vision", select=_vispruner, inputs=frozenset({"scoring"}),
+    model_ids=("llava_vispruner",), max_tokens=checks.keep_max, check=checks.check_vispruner,
+    description="VisPruner (Zhang et al., ICCV 2025): important patches by CLS attention + duplicates removed from the rest",
 )  # fmt: skip

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..compress.dart import dart_picks
 from ..config.errors import ConfigError
 
 __all__ = [
-    "at_most", "cdpruner_max", "check_fastv", "check_keep", "check_schedule", "check_sparsezip", "check_visionzip",
+    "at_most", "cdpruner_max", "check_dart", "check_fastv", "check_vispruner", "dart_budget_note", "dart_max", "check_keep", "check_schedule", "check_sparsezip", "check_visionzip",
     "divprune_check", "divprune_max", "keep_max", "sparsezip_max", "visionzip_max",
 ]  # fmt: skip
 
@@ -108,3 +109,53 @@ def check_schedule(config: Any, geometry: Any) -> None:
             f"key 'schedule': {config.schedule} keeps {config.schedule[0]} of the {n} visual tokens at the first "
             f"pruning layer: nothing is pruned (at most {n - 1}; for no pruning use config keep_all)"
         )
+
+
+def check_dart(config: Any, geometry: Any) -> None:
+    if config.layer > geometry.llm_layers - 1:
+        raise ConfigError(
+            f"key 'layer': K = {config.layer} prunes at the input of layer {config.layer}, but this checkpoint's "
+            f"LLM has {geometry.llm_layers} layers (K at most {geometry.llm_layers - 1})"
+        )
+    if geometry.any_resolution:
+        return  # T = min(next_retain, N - Pi) // (Pi + Pt) fits every image's span by construction
+    n, pivots = geometry.patches, config.pivot_image + config.pivot_text
+    at_most("pivot_image", config.pivot_image, n, f"the {n} visual tokens per image")
+    picks = dart_picks(n, config.pivot_image, config.pivot_text, config.max_tokens, config.reduction_ratio)
+    pool = n - config.pivot_image
+    if pivots * picks > pool:
+        key = "max_tokens" if config.max_tokens is not None else "reduction_ratio"
+        raise ConfigError(
+            f"key {key!r}: {pivots} pivots x {picks} picks = {pivots * picks} visual tokens, more than the {pool} "
+            f"left after the {config.pivot_image} image pivots of this checkpoint's {n} (the official code crashes here)"
+        )
+    if config.pivot_image + pivots * picks < 1:
+        raise ConfigError(f"key {'max_tokens' if config.max_tokens is not None else 'reduction_ratio'!r}: no visual token would be kept")
+
+
+def dart_max(config: Any, patches: int) -> int:
+    """Visual tokens kept from layer K on (LLaVA-1.5's count; the first K layers see every token)."""
+    picks = dart_picks(patches, config.pivot_image, config.pivot_text, config.max_tokens, config.reduction_ratio)
+    return config.pivot_image + (config.pivot_image + config.pivot_text) * picks
+
+
+def check_vispruner(config: Any, geometry: Any) -> None:
+    n = geometry.patches
+    check_keep(config, geometry)
+    if int(config.keep * config.important_ratio) > n:
+        raise ConfigError(f"key 'important_ratio': int({config.keep} * {config.important_ratio}) exceeds the {n} patches")
+
+
+def dart_budget_note(config: Any) -> str:
+    """DART's own count, stated next to an over-budget flag: the row is the official setting."""
+    pivots = config.pivot_image + config.pivot_text
+    if config.max_tokens is None:
+        count = f"{config.pivot_image} + {pivots} x ((N x (1 - {config.reduction_ratio})) // {pivots})"
+    else:
+        picks = config.max_tokens // pivots
+        count = f"{config.pivot_image} + {pivots} x {picks} = {config.pivot_image + pivots * picks}"
+    return (
+        f"DART's official count keeps {count} visual tokens from layer {config.layer}'s input on (LLaVA-NeXT: "
+        f"{config.pivot_image} + {pivots} x (min({config.next_retain}, N - {config.pivot_image}) // {pivots})), and layers "
+        f"0..{config.layer - 1} see every token: the official setting, not a fault"
+    )

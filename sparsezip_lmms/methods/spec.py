@@ -77,6 +77,8 @@ class MethodSpec:
       without it count 0;
     * ``next_candidates``: LLaVA-NeXT, what a ``"projected"`` method chooses from: each crop's patches
       (``"crops"``, the default) or each image's whole packed sequence (``"packed"``);
+    * ``budget_note(config) -> str``: why the method's token count differs from the budget its config's
+      name states, shown next to the leaderboard's over-budget flag (DART's official count);
     * ``model_ids``: the dedicated lmms-eval ids that accept it (every method runs under the generic
       ``llava_compressed``).
     """
@@ -94,6 +96,7 @@ class MethodSpec:
     flops: Callable[[Any, Any], int] | None = None
     next_candidates: Literal["crops", "packed"] = "crops"
     description: str = ""
+    budget_note: Callable[[Any], str] | None = None
 
     def needs(self, what: str, config: Any) -> bool:
         """True when the pipeline must compute input ``what`` (one of ``INPUTS``) for ``config``

@@ -63,6 +63,22 @@ class LlavaCDPruner(CompressedLlava):
     default_config = "cdpruner_64"
 
 
+class LlavaDART(CompressedLlava):
+    """DART: pivot tokens (largest key L1 norm at layer K-1) keep the visual tokens least similar to them,
+    from layer K on (official scripts' settings: ``dart_64`` / ``dart_128`` / ``dart_192``)."""
+
+    model_id = "llava_dart"
+    default_config = "dart_64"
+
+
+class LlavaVisPruner(CompressedLlava):
+    """VisPruner: important patches by CLIP's CLS attention plus diverse ones (duplicates removed), before
+    the LLM."""
+
+    model_id = "llava_vispruner"
+    default_config = "vispruner_64"
+
+
 class LlavaCompressed(CompressedLlava):
     """Any registered method, built-in or a user's, chosen by ``config=`` (a name or a YAML path whose
     ``method`` names it): ``--model llava_compressed --model_args pretrained=...,config=my_method.yaml``."""

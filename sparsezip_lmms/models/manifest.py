@@ -13,6 +13,8 @@ MODEL_CLASSES = {
     "llava_fastv": "sparsezip_lmms.models.llava.LlavaFastV",
     "llava_divprune": "sparsezip_lmms.models.llava.LlavaDivPrune",
     "llava_cdpruner": "sparsezip_lmms.models.llava.LlavaCDPruner",
+    "llava_dart": "sparsezip_lmms.models.llava.LlavaDART",
+    "llava_vispruner": "sparsezip_lmms.models.llava.LlavaVisPruner",
     "llava_hf_timed": "sparsezip_lmms.models.llava.LlavaHfTimed",
     "llava_compressed": "sparsezip_lmms.models.llava.LlavaCompressed",
 }

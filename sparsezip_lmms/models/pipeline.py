@@ -227,6 +227,7 @@ def generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep, clock
         visual_keep=visual_keep,
         eos_token_id=args["eos_token_id"],
         clock=clock,
+        any_resolution=lmm.geometry.any_resolution,
     )
     stats = {
         "visual_tokens_per_layer": out.visual_tokens_per_layer.tolist(),

@@ -50,6 +50,7 @@ class PrunedOutput:
     decode_positions: torch.Tensor  # [B, T - 1, N] position each layer gave each decoded token
     positions: list[torch.Tensor]  # per layer: [B, n_max] position ids its attention used in the prefill
     heads: list[torch.Tensor | None]  # per pruning layer: [B, h] heads the score used (SparseVLM v2.0), else None
+    pivots: list[torch.Tensor | None]  # per pruning layer: [B, P] pivots in processing order (DART), else None
     pruning_layers: tuple[int, ...] = ()  # the layers whose output was pruned
     method: str = ""  # the rule's name
 
@@ -61,6 +62,7 @@ class _Stats:
     kept: list[torch.Tensor]  # per pruning layer: [B, k_max]
     scores: list[torch.Tensor]  # per pruning layer: [B, n_max]
     heads: list[torch.Tensor | None]  # per pruning layer: [B, h] or None
+    pivots: list[torch.Tensor | None]  # per pruning layer: [B, P] or None
     positions: list[list[torch.Tensor]]  # per stage, per sample: [n_b]
 
 
@@ -110,6 +112,7 @@ def pruned_generate(
     streamer: Any | None = None,
     clock: Any | None = None,
     seed: int | None = None,
+    any_resolution: bool = False,
 ) -> PrunedOutput:
     """Greedy generation (``max_new_tokens`` tokens) with in-LLM pruning of the visual tokens.
 
@@ -132,8 +135,10 @@ def pruned_generate(
         step; the stop condition is then read every step).
     clock: optional ``efficiency.clock.TokenClock``, ticked once per generated token without a host wait.
     seed: the recycling's tie-break draws (SparseVLM v1.5); default: the config's ``seed`` (0 for a rule).
+    any_resolution: the visual spans are LLaVA-NeXT's any-resolution layout (DART's budget differs there).
     """
     rule = config if isinstance(config, PruningRule) else rule_for_config(config)
+    rule = rule.for_layout(any_resolution)
     seed = getattr(config, "seed", 0) if seed is None else seed
     decoder, head = _resolve_modules(language_model, lm_head)
     depth = len(decoder.layers)
@@ -149,7 +154,7 @@ def pruned_generate(
     cache = DynamicCache(config=decoder.config)
     visual_per_layer = torch.zeros(batch, depth, dtype=torch.long)  # [B, N]
     cache_lengths = torch.zeros(batch, depth, dtype=torch.long)  # [B, N]
-    stats = _Stats([], [], [], [])
+    stats = _Stats([], [], [], [], [])
     groups: list[DecodeGroup] = []
     stage_of_layer: list[int] = []
 
@@ -188,6 +193,8 @@ def pruned_generate(
         stats.scores.append(pad_stack(result.scores, float("nan")))
         used = [d.heads for d in result.decisions]
         stats.heads.append(None if any(h is None for h in used) else pad_stack(used, -1))
+        pivots = [d.pivots for d in result.decisions]
+        stats.pivots.append(None if any(p is None for p in pivots) else pad_stack(pivots, -1))
 
     last_hidden = torch.stack([s.hidden[-1] for s in samples])[:, None]  # [B, 1, d]
     prefill_logits = head(decoder.norm(last_hidden))[:, -1]  # [B, V]
@@ -210,6 +217,7 @@ def pruned_generate(
         decode_positions=decode_positions,
         positions=[stage_positions[g] for g in stage_of_layer],
         heads=stats.heads,
+        pivots=stats.pivots,
         pruning_layers=tuple(rule.pruning_layers),
         method=rule.name,
     )

@@ -68,6 +68,8 @@ def pruning_stage(
     runs whole and its output is read at those rows.
     """
     pruning = decoder.layers[stage.last]
+    if rule.queries == "states":
+        return _states_stage(decoder, cache, samples, padded, stage, rule)
     scoring = rule.queries != "none"
     rows_q = query_rows(samples, padded) if scoring else None  # [B, R]
     split = splits_rows(pruning)  # a LLaMA layer runs on the needed rows; any other type runs whole
@@ -107,6 +109,27 @@ def pruning_stage(
         pruning, hidden, normed, cos_sin, keys, values, padded.valid, needed_padded_rows(rows, padded.pad)
     )  # [B, M, d]
     return PruningStageResult(scores, decisions, rows, [out[b, : r.numel()] for b, r in enumerate(rows)])
+
+
+def _states_stage(
+    decoder: nn.Module, cache: DynamicCache, samples: Sequence[Sample], padded: Padded, stage: Stage, rule: PruningRule
+) -> PruningStageResult:
+    """A rule that reads the pruning layer's keys and final-normed output at every row (DART): the stage's
+    layers run whole, then the rule decides from the layer's cache and ``decoder.norm`` of its output."""
+    out, _, _ = run_layers(
+        decoder, cache, padded.hidden, padded.valid, padded.position_ids, stage.first, stage.last
+    )  # [B, L, d]
+    keys = cache.layers[stage.last].keys  # [B, H_kv, L, hd] post-RoPE
+    states = decoder.norm(follow(layer_device(decoder.norm), out))  # [B, L, d]
+    starts = [p + s.v_start for p, s in zip(padded.pad, samples, strict=True)]
+    decisions, scores = rule.decide_states(keys, states, starts, [s.v_num for s in samples], padded.pad)
+    scores = [follow(s.span_ids.device, sc) for s, sc in zip(samples, scores, strict=True)]
+    decisions = [
+        Decision(*(follow(s.span_ids.device, d.kept, d.recycle_in)), d.clusters, d.heads, d.pivots)
+        for s, d in zip(samples, decisions, strict=True)
+    ]
+    rows = [_needed_rows(s, d) for s, d in zip(samples, decisions, strict=True)]
+    return PruningStageResult(scores, decisions, rows, [out[b, padded.pad[b] :][r.to(out.device)] for b, r in enumerate(rows)])
 
 
 # --------------------------------------------------------------------------- decisions
