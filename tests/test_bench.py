@@ -38,6 +38,8 @@ CASES = (
     ("fastv_64", None),
     ("fastv_default", None),
     ("fastv_128", {"span": "fixed"}),
+    ("dart_64", None),
+    ("dart_128", {"layer": 3, "pivot_image": 2, "pivot_text": 6}),
     ("visionzip_64", {"prune_layer": 3}),
     ("visionzip_128", {"prune_layer": 5, "prune_positions": "contiguous"}),
 )
@@ -190,23 +192,25 @@ def test_in_llm_section_times_every_method_at_batch_1_and_b(tiny_models):
     assert out["batch"] == 2 and out["prompt_tokens"] == 636
     rows = out["rows"]
     assert [(r["method"], r["config"]) for r in rows] == [
-        ("sparsevlm", "sparsevlm_64"), ("sparsevlm2", "sparsevlm2_64"), ("fastv", "fastv_64"), ("deferred", "visionzip_64@L3")
+        ("sparsevlm", "sparsevlm_64"), ("sparsevlm2", "sparsevlm2_64"), ("fastv", "fastv_64"), ("dart", "dart_64"),
+        ("deferred", "visionzip_64@L3"),
     ]  # fmt: skip
     for r in rows:
         assert r["check"]["kept_identical"] and r["check"]["batch_row0_kept_identical"], r["config"]
         assert set(r["times"]) == {"ours", "eager", "plain", "ours_b2"}
         assert {"eager_vs_ours", "eager_x2_vs_ours_b2", "speedup_vs_plain", "efficiency_ratio"} <= set(r["ratios"])
         assert r["tokens_per_layer"][0] == 636 and len(r["tokens_per_layer"]) == 16
-    assert [r["pruning_layers"] for r in rows] == [[2, 6, 15], [2, 6, 15], [1], [2]]
+    assert [r["pruning_layers"] for r in rows] == [[2, 6, 15], [2, 6, 15], [1], [1], [2]]
     assert rows[1]["check"]["heads_identical"]
-    assert rows[3]["check"]["kept_counts"] == [64] and rows[2]["check"]["kept_counts"] == [47]
+    assert rows[4]["check"]["kept_counts"] == [64] and rows[2]["check"]["kept_counts"] == [47]
+    assert rows[3]["check"]["kept_counts"] == [68]  # DART's official count at "64"
     assert not _finite_positive(_ratios(out))
     json.dumps(out)  # the JSON report
 
     report = {"meta": _meta(), "pruning": out}
     text = render(report)
     assert "### 4. In-LLM pruning" in text and "2 × eager / ours at batch 2" in text
-    for label in ("SparseVLM v1.5", "SparseVLM v2.0", "FastV", "deferred", "`visionzip_64@L3`"):
+    for label in ("SparseVLM v1.5", "SparseVLM v2.0", "FastV", "DART", "deferred", "`visionzip_64@L3`"):
         assert label in text
     target = {t["name"]: t for t in evaluate_targets(report)}["sparsevlm_vs_eager"]
     assert target["measured"] == rows[0]["ratios"]["eager_vs_ours"]

@@ -65,6 +65,7 @@ def _check_results(run, names, model):
         ("llava_sparsezip", "sparsezip_64", 64), ("llava_visionzip", "visionzip_64", 64), ("llava_sparsevlm", "sparsevlm_64", 575),
         ("llava_divprune", "divprune_64", 64), ("llava_cdpruner", "cdpruner_64", 64),
         ("llava_fastv", "fastv_64", 576), ("llava_sparsevlm", "sparsevlm2_64", 576),
+        ("llava_dart", "dart_64", 576), ("llava_vispruner", "vispruner_64", 64),
     ],
 )  # fmt: skip
 def test_cli_batch_1_and_4_agree(model, config, max_visual, tmp_path, mini_tasks, tiny_checkpoint, tiny_clip):

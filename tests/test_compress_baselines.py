@@ -137,7 +137,8 @@ def test_baseline_bad_input():
 def _vision_side(name: str) -> bool:
     """Configs ``compress`` runs: neither an in-LLM method nor one that selects after the projector."""
     config = load_config(name)
-    return method_of(config).stage != "llm" and not selects_after_projector(config)
+    qwen = getattr(config, "by_ratio", False)  # Qwen2.5-VL's ratio budgets are not LLaVA configs
+    return method_of(config).stage != "llm" and not selects_after_projector(config) and not qwen
 
 
 @pytest.mark.parametrize("name", [n for n in available_configs() if _vision_side(n)])
@@ -147,7 +148,8 @@ def test_dispatch_every_config(name):
     text = torch.randn(3, 576, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     out = compress(hidden, cls_attn, keys, config, text if needs_text(config) else None)
     assert out.tokens.dtype == hidden.dtype and torch.isfinite(out.tokens).all()
-    budget = {"none": 576, "random": getattr(config, "keep", 0), "pool": getattr(config, "keep", 0)}
+    keep = getattr(config, "keep", 0)
+    budget = {"none": 576, "random": keep, "pool": keep, "vispruner": keep}
     if config.method == "visionzip":
         budget["visionzip"] = config.dominant + config.contextual
         assert torch.equal(out.tokens, visionzip(hidden, cls_attn, keys, config.dominant, config.contextual).tokens)
@@ -158,7 +160,7 @@ def test_dispatch_every_config(name):
         ref = sparsezip(hidden, cls_attn, keys, config, text if needs_text(config) else None)
         assert torch.equal(out.tokens, ref.tokens)
     assert (out.counts <= budget[config.method]).all()
-    assert needs_scoring_inputs(config) == (config.method in ("visionzip", "sparsezip"))
+    assert needs_scoring_inputs(config) == (config.method in ("visionzip", "sparsezip", "vispruner"))
 
 
 def test_dispatch_rejects_other_configs():

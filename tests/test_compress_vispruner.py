@@ -231,7 +231,7 @@ def test_invalid_inputs_raise():
 
 
 def test_round_with_empty_b_does_not_crash():
-    unit = torch.eye(3, dtype=torch.float64).expand(2, 3, 3)
+    similarity = torch.eye(3, dtype=torch.float64).expand(2, 3, 3)  # [B, N, N] cosines of 3 orthogonal patches
     residual = torch.tensor([[2], [0]])
-    assert vispruner_round(unit, residual, 1).shape == (2, 0)
-    assert torch.equal(vispruner_round(unit, residual, 0), residual)
+    assert vispruner_round(similarity, residual, 1).shape == (2, 0)
+    assert torch.equal(vispruner_round(similarity, residual, 0), residual)

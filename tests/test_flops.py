@@ -11,7 +11,7 @@ N, C, CK = 576, 1024, 64
 
 
 def test_capture_counts_the_recomputed_key_projection():
-    capture = C * C + (N + 1) * C * C + (N + 1) * C  # CLS query, keys of all tokens, the CLS row
+    capture = 2 * (N + 1) * C * C + (N + 1) * C  # queries (CLS kept) and keys of all tokens, the CLS row
     visionzip = load_config("visionzip_64")
     assert compression_flops(visionzip, 1, DIMS) == capture + (N - 53) * 10 * CK
     assert capture > 0.6e9  # the key projection alone is ~0.6 G multiply-adds per image
@@ -35,3 +35,15 @@ def test_kmeans_seed_count_follows_the_clustering():
     assert compression_flops(plain, 1, DIMS) - compression_flops(no_merge, 1, DIMS) == (m.kmeans_iters + 1) * N * k * CK
     seeds = math.ceil(m.kmeans_init_factor * k)
     assert compression_flops(agglomerative, 1, DIMS) - compression_flops(no_merge, 1, DIMS) == (m.kmeans_iters + 1) * N * seeds * CK
+
+
+def test_vispruner_counts_every_round_of_duplicate_removal():
+    from sparsezip_lmms.compress.vispruner import vispruner_schedule
+
+    capture = 2 * (N + 1) * C * C + (N + 1) * C
+    config = load_config("vispruner_64")
+    rounds = vispruner_schedule(64, 0.5, N)  # R from 544 down, 8 dropped per round, until 32 remain
+    assert rounds[0] == (544, 8) and rounds[-1][0] - rounds[-1][1] == 32
+    expected = capture + N * C + sum(((r + 1) // 2) * (r // 2) * C for r, _ in rounds)
+    assert compression_flops(config, 1, DIMS) == expected
+    assert compression_flops(config, 5, DIMS) == 5 * expected  # LLaVA-NeXT: every crop

@@ -145,8 +145,11 @@ def _sets(entry):
 
 @pytest.mark.parametrize(
     "model_id,config",
-    [("llava_visionzip", "visionzip_64"), ("llava_sparsezip", "sparsezip_64"), ("llava_divprune", "divprune_64"), ("llava_sparsezip", "pool_64")],
-)
+    [
+        ("llava_visionzip", "visionzip_64"), ("llava_sparsezip", "sparsezip_64"), ("llava_divprune", "divprune_64"),
+        ("llava_sparsezip", "pool_64"), ("llava_vispruner", "vispruner_64"),
+    ],
+)  # fmt: skip
 def test_vision_side_records_match_the_token_counts(model_id, config, tiny_checkpoint):
     one = _selections(model_id, tiny_checkpoint, config=config)
     batched = _selections(model_id, tiny_checkpoint, batch_size=3, config=config)
@@ -162,6 +165,8 @@ def test_vision_side_records_match_the_token_counts(model_id, config, tiny_check
             assert kept.union(*merged) == set(range(576))
         if config == "pool_64":
             assert not kept and len(merged) == 64
+        if config == "vispruner_64":  # patches only, no CLS, nothing merged
+            assert not entry["cls"] and not merged and len(kept) == 64
 
 
 def test_in_llm_records_hold_each_pruning_layer(tiny_checkpoint):
@@ -174,6 +179,9 @@ def test_in_llm_records_hold_each_pruning_layer(tiny_checkpoint):
     for record in _selections("llava_fastv", tiny_checkpoint, config="fastv_64"):
         (entry,) = record["images"]
         assert list(entry["layers"]) == ["1"] and len(parse_ranges(entry["layers"]["1"])) == 47
+    for record in _selections("llava_dart", tiny_checkpoint, config="dart_64"):  # 4 + 8 x (64 // 8) at layer 1's output
+        (entry,) = record["images"]
+        assert list(entry["layers"]) == ["1"] and len(parse_ranges(entry["layers"]["1"])) == 68
 
 
 def test_deferred_records_keep_the_vision_side_choice(tiny_checkpoint):
@@ -197,7 +205,8 @@ def test_log_selection_false_logs_nothing(tiny_checkpoint):
     [
         ("llava_sparsevlm", "sparsevlm_64"), ("llava_fastv", "fastv_64"), ("llava_visionzip", "visionzip_next_320"),
         ("llava_sparsezip", "sparsezip_next_320"), ("llava_divprune", "divprune_next_320"),
-        ("llava_cdpruner", "cdpruner_next_320"), ("llava_hf_timed", "keep_all"),
+        ("llava_cdpruner", "cdpruner_next_320"), ("llava_hf_timed", "keep_all"), ("llava_dart", "dart_64"),
+        ("llava_vispruner", "vispruner_64"),
     ],
 )  # fmt: skip
 def test_next_records_do_not_depend_on_the_batch(model_id, config, tiny_next_checkpoint, tiny_clip):

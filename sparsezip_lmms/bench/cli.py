@@ -8,7 +8,7 @@ Sections (``--sections``, default all):
 3. ``prefill``   LLaVA-shaped LLM prefill, 576 visual tokens vs each config's budget, against the
                  FLOPs bound (32 LLaMA-7B layers on a GPU, fewer on a CPU);
 4. ``pruning``   our in-LLM pruning decoder vs an eager, one-prompt-at-a-time (official-style)
-                 computation, for SparseVLM v1.5, SparseVLM v2.0, FastV and a deferred VisionZip
+                 computation, for SparseVLM v1.5, SparseVLM v2.0, FastV, DART and a deferred VisionZip
                  selection, batch 1 and 8 (``sparsevlm`` is accepted for it);
 5. ``harness``   the lmms-eval CLI on the tiny checkpoint, samples/s at batch 1 vs batch 8;
 6. ``next``      LLaVA-NeXT-shaped inputs (5 crops per image): every method's NeXT vision side (VisionZip,
@@ -39,7 +39,7 @@ __all__ = ["Settings", "main", "run"]
 
 SECTIONS = ("vision", "ops", "prefill", "pruning", "harness", "next")
 SECTION_ALIASES = {"sparsevlm": "pruning"}  # the name section 4 had when it timed SparseVLM v1.5 alone
-PRUNING_METHODS = ("sparsevlm", "sparsevlm2", "fastv", "deferred")
+PRUNING_METHODS = ("sparsevlm", "sparsevlm2", "fastv", "dart", "deferred")
 # --quick times the prefill at these configs only (one per budget); the full run does every config.
 QUICK_PREFILL_CONFIGS = ("keep_all", "visionzip_64", "visionzip_128", "visionzip_192", "sparsezip_64")
 # --smoke: every section's code path at the smallest sizes that still run it (the test suite's tier; its

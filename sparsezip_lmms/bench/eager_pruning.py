@@ -14,6 +14,10 @@ the LLM (same algorithms and conventions as :func:`sparsezip_lmms.pruning.pruned
 * FastV (``fastv_*``): layer K-1 runs with its probabilities materialised, the last prompt row averaged
   over heads scores the image span, the ``int(n * R)`` best are kept and the sequence fed to layer K is
   pruned, original position ids;
+* DART (``dart_*``): after layer K-1, the official loop on one prompt: layer K-1's cached keys (heads
+  concatenated) give the pivots by L1 norm, then each pivot in the official set order keeps the ``T``
+  tokens of a Python-set pool least similar to it (cosine on the final-normed states, one host round trip
+  per pivot), original position ids;
 * deferred (a vision-side config with ``prune_layer: L > 0``): every layer runs eager, the span tokens
   not selected by ``visual_keep`` are dropped at layer L's input, original ids (or renumbered with
   ``prune_positions: contiguous``).
@@ -40,6 +44,9 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 
+import torch.nn.functional as F
+
+from ..compress.dart import dart_picks, pivot_processing_order
 from ..compress.dtypes import at_least_float32
 from ..compress.in_llm import fastv_keep_count
 from ..methods.registry import method_of
@@ -79,7 +86,7 @@ EagerSparseVLMOutput = EagerPrunedOutput  # the v1.5-only name of earlier versio
 
 
 def eager_method(config: Any) -> str:
-    """"sparsevlm", "sparsevlm2", "fastv" or "deferred" (a vision-side config with ``prune_layer > 0``)."""
+    """"sparsevlm", "sparsevlm2", "fastv", "dart" or "deferred" (a vision-side config with ``prune_layer > 0``)."""
     if method_of(config).stage == "llm":
         return config.method
     if getattr(config, "prune_layer", 0) > 0:
@@ -91,7 +98,7 @@ def _pruning_layers(method: str, config: Any) -> tuple[int, ...]:
     """The layers whose output is pruned."""
     if method in ("sparsevlm", "sparsevlm2"):
         return tuple(config.pruning_layers)
-    if method == "fastv":
+    if method in ("fastv", "dart"):
         return (int(config.layer) - 1,)  # scored at K-1, pruned at layer K's input
     return (int(config.prune_layer) - 1,)  # dropped at layer L's input
 
@@ -164,6 +171,8 @@ def eager_pruned_prefill(
             raters = torch.arange(length - text_start, device=hidden.device)
     elif method == "fastv":
         raters = torch.tensor([length - 1 - text_start], device=hidden.device)  # the last prompt token
+    elif method == "dart":
+        raters = torch.zeros(0, dtype=torch.long, device=hidden.device)
     else:
         if visual_keep is None:
             raise ValueError("deferred pruning needs visual_keep (the vision-side selection)")
@@ -189,13 +198,16 @@ def eager_pruned_prefill(
                 scores, heads = torch.full((v_num,), float("nan"), device=h.device), None
                 kept = torch.nonzero(keep, as_tuple=False).flatten()  # [k] the given selection
                 keep = keep[kept]
+            elif method == "dart":
+                kept, scores = _dart_kept(config, cache.layers[index].keys, decoder.norm(h)[0], v_start, v_num)
+                heads = None
             else:
                 rows = text_start + raters  # [R] sequence rows of the query tokens
                 scores, heads = _scores(method, config, probs[0], cos_sin, layer, rows, v_start, text_start)
             if method == "sparsevlm":
                 h, span_ids, kept_ids = _prune_and_recycle(h[0], scores, span_ids, v_start, v_num, stage, config, generator)
             else:
-                if method != "deferred":
+                if method not in ("deferred", "dart"):
                     k = fastv_keep_count(v_num, float(config.ratio)) if method == "fastv" else keep_count(config.schedule[stage], v_num)
                     kept, _ = topk_keep(scores, k)  # [k] ascending
                 rows_kept = torch.cat(
@@ -214,6 +226,35 @@ def eager_pruned_prefill(
         counts.append(v_num)
     logits = head(decoder.norm(h[:, -1:]))[0, -1]  # [V]
     return EagerPrunedOutput(logits, kept_out, scores_out, raters, counts, heads_out, used, method)
+
+
+def _dart_kept(
+    config: Any,
+    keys: torch.Tensor,  # [1, H_kv, n, hd] layer K-1's post-RoPE keys
+    states: torch.Tensor,  # [n, d] final-normed output of layer K-1
+    v_start: int,
+    v_num: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DART's selection the way the official code makes it (Python sets and lists, one pivot at a time):
+    (kept span positions [k] ascending, L1 key norm of every span token [n_v])."""
+    work = at_least_float32(states.dtype)
+    n = keys.shape[2]
+    flat = keys[0].transpose(0, 1).reshape(n, -1).to(work)  # [n, H_kv * hd] heads concatenated
+    image_norms = flat[v_start : v_start + v_num].abs().sum(dim=-1)  # [n_v]
+    text_norms = flat[v_start + v_num :].abs().sum(dim=-1)  # [n_t]
+    image_pivots = (image_norms.topk(config.pivot_image).indices + v_start).tolist()
+    text_pivots = (text_norms.topk(config.pivot_text).indices + v_start + v_num).tolist()
+    picks = dart_picks(v_num, config.pivot_image, config.pivot_text, config.max_tokens, config.reduction_ratio)
+    h = states.to(work)  # [n, d]
+    kept = set(image_pivots)
+    pool = set(range(v_start, v_start + v_num)) - kept
+    for pivot in pivot_processing_order(image_pivots, text_pivots, config.pivot_order):
+        candidates = sorted(pool)
+        dissimilarity = -F.cosine_similarity(h[pivot], h[candidates], dim=-1)  # [|pool|]
+        chosen = [candidates[i] for i in dissimilarity.topk(picks).indices.tolist()]
+        kept.update(chosen)
+        pool.difference_update(chosen)
+    return torch.tensor(sorted(kept), device=states.device) - v_start, image_norms
 
 
 def eager_sparsevlm_prefill(

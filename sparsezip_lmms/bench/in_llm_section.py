@@ -1,6 +1,6 @@
 """Section 4: our pruning decoder against the eager (official-style) computation, for every in-LLM method.
 
-For each method (SparseVLM v1.5, SparseVLM v2.0, FastV, a deferred VisionZip selection) and budget,
+For each method (SparseVLM v1.5, SparseVLM v2.0, FastV, DART, a deferred VisionZip selection) and budget,
 both run the prefill of one LLaVA-shaped prompt (35 + 576 + 25 tokens) with ``max_new_tokens=1`` on
 the same random LLaMA; the kept tokens of every pruning layer must be identical (checked here, reported
 in the JSON). Ours is also timed on a batch of ``batch`` independent prompts, against ``batch`` times the
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 VISUAL = 576  # LLaVA-1.5's patch tokens
-METHODS = ("sparsevlm", "sparsevlm2", "fastv", "deferred")
+METHODS = ("sparsevlm", "sparsevlm2", "fastv", "dart", "deferred")
 DEFERRED_BASE, DEFERRED_LAYER = "visionzip", 3  # deferred: visionzip_<budget> with prune_layer 3
 
 

@@ -6,7 +6,7 @@ import math
 
 __all__ = ["TARGETS", "evaluate_targets", "pruning_section", "render"]
 
-METHOD_LABELS = {"sparsevlm": "SparseVLM v1.5", "sparsevlm2": "SparseVLM v2.0", "fastv": "FastV", "deferred": "deferred"}
+METHOD_LABELS = {"sparsevlm": "SparseVLM v1.5", "sparsevlm2": "SparseVLM v2.0", "fastv": "FastV", "dart": "DART", "deferred": "deferred"}
 
 # (name, description, threshold, "<=" or ">=")
 TARGETS = (

@@ -42,11 +42,14 @@ def compression_configs() -> tuple[str, ...]:
     """Every named config that compresses on the vision side (all but the in-LLM methods SparseVLM v1.5 /
     v2.0 and FastV, timed in section 4), ordered by method then budget: keep_all, visionzip_*,
     sparsezip_* (+ dynamic), ablations/*, random_*, pool_*. The LLaVA-NeXT budgets (``*_next_*``) are
-    timed on NeXT-shaped inputs in section 6."""
+    timed on NeXT-shaped inputs in section 6; the Qwen2.5-VL ones (``*_qwen*``) are not LLaVA configs."""
     from ..config import available_configs
     from ..methods.registry import method_of
 
-    names = [n for n in available_configs() if method_of(load_config(n)).stage != "llm" and "_next_" not in n]
+    names = [
+        n for n in available_configs()
+        if method_of(load_config(n)).stage != "llm" and "_next_" not in n and "_qwen" not in n  # other geometries
+    ]  # fmt: skip
     order = {"none": 0, "visionzip": 1, "sparsezip": 2, "divprune": 3.1, "cdpruner": 3.2, "random": 4, "pool": 5}
 
     def key(name: str) -> tuple:

@@ -159,17 +159,19 @@ def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def vispruner_round(unit: Tensor, residual: Tensor, drop: int) -> Tensor:
-    """One round of duplicate removal. unit [B, N, C] (L2-normalised), residual [B, R] -> [B, R − drop].
+def vispruner_round(similarity: Tensor, residual: Tensor, drop: int) -> Tensor:
+    """One round of duplicate removal. similarity [B, N, N] (cosines of the patches), residual [B, R] ->
+    [B, R − drop].
 
     ``a`` = even positions (ceil(R/2)), ``b`` = odd positions (floor(R/2)); ``drop`` <= len(a). An empty
     ``b`` (R = 1, never scheduled) leaves nothing to compare with: every ``a`` token scores −inf.
     """
     a_idx, b_idx = residual[:, 0::2], residual[:, 1::2]  # [B, Ra], [B, Rb]
     if b_idx.shape[1] == 0:
-        score = torch.full(a_idx.shape, float("-inf"), dtype=unit.dtype, device=unit.device)  # [B, Ra]
+        score = torch.full(a_idx.shape, float("-inf"), dtype=similarity.dtype, device=similarity.device)  # [B, Ra]
     else:
-        sim = _gather_rows(unit, a_idx) @ _gather_rows(unit, b_idx).transpose(1, 2)  # [B, Ra, Rb]
+        rows = similarity.gather(1, a_idx[..., None].expand(-1, -1, similarity.shape[2]))  # [B, Ra, N]
+        sim = rows.gather(2, b_idx[:, None, :].expand(-1, a_idx.shape[1], -1))  # [B, Ra, Rb]
         score = sim.amax(dim=2)  # [B, Ra] closest b token of each a token
     keep = torch.sort(score, dim=1, descending=True, stable=True).indices[:, drop:]  # [B, Ra − drop]
     return torch.cat([a_idx.gather(1, keep), b_idx], dim=1)  # [B, R − drop]
@@ -183,8 +185,14 @@ def vispruner_diverse(unit: Tensor, residual: Tensor, t_div: int) -> Tensor:
     """
     if t_div == 0:
         return residual[:, :0]
-    for _, drop in _rounds(residual.shape[1], t_div):
-        residual = vispruner_round(unit, residual, drop)  # [B, R − drop]
+    rounds = _rounds(residual.shape[1], t_div)
+    if not rounds:
+        return residual
+    # every cosine a round can need, once (the rounds only gather from it): the same products as computing
+    # each round's a x b block, without copying the features of the residual every round
+    similarity = unit @ unit.transpose(1, 2)  # [B, N, N]
+    for _, drop in rounds:
+        residual = vispruner_round(similarity, residual, drop)  # [B, R − drop]
     return residual
 
 

@@ -67,7 +67,26 @@ class VisionZipConfig(DeferrableConfig):
     method: Literal["visionzip"] = "visionzip"
     dominant: int = Field(54, ge=1, description="kept tokens including CLS")
     contextual: int = Field(10, ge=0, description="merged contextual tokens")
+    dominant_ratio: float | None = Field(
+        None, gt=0, le=1,
+        description="Qwen2.5-VL (official): D = int(dominant_ratio * N) dominant merged tokens of an image of N; "
+        "null on LLaVA, where dominant/contextual count tokens",
+    )  # fmt: skip
+    contextual_ratio: float | None = Field(
+        None, gt=0, le=1, description="Qwen2.5-VL (official): C = max(int(contextual_ratio * N), 1) contextual tokens"
+    )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_ratios(self) -> "VisionZipConfig":
+        if (self.dominant_ratio is None) != (self.contextual_ratio is None):
+            raise ValueError("keys 'dominant_ratio', 'contextual_ratio': give both (Qwen2.5-VL's budget) or neither")
+        return self
+
+    @property
+    def by_ratio(self) -> bool:
+        """The budget is a ratio of each image's merged tokens (Qwen2.5-VL's official VisionZip)."""
+        return self.dominant_ratio is not None
 
 
 class RandomKeepConfig(DeferrableConfig):

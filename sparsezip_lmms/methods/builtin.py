@@ -23,7 +23,7 @@ from ..config.schemas import (
 )  # fmt: skip
 from ..config.sparsezip_schema import SparseZipConfig
 from . import builtin_checks as checks
-from .builtin_flops import cdpruner_flops, divprune_flops, sparsezip_flops, visionzip_flops
+from .builtin_flops import cdpruner_flops, divprune_flops, sparsezip_flops, visionzip_flops, vispruner_flops
 from .spec import MethodSpec, ProjectedInputs, VisionInputs
 
 __all__ = [
@@ -38,6 +38,8 @@ def _keep_all(inputs: VisionInputs, config: KeepAllConfig) -> Compressed:
 
 
 def _visionzip(inputs: VisionInputs, config: VisionZipConfig) -> Compressed:
+    if config.by_ratio:
+        raise ValueError("dominant_ratio/contextual_ratio are Qwen2.5-VL's VisionZip budget; LLaVA's counts tokens")
     return visionzip(inputs.hidden, inputs.cls_attn, inputs.keys, config.dominant, config.contextual)
 
 
@@ -186,6 +188,6 @@ DART = MethodSpec(
 )  # fmt: skip
 VISPRUNER = MethodSpec(
     "vispruner", VisPrunerConfig, "vision", select=_vispruner, inputs=frozenset({"scoring"}),
-    model_ids=("llava_vispruner",), max_tokens=checks.keep_max, check=checks.check_vispruner,
+    model_ids=("llava_vispruner",), max_tokens=checks.keep_max, check=checks.check_vispruner, flops=vispruner_flops,
     description="VisPruner (Zhang et al., ICCV 2025): important patches by CLS attention + duplicates removed from the rest",
 )  # fmt: skip

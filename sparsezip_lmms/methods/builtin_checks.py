@@ -49,6 +49,11 @@ def divprune_max(config: Any, patches: int) -> int:
 
 def check_visionzip(config: Any, geometry: Any) -> None:
     n = geometry.patches
+    if config.by_ratio:
+        raise ConfigError(
+            "keys 'dominant_ratio', 'contextual_ratio' are Qwen2.5-VL's budget (a ratio of each image's merged "
+            "tokens); on a LLaVA checkpoint VisionZip counts tokens: use 'dominant' and 'contextual' (visionzip_64)"
+        )
     at_most("dominant", config.dominant, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
 
 

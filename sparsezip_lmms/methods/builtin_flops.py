@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["cdpruner_flops", "divprune_flops", "sparsezip_flops", "visionzip_flops"]
+__all__ = ["cdpruner_flops", "divprune_flops", "sparsezip_flops", "visionzip_flops", "vispruner_flops"]
 
 
 def _capture(work: Any) -> int:
-    """The scoring-input capture: it recomputes the feature layer's projections it reads: the CLS query
-    row (c·c) and the keys of all 1+N tokens ((1+N)·c·c), then the CLS row against them ((1+N)·c)."""
+    """The scoring-input capture: it recomputes the feature layer's projections it reads: the queries of
+    all 1+N tokens, of which the CLS row is kept ((1+N)·c·c: a whole-batch product rounds the same at any
+    batch size), and the keys of all 1+N tokens ((1+N)·c·c), then the CLS row against them ((1+N)·c)."""
     n, c = work.dims.vision_tokens - 1, work.dims.vision_width
-    return c * c + (n + 1) * c * c + (n + 1) * c
+    return 2 * (n + 1) * c * c + (n + 1) * c
 
 
 def divprune_flops(config: Any, work: Any) -> int:
@@ -83,4 +84,15 @@ def sparsezip_flops(config: Any, work: Any) -> int:
             if m.agglomerative and seeds > k and m.linkage == "midpoint":
                 # each merge recomputes the cosines of the current centres, then a re-assignment to the survivors
                 per_image += sum(w * w * ck for w in range(k + 1, seeds + 1)) + n * k * ck
+    return work.n_images * per_image
+
+
+def vispruner_flops(config: Any, work: Any) -> int:
+    """The capture, the patches' L2 normalisation, and every round of duplicate removal (each ``a`` token's
+    cosine with every ``b`` token: ceil(R/2)·floor(R/2)·c)."""
+    from ..compress.vispruner import vispruner_schedule
+
+    n, c = work.dims.vision_tokens - 1, work.dims.vision_width
+    rounds = vispruner_schedule(config.keep, config.important_ratio, n)
+    per_image = _capture(work) + n * c + sum(((r + 1) // 2) * (r // 2) * c for r, _ in rounds)
     return work.n_images * per_image
