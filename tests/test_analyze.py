@@ -14,6 +14,7 @@ from sparsezip_lmms.analysis.analyze import (
     jaccard,
     normalise_answer,
 )
+from sparsezip_lmms.analysis.render import to_markdown as render_markdown
 from sparsezip_lmms.analysis.selection import format_ranges, parse_ranges
 
 TASK = "pope_eff_mini"
@@ -383,3 +384,113 @@ def test_llava15_and_next_selections_are_never_compared(pope_runs):
     nxt = "llava_visionzip:visionzip_next_320"
     assert _cell(result, nxt, VZ) == (None, 0) and _cell(result, VZ, VZ2)[0] == 1.0  # same kept sets, not compared
     assert any("not compared across model families" in n and nxt in n for n in result.notes), result.notes
+
+
+# ----------------------------------------------------------------------------- runs of different settings
+
+
+def _set_config(folder, stamp=STAMP, configs=None, **config):
+    """Record lmms-eval's --batch_size / --limit (``config``) and the task's data (``configs``) in a run's results file."""
+    path = folder / f"{stamp}_results.json"
+    data = json.loads(path.read_text())
+    data["config"].update(config)
+    data["configs"].update(configs or {})
+    path.write_text(json.dumps(data))
+    return folder
+
+
+def _same_selections(folder, model, config, answers):
+    rows = [_pope_row(d, answers[d], _selection(POPE_DOCS[d][0], AGNOSTIC[POPE_DOCS[d][0]])) for d in POPE_DOCS]
+    return _write_run(folder, model, config, rows)
+
+
+def test_runs_of_different_batch_size_are_not_compared(tmp_path):
+    """Two methods at batch size 1 and a third at batch size 2, all with the same kept patches: the
+    batch-1 pair is compared as before, the batch-2 run with neither (no overlap, no agreement), and
+    the notes, analysis.md and the CSVs name the setting and what differs."""
+    root = tmp_path / "results"
+    _set_config(_same_selections(root / "vz", "llava_visionzip", "visionzip_4", ANSWERS_ALL_YES), batch_size="1")
+    _set_config(_same_selections(root / "sz", "llava_sparsezip", "sparsezip_4", ANSWERS_RIGHT), batch_size="1")
+    _set_config(_same_selections(root / "far", "llava_random", "random_4", ANSWERS_ALL_YES), batch_size="2")
+    result = analyze([root])
+    assert [(g.label, g.runs) for g in result.settings] == [
+        ("setting A (batch size 2)", [FAR]), ("setting B (batch size 1)", [SZ, VZ])]  # fmt: skip
+    assert _cell(result, SZ, VZ) == (1.0, 7)  # same setting: compared as before
+    assert _cell(result, FAR, VZ) == (None, 0) and _cell(result, FAR, SZ) == (None, 0)
+    assert [(a.run_a, a.run_b) for a in result.agreement] == [(SZ, VZ)]
+    assert not any(FAR in (s.view_a, s.view_b) for s in result.overlap.samples)
+    assert any(n.startswith("not compared: setting A vs setting B: batch size 2 vs 1 (setting A: llava_random:random_4;")
+               for n in result.notes), result.notes  # fmt: skip
+
+    out = tmp_path / "out"
+    assert cli(["analyze", str(root), "--out", str(out)]) == 0
+    markdown = (out / "analysis.md").read_text()
+    assert "## Settings" in markdown and "- setting A (batch size 2): llava_random:random_4" in markdown
+    agreement_section = markdown.split("## 4. Answer agreement")[1]
+    assert "### setting A (batch size 2)\n\none run only in this setting: nothing to compare" in agreement_section
+    assert f"| {SZ} | {VZ} | 3 | 4 |" in agreement_section and FAR + " |" not in agreement_section.split("### setting B")[1]
+    assert len(list(csv.reader((out / "agreement.csv").open()))) == 2  # header + the one comparable pair
+    cell = next(r for r in csv.DictReader((out / "overlap.csv").open()) if r["view"] == VZ)
+    assert cell[FAR] == "" and float(cell[SZ]) == 1.0
+    runs = {r["run"]: r for r in csv.DictReader((out / "runs.csv").open())}
+    assert runs[FAR]["setting"] == "setting A (batch size 2)" and runs[VZ]["batch size"] == "1"
+    for name in ("overlap_A.png", "overlap_B.png", "categories_A.png", "categories_B.png"):
+        assert f"]({name})" in markdown and (out / name).is_file(), name
+
+
+@pytest.mark.parametrize(
+    "config, configs, differs, labels",
+    [
+        ({"limit": 4}, None, "limit all vs 4", ("[limit all]", "[limit 4]")),
+        ({}, {TASK: {"dataset_path": "/data/pope_b", "test_split": "test"}},
+         "task data dataset_path /data/pope_a vs /data/pope_b", ("[task data dataset_path /data/pope_a]", "[task data dataset_path /data/pope_b]")),
+    ],
+)  # fmt: skip
+def test_one_method_with_another_limit_or_data_is_two_runs_not_compared(tmp_path, config, configs, differs, labels):
+    """The same model:config run twice, with ``--limit 4`` or on other data (the same task name): two
+    runs, labelled by what differs, neither merged nor compared."""
+    data_a = {TASK: {"dataset_path": "/data/pope_a", "test_split": "test"}}
+    _set_config(_same_selections(tmp_path / "all", "llava_visionzip", "visionzip_4", ANSWERS_ALL_YES), configs=data_a)
+    four = _write_run(tmp_path / "four", "llava_visionzip", "visionzip_4",
+                      [_pope_row(d, "No", _selection(POPE_DOCS[d][0], AGNOSTIC[POPE_DOCS[d][0]])) for d in range(4)])  # fmt: skip
+    _set_config(four, stamp=STAMP, configs=configs or data_a, **config)
+    result = analyze([tmp_path])
+    assert [r.label for r in result.runs] == [f"{VZ} {labels[0]}", f"{VZ} {labels[1]}"]
+    assert [r.samples for r in result.runs] == [7, 4]  # two runs: the documents are not merged
+    assert result.agreement == [] and result.overlap.mean[0][1] is None and result.overlap.samples == []
+    assert sum(n.startswith(f"not compared: setting A vs setting B: {differs} (") for n in result.notes) == 1, result.notes
+    assert [len(result.part(g).categories) for g in result.settings] == [4, 4]  # each run's own table
+
+
+def test_runs_of_one_setting_are_compared_as_before(tmp_path):
+    """Batch size 2 and --limit 4 recorded by both runs: one setting, compared, no setting notes or groups."""
+    for name, model, config in (("vz", "llava_visionzip", "visionzip_4"), ("sz", "llava_sparsezip", "sparsezip_4")):
+        _set_config(_same_selections(tmp_path / name, model, config, ANSWERS_RIGHT if name == "sz" else ANSWERS_ALL_YES),
+                    batch_size="2", limit=4, configs={TASK: {"dataset_path": "/data/pope", "test_split": "test"}})  # fmt: skip
+    result = analyze([tmp_path])
+    assert len(result.settings) == 1 and [(r.batch_size, r.limit) for r in result.runs] == [("2", "4"), ("2", "4")]
+    assert _cell(result, SZ, VZ) == (1.0, 7)
+    assert [(a.run_a, a.run_b, a.n_agree, a.n_disagree) for a in result.agreement] == [(SZ, VZ, 3, 4)]
+    assert not any("not compared" in n for n in result.notes)
+    assert "### setting" not in render_markdown(result)
+
+
+def test_report_shows_settings_apart(tmp_path, monkeypatch):
+    """report.html takes analyze's groups: one table per setting under its label, the note, no cross-setting pair."""
+    from sparsezip_lmms.analysis import report
+
+    # these fake runs name no dataset: the gallery draws on a grey canvas without importing `datasets`
+    monkeypatch.setattr(report, "dataset_images", lambda *args: ({}, "no dataset in this test"))
+    root = tmp_path / "results"
+    _set_config(_same_selections(root / "vz", "llava_visionzip", "visionzip_4", ANSWERS_ALL_YES), batch_size="1")
+    _set_config(_same_selections(root / "sz", "llava_sparsezip", "sparsezip_4", ANSWERS_RIGHT), batch_size="1")
+    _set_config(_same_selections(root / "far", "llava_random", "random_4", ANSWERS_ALL_YES), batch_size="2")
+    page = report.build_report([root], tmp_path / "report.html", gallery=1).read_text()
+    assert "not compared: setting A vs setting B: batch size 2 vs 1" in page
+    assert page.count("<h4>setting A (batch size 2)</h4>") == 5  # categories, overlap, sensitivity, agreement, gallery
+    agreement_b = page.split('id="agreement-pope_eff_mini_B"')[1].split("</table>")[0]
+    assert SZ in agreement_b and VZ in agreement_b
+    agreement_a = page.split('id="agreement-pope_eff_mini_A"')[1].split("</table>")[0]
+    assert "<td" not in agreement_a  # one run: no pair
+    overlap_b = page.split('id="overlap-pope_eff_mini_B"')[1].split("</table>")[0]
+    assert FAR not in overlap_b

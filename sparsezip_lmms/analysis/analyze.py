@@ -8,10 +8,12 @@ single-image samples: the Jaccard overlap of the kept patches between every two 
 matched by ``doc_id``), and each view's text sensitivity (the overlap between the selections for
 different questions on the same image). Over every sample: the scores per sub-category and, for
 every two runs, how often they give the same answer and how each scores where they agree and
-where they do not. :func:`analyze` returns the numbers (:class:`Analysis`); :func:`write_report`
-writes ``analysis.md``, the CSVs and the figures. The computations are in :mod:`.metrics`, the
-Markdown and CSV in :mod:`.render`, the figures in :mod:`.plots`; their names are importable from
-here as well.
+where they do not. Runs are compared only within one setting (checkpoint, dtype, batch size,
+``--limit`` and the task's data: :mod:`.settings`); runs of different settings are shown apart, one
+labelled group each, with a note naming what differs. :func:`analyze` returns the numbers
+(:class:`Analysis`); :func:`write_report` writes ``analysis.md``, the CSVs and the figures. The
+computations are in :mod:`.metrics`, the Markdown and CSV in :mod:`.render`, the figures in
+:mod:`.plots`; their names are importable from here as well.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import argparse
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 
-from ..leaderboard import task_family
+from ..leaderboard import TASK_LABEL, task_family
 from ..numbers import mean
 from .metrics import (
     ALL,
@@ -51,6 +53,7 @@ from .metrics import (
 from .plots import category_plot, overlap_plot, text_sensitivity_plot
 from .render import to_markdown, write_csvs
 from .samples import Run, load_runs
+from .settings import SettingGroup, apart_notes, group_runs, run_labels
 
 __all__ = [
     "ALL",
@@ -65,6 +68,7 @@ __all__ = [
     "Overlap",
     "OverlapSample",
     "RunSummary",
+    "SettingGroup",
     "TextSensitivity",
     "View",
     "accuracy_plus",
@@ -73,6 +77,7 @@ __all__ = [
     "category_plot",
     "category_scores",
     "choose_task",
+    "figure_titles",
     "hash_mismatches",
     "jaccard",
     "main",
@@ -114,6 +119,9 @@ class RunSummary:
     malformed_selections: int
     sources: list[str]
     failed: int = 0  # requests the model answered with an error (empty answer), as the leaderboard counts them
+    batch_size: str = "?"  # as the leaderboard shows it
+    limit: str = "all"
+    setting: str = "A"  # the name of its SettingGroup
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,35 @@ class Analysis:
     categories: list[CategoryScore]
     agreement: list[Agreement]
     notes: list[str]  # problems and warnings, one sentence each
+    settings: list[SettingGroup] = field(default_factory=list)  # the runs grouped by setting, compared within a group
+
+    def part(self, group: SettingGroup) -> Analysis:
+        """The analysis of one setting group's runs only (its overlap matrix a sub-matrix); no notes."""
+        runs = set(group.runs)
+        index = [i for i, run in enumerate(self.overlap.runs) if run in runs]
+        views = [self.overlap.views[i] for i in index]
+
+        def sub(matrix: list[list]) -> list[list]:
+            return [[matrix[i][j] for j in index] for i in index]
+
+        kept = set(views)
+        o = self.overlap
+        matrix = Overlap(views, sub(o.mean), sub(o.n), sub(o.undefined), [s for s in o.samples if s.view_a in kept],
+                         [o.runs[i] for i in index])  # fmt: skip
+        return replace(
+            self, runs=[r for r in self.runs if r.label in runs], views=views, overlap=matrix,
+            text_sensitivity=[t for t in self.text_sensitivity if t.view in kept],
+            image_sensitivity=[t for t in self.image_sensitivity if t.view in kept],
+            categories=[c for c in self.categories if c.run in runs],
+            agreement=[a for a in self.agreement if a.run_a in runs and a.run_b in runs], notes=[], settings=[group],
+        )  # fmt: skip
+
+    def by_setting(self) -> list[tuple[SettingGroup | None, str, Analysis]]:
+        """(group, suffix for its figure files, its part) per setting; one run setting: ``[(None, "", self)]``,
+        so that a single setting reads and is written as before there were groups."""
+        if len(self.settings) <= 1:
+            return [(None, "", self)]
+        return [(group, f"_{group.name}", self.part(group)) for group in self.settings]
 
 
 def choose_task(runs: list[Run], task: str | None, problems: Iterable[str] = ()) -> str:
@@ -151,13 +188,7 @@ def choose_task(runs: list[Run], task: str | None, problems: Iterable[str] = ())
     return candidates[0]
 
 
-def run_labels(runs: list[Run]) -> list[str]:
-    """``model:config`` per run, with checkpoint and dtype appended where two runs would share one."""
-    plain = [r.label for r in runs]
-    return [r.label if plain.count(r.label) == 1 else f"{r.label} [{r.checkpoint} {r.dtype}]" for r in runs]
-
-
-def _summary(label: str, run: Run) -> RunSummary:
+def _summary(label: str, run: Run, setting: str) -> RunSummary:
     selected = [s for s in run.samples.values() if s.images is not None]
     return RunSummary(
         label=label,
@@ -172,6 +203,9 @@ def _summary(label: str, run: Run) -> RunSummary:
         malformed_selections=run.malformed_selections,
         sources=run.sources,
         failed=sum(1 for s in run.samples.values() if s.error is not None),
+        batch_size=run.batch_size,
+        limit=run.limit,
+        setting=setting,
     )
 
 
@@ -214,23 +248,28 @@ def analyze(paths: Iterable[str | Path], task: str | None = None) -> Analysis:
     task = choose_task(all_runs, task, problems)
     runs = sorted((r for r in all_runs if r.task == task), key=lambda r: r.label)
     labels = run_labels(runs)
+    groups = group_runs(labels, runs)
+    group_of = {label: group.name for group in groups for label in group.runs}
     notes = list(problems)
     summaries = []
     for label, run in zip(labels, runs):
-        summaries.append(_summary(label, run))
+        summaries.append(_summary(label, run, group_of[label]))
         notes += _run_notes(summaries[-1], run)
     samples = {label: run.samples for label, run in zip(labels, runs) if run.samples}
     if not samples:
         raise AnalysisError(f"no samples for {task}" + "".join(f"\n  {n}" for n in notes))
     family = task_family(task) or ""
+    notes += apart_notes(groups)
 
-    mismatches = hash_mismatches(samples)
+    mismatches: dict[frozenset[str], list[int]] = {}
+    for group in groups:  # documents of runs never compared need not match
+        mismatches.update(hash_mismatches({label: samples[label] for label in group.runs if label in samples}))
     for pair, docs in mismatches.items():
         a, b = sorted(pair)
         shown = ", ".join(map(str, docs[:5])) + (", ..." if len(docs) > 5 else "")
         notes.append(f"{a} vs {b}: doc_hash differs on {len(docs)} docs ({shown}); left out of their comparisons")
 
-    views = [view for label, by_doc in samples.items() for view in run_views(label, by_doc.values())]
+    views = [view for label, by_doc in samples.items() for view in run_views(label, by_doc.values(), group_of[label])]
     matrix = overlap(views, mismatches)
     kinds = {kind: sorted({v.run for v in views if v.kind == kind}) for kind in {v.kind for v in views}}
     if len(kinds) > 1:
@@ -252,11 +291,24 @@ def analyze(paths: Iterable[str | Path], task: str | None = None) -> Analysis:
     agreements = [
         agreement(a, samples[a], b, samples[b], family, mismatches.get(frozenset((a, b)), ()))
         for a, b in combinations(samples, 2)
+        if group_of[a] == group_of[b]
     ]
-    return Analysis(task, family, summaries, matrix.views, matrix, sensitivity, per_image, categories, agreements, notes)
+    return Analysis(task, family, summaries, matrix.views, matrix, sensitivity, per_image, categories, agreements, notes, groups)
 
 
 # ----------------------------------------------------------------------------- report and command line
+
+
+def figure_titles(family: str, group: SettingGroup | None) -> dict[str, dict[str, str]]:
+    """Keyword arguments (``title``) for the overlap, text-sensitivity and category figures of one
+    setting group: the plots' own titles with the group's label, none (their defaults) for a single setting."""
+    if group is None:
+        return {"overlap": {}, "text": {}, "categories": {}}
+    return {
+        "overlap": {"title": f"overlap of the kept patches (mean Jaccard)\n{group.label}"},
+        "text": {"title": f"text sensitivity (1.0 = ignores the question)\n{group.label}"},
+        "categories": {"title": f"{TASK_LABEL.get(family, family)} per category\n{group.label}"},
+    }
 
 
 def write_report(analysis: Analysis, out_dir: str | Path) -> list[Path]:
@@ -266,11 +318,13 @@ def write_report(analysis: Analysis, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = write_csvs(analysis, out)
     figures = []
-    if analysis.views:
-        figures.append(overlap_plot(analysis.overlap, out / "overlap.png"))
-        figures.append(text_sensitivity_plot(analysis.text_sensitivity, out / "text_sensitivity.png"))
-    if analysis.categories:
-        figures.append(category_plot(analysis.categories, analysis.family, out / "categories.png"))
+    for group, suffix, part in analysis.by_setting():  # one set of figures per setting: never side by side
+        titles = figure_titles(part.family, group)
+        if part.views:
+            figures.append(overlap_plot(part.overlap, out / f"overlap{suffix}.png", **titles["overlap"]))
+            figures.append(text_sensitivity_plot(part.text_sensitivity, out / f"text_sensitivity{suffix}.png", **titles["text"]))
+        if part.categories:
+            figures.append(category_plot(part.categories, part.family, out / f"categories{suffix}.png", **titles["categories"]))
     markdown = out / "analysis.md"
     markdown.write_text(to_markdown(analysis, [f.name for f in figures]), encoding="utf-8")
     return [markdown, *written, *figures]

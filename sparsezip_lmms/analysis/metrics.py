@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 from ..numbers import mean
@@ -38,11 +38,13 @@ class View:
     images: dict[int, str]  # doc_id -> image fingerprint
     questions: dict[int, str | None]  # doc_id -> question text
     kind: str = "llava"  # ImageSelection.view: views of different kinds index different images' grids
+    setting: str = ""  # the run's setting group (settings.SettingGroup.name): other groups' views are not compared
 
 
-def run_views(run: str, samples: Iterable[Sample]) -> list[View]:
+def run_views(run: str, samples: Iterable[Sample], setting: str = "") -> list[View]:
     """The views of one run's single-image samples with a selection: one keyed by ``kept``, or, for
-    images that carry ``layers``, one per layer (``run@L<layer>``), in layer order."""
+    images that carry ``layers``, one per layer (``run@L<layer>``), in layer order. ``setting``: the
+    run's setting group, given to every view."""
     patches: dict[str, dict[int, frozenset[int]]] = defaultdict(dict)
     layers: dict[str, int] = {}
     images: dict[int, str] = {}
@@ -62,7 +64,7 @@ def run_views(run: str, samples: Iterable[Sample]) -> list[View]:
             patches[run][sample.doc_id] = image.kept
     order = sorted(patches, key=lambda label: layers[label])
     return [
-        View(label, run, patches[label], {d: images[d] for d in patches[label]}, {d: questions[d] for d in patches[label]}, kind)
+        View(label, run, patches[label], {d: images[d] for d in patches[label]}, {d: questions[d] for d in patches[label]}, kind, setting)
         for label in order
     ]
 
@@ -111,12 +113,14 @@ class Overlap:
     n: list[list[int]]  # samples behind each mean
     undefined: list[list[int]]  # samples where both views kept nothing
     samples: list[OverlapSample]  # every view pair (a before b) on every shared sample
+    runs: list[str] = field(default_factory=list)  # the run of each view (View.run), indexed like ``views``
 
 
 def overlap(views: list[View], skip: Mapping[frozenset[str], Iterable[int]] | None = None) -> Overlap:
     """Jaccard of the kept patches for every two views, per shared ``doc_id`` and averaged.
     ``skip``: {run pair: doc_ids not to compare} (documents that differ between the runs). Views of
-    different kinds (LLaVA-1.5 vs LLaVA-NeXT) are never compared: their cells stay empty."""
+    different kinds (LLaVA-1.5 vs LLaVA-NeXT) or of runs of different settings are never compared:
+    their cells stay empty."""
     skip = skip or {}
     k = len(views)
     means: list[list[float | None]] = [[None] * k for _ in range(k)]
@@ -130,6 +134,8 @@ def overlap(views: list[View], skip: Mapping[frozenset[str], Iterable[int]] | No
     for (i, a), (j, b) in combinations(enumerate(views), 2):
         if a.kind != b.kind:  # LLaVA-1.5 patches and NeXT base-view patches are positions in different images
             continue
+        if a.setting != b.setting:  # other documents or other conditions: the overlap would measure the setting
+            continue
         excluded = set(skip.get(frozenset((a.run, b.run)), ())) if a.run != b.run else set()
         docs = sorted(a.patches.keys() & b.patches.keys() - excluded)
         values = [jaccard(a.patches[d], b.patches[d]) for d in docs]
@@ -137,7 +143,7 @@ def overlap(views: list[View], skip: Mapping[frozenset[str], Iterable[int]] | No
         means[i][j] = means[j][i] = mean(values)
         n[i][j] = n[j][i] = sum(1 for v in values if v is not None)
         undefined[i][j] = undefined[j][i] = len(values) - n[i][j]
-    return Overlap([v.label for v in views], means, n, undefined, samples)
+    return Overlap([v.label for v in views], means, n, undefined, samples, [v.run for v in views])
 
 
 # ----------------------------------------------------------------------------- 2. text sensitivity

@@ -4,7 +4,7 @@ read this" line per table) and one CSV per table."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,16 +49,41 @@ def _category_row(row: CategoryScore, family: str) -> list[Any]:
     return values + ([row.accuracy_plus, row.mme_score] if family == "mme" else [])
 
 
+SETTINGS_HOW = (
+    "Runs are compared only within one setting: the same checkpoint, dtype, batch size, --limit and task data "
+    "(as the leaderboard compares a row with its baseline); runs of different settings are shown apart, one group "
+    "each, with no overlap, agreement or scores side by side between groups."
+)
+
+
+def _per_setting(analysis: Analysis, body: Callable[[Analysis, str], list[str]]) -> list[str]:
+    """``body(part, figure suffix)`` for each setting group, under its label where there are several."""
+    parts = analysis.by_setting()
+    if len(parts) == 1:
+        return body(parts[0][2], parts[0][1])
+    lines: list[str] = []
+    for group, suffix, part in parts:
+        lines += ([""] if lines else []) + [f"### {_fmt(group.label)}", ""] + body(part, suffix)
+    return lines
+
+
 def to_markdown(analysis: Analysis, figures: Iterable[str] = ()) -> str:
-    """``analysis.md``: the runs, the notes, one table per analysis; ``figures``: the PNG names written."""
+    """``analysis.md``: the runs, the notes, one table per analysis (per setting group where the runs
+    have several settings); ``figures``: the PNG names written."""
     figures = set(figures)
     a = analysis
     label = TASK_LABEL.get(a.family, a.task)
+    several = len(a.settings) > 1
     lines = [f"# Selection analysis: {a.task} ({len(a.runs)} run{'s' * (len(a.runs) != 1)})", ""]
     lines += _table(
-        ["run", "checkpoint", "dtype", "samples", "failed", "with selection", "not single-image"],
-        [(r.label, r.checkpoint, r.dtype, r.samples, r.failed, r.with_selection, r.not_single_image) for r in a.runs],
-    )
+        (["setting"] if several else []) + ["run", "checkpoint", "dtype", "batch size", "limit", "samples", "failed",
+                                            "with selection", "not single-image"],
+        [([r.setting] if several else []) + [r.label, r.checkpoint, r.dtype, r.batch_size, r.limit, r.samples, r.failed,
+                                             r.with_selection, r.not_single_image] for r in a.runs],
+    )  # fmt: skip
+    if several:
+        lines += ["", "## Settings", "", SETTINGS_HOW, ""]
+        lines += [f"- {_fmt(g.label)}: {_fmt(', '.join(g.runs))}" for g in a.settings]
     if a.notes:
         lines += ["", "## Notes", ""] + [f"- {_fmt(n)}" for n in a.notes]
 
@@ -69,12 +94,14 @@ def to_markdown(analysis: Analysis, figures: Iterable[str] = ()) -> str:
         "view per pruning layer (`@L<layer>`)."
     )
     lines.append("")
-    if a.views:
-        lines += _table(["view"] + a.views, [[v] + row for v, row in zip(a.views, a.overlap.mean)])
-        if "overlap.png" in figures:
-            lines += ["", "![overlap](overlap.png)"]
-    else:
-        lines.append(NO_SELECTIONS)
+
+    def overlap_body(part: Analysis, suffix: str) -> list[str]:
+        if not part.views:
+            return [NO_SELECTIONS]
+        body = _table(["view"] + part.views, [[v] + row for v, row in zip(part.views, part.overlap.mean)])
+        return body + (["", f"![overlap](overlap{suffix}.png)"] if f"overlap{suffix}.png" in figures else [])
+
+    lines += _per_setting(a, overlap_body)
 
     lines += ["", "## 2. Text sensitivity", ""]
     lines.append(
@@ -82,15 +109,18 @@ def to_markdown(analysis: Analysis, figures: Iterable[str] = ()) -> str:
         "averaged over the images; 1.0 = the method ignores the question, lower = the question changes what it keeps."
     )
     lines.append("")
-    if a.text_sensitivity:
-        lines += _table(
+
+    def sensitivity_body(part: Analysis, suffix: str) -> list[str]:
+        if not part.text_sensitivity:
+            return [NO_SELECTIONS]
+        body = _table(
             ["view", "text sensitivity", "images", "pairs", "note"],
-            [(r.view, r.value, r.images, r.pairs, r.note) for r in a.text_sensitivity],
+            [(r.view, r.value, r.images, r.pairs, r.note) for r in part.text_sensitivity],
         )
-        if "text_sensitivity.png" in figures:
-            lines += ["", "![text sensitivity](text_sensitivity.png)"]
-    else:
-        lines.append(NO_SELECTIONS)
+        name = f"text_sensitivity{suffix}.png"
+        return body + (["", f"![text sensitivity]({name})"] if name in figures else [])
+
+    lines += _per_setting(a, sensitivity_body)
 
     lines += ["", f"## 3. {label} scores per category", ""]
     how = {
@@ -100,9 +130,12 @@ def to_markdown(analysis: Analysis, figures: Iterable[str] = ()) -> str:
         "docvqa": "mean ANLS (0-1) over the questions",
     }[a.family]
     lines += [f"How to read this: {how}; n = samples scored, failed requests counted as logged.", ""]
-    lines += _table(_category_header(a.family), [_category_row(r, a.family) for r in a.categories])
-    if "categories.png" in figures:
-        lines += ["", "![categories](categories.png)"]
+
+    def categories_body(part: Analysis, suffix: str) -> list[str]:
+        body = _table(_category_header(a.family), [_category_row(r, a.family) for r in part.categories])
+        return body + (["", f"![categories](categories{suffix}.png)"] if f"categories{suffix}.png" in figures else [])
+
+    lines += _per_setting(a, categories_body)
 
     lines += ["", "## 4. Answer agreement", ""]
     unit = SCORE_LABEL[a.family]
@@ -111,13 +144,16 @@ def to_markdown(analysis: Analysis, figures: Iterable[str] = ()) -> str:
         f"period dropped); the other columns are each run's {unit} on the samples they agree on and on the ones they do not."
     )
     lines.append("")
-    if a.agreement:
-        lines += _table(
+
+    def agreement_body(part: Analysis, suffix: str) -> list[str]:
+        if not part.agreement:
+            return ["one run only" + (" in this setting" if several else "") + ": nothing to compare"]
+        return _table(
             ["run A", "run B", "agree", "disagree", "A on agree", "B on agree", "A on disagree", "B on disagree"],
-            [astuple(r) for r in a.agreement],
+            [astuple(r) for r in part.agreement],
         )
-    else:
-        lines.append("one run only: nothing to compare")
+
+    lines += _per_setting(a, agreement_body)
     return "\n".join(lines) + "\n"
 
 
@@ -143,7 +179,13 @@ def _write_records(path: Path, cls: type, rows: Iterable[Any]) -> Path:
 def write_csvs(analysis: Analysis, out: Path) -> list[Path]:
     """Every table of ``analysis`` as a CSV in ``out`` (empty value = None); the paths written."""
     a = analysis
+    labels = {g.name: g.label for g in a.settings}
+    # which setting each run belongs to: the other CSVs hold runs of every setting, compared only within one
+    run_columns = ["run", "setting", "model", "config", "checkpoint", "dtype", "batch size", "limit", "samples", "failed"]
+    run_rows = ([r.label, labels.get(r.setting, r.setting), r.model, r.config, r.checkpoint, r.dtype, r.batch_size,
+                 r.limit, r.samples, r.failed] for r in a.runs)  # fmt: skip
     return [
+        _write_csv(out / "runs.csv", run_columns, run_rows),
         _write_csv(out / "overlap.csv", ["view"] + a.views, ([v] + row for v, row in zip(a.views, a.overlap.mean))),
         _write_csv(out / "overlap_n.csv", ["view"] + a.views, ([v] + row for v, row in zip(a.views, a.overlap.n))),
         _write_records(out / "overlap_samples.csv", OverlapSample, a.overlap.samples),

@@ -7,7 +7,10 @@ Everything is inside the file (CSS inline, figures as base64 PNG), so it opens o
 sent as one attachment. The analyses need ``--log_samples`` runs; the gallery reads each sample's
 image back from the task's dataset (the path the results file records: a local ``load_from_disk``
 folder or the hub cache) and draws what every run kept on it, one panel per run (per pruning layer
-for in-LLM methods); where the dataset cannot be read it draws on a grey canvas and says so.
+for in-LLM methods); where the dataset cannot be read it draws on a grey canvas and says so. Runs
+are compared only within one setting (checkpoint, dtype, batch size, ``--limit``, the task's data:
+:mod:`.settings`): the tables, figures and galleries of runs of different settings stand apart, one
+per setting under its label, with the notes ``analyze`` gives naming what differs.
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from PIL import Image
 
 # a number in the HTML tables: 4 significant digits (from 1000 up: one decimal), None as —
 from ..numbers import format_value as fmt
+
+if TYPE_CHECKING:
+    from .analyze import Analysis
+    from .samples import Run
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;color:#1d2330;padding:0 16px}
@@ -77,69 +84,99 @@ def leaderboard_section(paths: list[Path], work: Path) -> str:
     body = html_table(columns, ([fmt(c.get(col)) for col in columns] for c in cells), css_id="leaderboard", text_columns=4)
     return (
         "<h2>Leaderboard</h2>"
-        '<p class="note">One row per model id, config, checkpoint and dtype; retention and TTFT speed-up are '
-        "relative to the llava_hf_timed row of the same checkpoint and dtype.</p>"
+        '<p class="note">One row per model id, config, checkpoint, dtype, batch size and --limit; retention and TTFT '
+        "speed-up are relative to the llava_hf_timed row of the same checkpoint, dtype, batch size and limit (a row "
+        "without one says why in its notes).</p>"
         + body
         + "<h3>Accuracy vs time to first token</h3>"
         + png_img(plot.read_bytes(), "Pareto plot", "pareto")
     )
 
 
-def analysis_section(analysis, work: Path) -> str:
-    """Per-category scores, overlap, text sensitivity and agreement of one task (``analyze.Analysis``)."""
+def _figure(path: Any, alt: str) -> str:
+    return png_img(Path(path).read_bytes(), alt) if path is not None and Path(path).is_file() else ""
+
+
+def analysis_section(analysis: Analysis, work: Path) -> str:
+    """Per-category scores, overlap, text sensitivity and agreement of one task (``analyze.Analysis``);
+    where the runs have several settings, each table and figure once per setting group, under its label
+    (``Analysis.by_setting``, as ``analysis.md`` does)."""
+    from .analyze import figure_titles
     from .plots import category_plot, overlap_plot, text_sensitivity_plot
 
     task = analysis.task
     slug = "".join(ch if ch.isalnum() else "_" for ch in task)
     parts = [f'<h2 id="task-{_esc(slug)}">{_esc(task)}</h2>']
+    groups = analysis.by_setting()
+    if len(groups) > 1:
+        from .render import SETTINGS_HOW
+
+        parts.append(f'<p class="note">{_esc(SETTINGS_HOW)}</p><ul>'
+                     + "".join(f"<li>{_esc(g.label)}: {_esc(', '.join(g.runs))}</li>" for g in analysis.settings) + "</ul>")  # fmt: skip
     for note in analysis.notes:
         parts.append(f'<p class="note warn">{_esc(note)}</p>')
 
-    parts.append("<h3>Scores per sub-category</h3>")
-    mme = analysis.family == "mme"
-    columns = ["run", "category", "n", "score"] + (["acc+", "MME score"] if mme else [])
-    rows = [
-        [c.run, c.category, c.n, fmt(c.score)] + ([fmt(c.accuracy_plus), fmt(c.mme_score)] if mme else [])
-        for c in analysis.categories
-    ]
-    parts.append(html_table(columns, rows, css_id=f"categories-{slug}", text_columns=2))
-    if analysis.categories:
-        path = category_plot(analysis.categories, analysis.family, work / f"categories_{slug}.png")
-        if path is not None and Path(path).is_file():
-            parts.append(png_img(Path(path).read_bytes(), f"scores per category, {task}"))
+    def per_setting(body: Callable[[Analysis, str, str, dict[str, dict[str, str]]], None]) -> None:
+        for group, suffix, part in groups:
+            if group is not None:
+                parts.append(f"<h4>{_esc(group.label)}</h4>")
+            body(part, suffix, f"{slug}{suffix}", figure_titles(part.family, group))
 
+    def categories(part: Analysis, suffix: str, ident: str, titles: dict[str, dict[str, str]]) -> None:
+        mme = part.family == "mme"
+        columns = ["run", "category", "n", "score"] + (["acc+", "MME score"] if mme else [])
+        rows = [
+            [c.run, c.category, c.n, fmt(c.score)] + ([fmt(c.accuracy_plus), fmt(c.mme_score)] if mme else [])
+            for c in part.categories
+        ]
+        parts.append(html_table(columns, rows, css_id=f"categories-{ident}", text_columns=2))
+        if part.categories:
+            path = category_plot(part.categories, part.family, work / f"categories_{ident}.png", **titles["categories"])
+            parts.append(_figure(path, f"scores per category, {task}"))
+
+    def overlap(part: Analysis, suffix: str, ident: str, titles: dict[str, dict[str, str]]) -> None:
+        matrix = part.overlap
+        if not matrix.views:
+            parts.append('<p class="note">No selections logged for this task.</p>')
+            return
+        rows = [[view] + [fmt(v) for v in line] for view, line in zip(matrix.views, matrix.mean)]
+        parts.append(html_table(["view", *matrix.views], rows, css_id=f"overlap-{ident}"))
+        parts.append(_figure(overlap_plot(matrix, work / f"overlap_{ident}.png", **titles["overlap"]), f"overlap matrix, {task}"))
+
+    def sensitivity(part: Analysis, suffix: str, ident: str, titles: dict[str, dict[str, str]]) -> None:
+        if not part.overlap.views:
+            parts.append('<p class="note">No selections logged for this task.</p>')
+            return
+        rows = [[t.view, fmt(t.value), t.images, t.pairs, t.note] for t in part.text_sensitivity]
+        parts.append(html_table(["view", "text sensitivity", "images", "pairs", "note"], rows, css_id=f"sensitivity-{ident}"))
+        path = text_sensitivity_plot(part.text_sensitivity, work / f"sensitivity_{ident}.png", **titles["text"])
+        parts.append(_figure(path, f"text sensitivity, {task}"))
+
+    def agreement(part: Analysis, suffix: str, ident: str, titles: dict[str, dict[str, str]]) -> None:
+        columns = ["run A", "run B", "agree", "disagree", "A on agree", "B on agree", "A on disagree", "B on disagree"]
+        rows = [
+            [a.run_a, a.run_b, a.n_agree, a.n_disagree, fmt(a.a_on_agree), fmt(a.b_on_agree), fmt(a.a_on_disagree), fmt(a.b_on_disagree)]
+            for a in part.agreement
+        ]
+        parts.append(html_table(columns, rows, css_id=f"agreement-{ident}", text_columns=2))
+
+    parts.append("<h3>Scores per sub-category</h3>")
+    per_setting(categories)
     parts.append("<h3>Overlap of the kept patches (mean Jaccard)</h3>")
-    overlap = analysis.overlap
-    if overlap.views:
-        rows = [[view] + [fmt(v) for v in line] for view, line in zip(overlap.views, overlap.mean)]
-        parts.append(html_table(["view", *overlap.views], rows, css_id=f"overlap-{slug}"))
-        path = overlap_plot(overlap, work / f"overlap_{slug}.png")
-        if path is not None and Path(path).is_file():
-            parts.append(png_img(Path(path).read_bytes(), f"overlap matrix, {task}"))
+    per_setting(overlap)
+    if analysis.overlap.views:
         parts.append(
             '<p class="note">1.0 = the same patches, 0.0 = none in common; in-LLM methods have one view per pruning '
             "layer (@L&lt;layer&gt;).</p>"
         )
         parts.append("<h3>Text sensitivity</h3>")
-        rows = [[t.view, fmt(t.value), t.images, t.pairs, t.note] for t in analysis.text_sensitivity]
-        parts.append(html_table(["view", "text sensitivity", "images", "pairs", "note"], rows, css_id=f"sensitivity-{slug}"))
-        path = text_sensitivity_plot(analysis.text_sensitivity, work / f"sensitivity_{slug}.png")
-        if path is not None and Path(path).is_file():
-            parts.append(png_img(Path(path).read_bytes(), f"text sensitivity, {task}"))
+        per_setting(sensitivity)
         parts.append(
             '<p class="note">Mean overlap of a method\'s selections for different questions on the same image: '
             "1.0 = the method ignores the question.</p>"
         )
-    else:
-        parts.append('<p class="note">No selections logged for this task.</p>')
-
     parts.append("<h3>Answer agreement</h3>")
-    columns = ["run A", "run B", "agree", "disagree", "A on agree", "B on agree", "A on disagree", "B on disagree"]
-    rows = [
-        [a.run_a, a.run_b, a.n_agree, a.n_disagree, fmt(a.a_on_agree), fmt(a.b_on_agree), fmt(a.a_on_disagree), fmt(a.b_on_disagree)]
-        for a in analysis.agreement
-    ]
-    parts.append(html_table(columns, rows, css_id=f"agreement-{slug}", text_columns=2))
+    per_setting(agreement)
     return "".join(parts)
 
 
@@ -217,6 +254,8 @@ def gallery_docs(requests: dict[str, dict[int, LoggedRequest]], count: int) -> l
         ids = {d for d, r in by_doc.items() if r.selection is not None and len(r.selection["images"]) == 1}
         shared = ids if shared is None else shared & ids
     ordered = sorted(shared or ())
+    if count <= 0:  # --gallery 0: no overlays (not a division by zero)
+        return []
     if len(ordered) <= count:
         return ordered
     step = len(ordered) / count
@@ -234,16 +273,34 @@ def next_caption_note(panels: list) -> str:
     return " (LLaVA-NeXT runs: base view, then the tiles; runs without tile records: their base view)"
 
 
-def gallery_section(task: str, runs: list, work: Path, count: int, columns: int = 5) -> str:
-    """Overlays of ``count`` requests of ``task``: one figure per request, one panel per run (and layer)."""
+def gallery_section(task: str, runs: list[Run], work: Path, count: int, columns: int = 5) -> str:
+    """Overlays of ``count`` requests of ``task``: one figure per request, one panel per run (and layer);
+    runs of different settings (``settings.group_runs``: other documents or conditions) drawn apart,
+    one gallery per setting under its label."""
+    from .settings import group_runs, run_labels
+
+    labels = run_labels(runs)  # runs of one model:config on two checkpoints or settings stay apart
+    groups = group_runs(labels, runs)
+    run_of = dict(zip(labels, runs))
+    parts = [f"<h3>Gallery: {_esc(task)}</h3>"]
+    if len(groups) > 1:
+        parts.append('<p class="note">Runs of different settings are drawn apart, one gallery per setting.</p>')
+    for group in groups:
+        if len(groups) > 1:
+            parts.append(f"<h4>{_esc(group.label)}</h4>")
+        tag = "" if len(groups) == 1 else f"_{group.name}"
+        parts.append(_gallery(task, {label: run_of[label] for label in group.runs}, work, count, columns, tag))
+    return "".join(parts)
+
+
+def _gallery(task: str, runs: dict[str, Run], work: Path, count: int, columns: int, tag: str) -> str:
+    """The overlays of the runs of one setting ({label: samples.Run}); ``tag`` ends their file names."""
     from ..llava.selection import image_fingerprint
     from .overlay import model_view, overlay_figure, panels_of
 
     requests: dict[str, dict[int, LoggedRequest]] = {}
     results_path = None
-    from .analyze import run_labels
-
-    for label, run in zip(run_labels(runs), runs):  # runs of one model:config on two checkpoints stay apart
+    for label, run in runs.items():
         merged: dict[int, LoggedRequest] = {}
         for source in run.sources:
             if source.endswith(".jsonl") and Path(source).is_file():
@@ -252,9 +309,9 @@ def gallery_section(task: str, runs: list, work: Path, count: int, columns: int 
         requests[label] = merged
     docs = gallery_docs(requests, count)
     if not docs:
-        return f"<h3>Gallery: {_esc(task)}</h3><p class=\"note\">No request with a selection logged by every run.</p>"
+        return '<p class="note">No request with a selection logged by every run.</p>'
     images, problem = dataset_images(results_path, task, docs) if results_path else ({}, "no results file found")
-    parts = [f"<h3>Gallery: {_esc(task)}</h3>", '<div class="gallery">']
+    parts = ['<div class="gallery">']
     if problem:
         parts.append(f'<p class="note warn">{_esc(problem)}; the selections are drawn on a grey canvas.</p>')
     for doc_id in docs:
@@ -279,7 +336,7 @@ def gallery_section(task: str, runs: list, work: Path, count: int, columns: int 
                     caption_note += " (the dataset's image differs from the one the runs logged)"
             # NeXT panels with tiles draw their tile mosaic (each for its own tile grid) from the image
             original = (image if image is not None else picture) if squash else None
-            name = f"gallery_{task}_{doc_id}_{'next' if squash else 'crop'}.png"
+            name = f"gallery_{task}_{doc_id}_{'next' if squash else 'crop'}{tag}.png"
             path = overlay_figure(picture, panels, work / name, columns=columns, dpi=90, image=original)
             alt = f"overlays, {task} doc {doc_id}: {', '.join(entries)}"
             caption = f"doc {doc_id}: {first.question or ''} — expected: {first.target or '—'}{caption_note}"
@@ -315,7 +372,8 @@ def build_report(paths: list[str | Path], out_html: str | Path, title: str | Non
             except AnalysisError as err:
                 sections.append(f"<h2>{_esc(task)}</h2><p class=\"note warn\">{_esc(err)}</p>")
             task_runs = sorted((r for r in runs if r.task == task), key=lambda r: r.label)
-            galleries.append(gallery_section(task, task_runs, work, gallery))
+            if gallery > 0:
+                galleries.append(gallery_section(task, task_runs, work, gallery))
         contents = "".join(f'<li><a href="#task-{_esc("".join(c if c.isalnum() else "_" for c in t))}">{_esc(t)}</a></li>' for t in tasks)
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         notes = "".join(f'<p class="note warn">{_esc(p)}</p>' for p in problems)

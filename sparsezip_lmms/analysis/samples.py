@@ -1,9 +1,11 @@
 """Reading ``--log_samples`` runs: results files, their per-task samples files, one :class:`Run` each.
 
 lmms-eval writes ``<stamp>_results.json`` and, per task, ``<stamp>_samples_<task>.jsonl`` in the same
-folder. A run is one (model, config, checkpoint, dtype) on one task, its label ``model:config`` as in
-the leaderboard; files of the same run merge (the newer file wins a document logged twice). Nothing
-here raises on bad input: unreadable files and malformed lines are counted and described instead.
+folder. A run is one method (model, config) in one setting (checkpoint, dtype, batch size, ``--limit``,
+as the leaderboard keys its rows, and the task's data as the results file records it: see
+:mod:`.settings`) on one task, its label ``model:config`` as in the leaderboard; files of the same
+run merge (the newer file wins a document logged twice). Nothing here raises on bad input:
+unreadable files and malformed lines are counted and described instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from ..leaderboard import read_results, task_family
 from ..results_files import results_files
+from ..run_identity import _DATA_KEYS  # what identifies a task's data: the keys lmms-eval records per task too
 from .selection import parse_ranges
 
 
@@ -61,14 +64,19 @@ class Run:
     malformed_selections: int = 0
     first_malformed: str | None = None  # where the first malformed line or selection is, and why
     problems: list[str] = field(default_factory=list)
+    batch_size: str = "?"  # as leaderboard.Row: lmms-eval's --batch_size, "?" when not recorded
+    limit: str = "all"  # as leaderboard.Row: lmms-eval's --limit
+    data: dict[str, Any] = field(default_factory=dict)  # the task's data as the results file records it
 
     @property
     def label(self) -> str:
         return f"{self.model}:{self.config}"
 
     @property
-    def key(self) -> tuple[str, str, str, str, str]:
-        return (self.model, self.config, self.checkpoint, self.dtype, self.task)
+    def key(self) -> tuple[str, ...]:
+        """What makes two results files one run: the leaderboard row's key, the task and its data."""
+        data = json.dumps(self.data, sort_keys=True, default=str)
+        return (self.model, self.config, self.checkpoint, self.dtype, self.batch_size, self.limit, self.task, data)
 
 
 # ----------------------------------------------------------------------------- one line
@@ -230,30 +238,41 @@ def samples_files(results_path: Path) -> dict[str, Path]:
     }
 
 
-def _result_tasks(results_path: Path) -> list[str]:
+def _result_tasks(results_path: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """(the tasks a results file has results for, {task: its data as ``configs[task]`` records it})."""
     try:
-        results = json.loads(results_path.read_text(encoding="utf-8")).get("results")
+        data = json.loads(results_path.read_text(encoding="utf-8"))
+        results, configs = data.get("results"), data.get("configs")
     except (OSError, ValueError, AttributeError, RecursionError):
-        return []
-    return [str(task) for task in results] if isinstance(results, dict) else []
+        return [], {}
+    tasks = [str(task) for task in results] if isinstance(results, dict) else []
+    recorded = {
+        str(task): {key: config[key] for key in _DATA_KEYS if key in config}
+        for task, config in (configs.items() if isinstance(configs, dict) else ())
+        if isinstance(config, dict)
+    }
+    return tasks, recorded
 
 
 def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[str]]:
     """(every run of a POPE / MME / DocVQA task found under ``paths``, problems not tied to a run).
     A run whose results file names the task but has no samples file for it has no samples and says so."""
     files, problems = results_files(paths)
-    runs: dict[tuple[str, str, str, str, str], Run] = {}
+    runs: dict[tuple[str, ...], Run] = {}
     for path in files:
         row, problem = read_results(path)
         if row is None:
             problems.append(problem or f"{path}: unreadable results file")
             continue
         found = samples_files(path)
-        tasks = [t for t in dict.fromkeys(_result_tasks(path) + list(found)) if task_family(t) is not None]
+        result_tasks, data_of = _result_tasks(path)
+        tasks = [t for t in dict.fromkeys(result_tasks + list(found)) if task_family(t) is not None]
         if not tasks:
             problems.append(f"{path}: no POPE / MME / DocVQA task in this results file")
         for task in tasks:
-            run = runs.setdefault((*row.key, task), Run(row.model, row.config, row.checkpoint, row.dtype, task))
+            new = Run(row.model, row.config, row.checkpoint, row.dtype, task, batch_size=row.batch_size, limit=row.limit,
+                      data=data_of.get(task, {}))  # fmt: skip
+            run = runs.setdefault(new.key, new)
             if task in found:
                 read_samples_file(found[task], run)
             else:
