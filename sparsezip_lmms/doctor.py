@@ -93,7 +93,7 @@ def check_python(lock: Lock) -> Check:
 
 
 def check_lock(lock: Lock, gpu: bool, version_of: Callable[[str], str | None] = installed_version) -> Check:
-    matched, drift, missing, free = 0, [], [], []
+    matched, drift, missing, free, absent_on_purpose = 0, [], [], [], []
     for key, (name, pinned) in sorted(lock.pins.items()):
         if gpu and GPU_FREE.match(key):
             free.append(name)
@@ -101,13 +101,19 @@ def check_lock(lock: Lock, gpu: bool, version_of: Callable[[str], str | None] = 
         installed = version_of(name)
         if installed is None:
             if key == "torchvision" and not gpu:
-                continue  # the CPU install removes it: the registry build cannot load beside CPU torch
+                absent_on_purpose.append(name)  # the CPU install removes it: the registry build cannot load beside CPU torch
+                continue
             missing.append(name)
         elif _same_version(installed, pinned):
             matched += 1
         else:
             drift.append(f"{name} {installed} (lock {pinned})")
-    parts = [f"{matched} of {len(lock.pins) - len(free)} pinned packages match {lock.path.name}"]
+    parts = [f"{matched} of {len(lock.pins) - len(free) - len(absent_on_purpose)} pinned packages match {lock.path.name}"]
+    if absent_on_purpose:
+        parts.append(
+            f"{', '.join(absent_on_purpose)} not installed on purpose (its registry build cannot load beside the CPU "
+            "build of torch; transformers falls back to its PIL image processors, and `pip check` reports it)"
+        )
     if drift:
         parts.append("DRIFT: " + ", ".join(drift))
     if missing:

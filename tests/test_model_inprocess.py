@@ -245,3 +245,24 @@ def test_model_folds_the_projector_pull_back_once(tiny_checkpoint, llava_pair):
     direct = image_tokens(model, pixels, config, text, mask)
     assert torch.equal(folded.source_index, direct.source_index)
     assert torch.allclose(folded.features, direct.features, atol=1e-10)
+
+
+def test_a_cuda_device_without_cuda_runs_on_the_cpu_with_one_warning():
+    """lmms-eval's default --device is cuda; on a CPU machine the model loads on the CPU, saying so."""
+    import torch
+    from loguru import logger
+
+    from sparsezip_lmms.models.arguments import placement
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        for asked in ({"device": "cuda"}, {}, {"device": "cuda:0", "device_map": "auto"}):
+            args = placement(asked)
+            assert args["device"] == "cpu" and args["device_map"] == "cpu", asked
+    finally:
+        logger.remove(sink)
+    assert len(messages) == 3 and all("no CUDA device: running on the CPU" in m for m in messages)
+    assert placement({"device": "cpu"}) == {"device": "cpu", "device_map": "cpu"}

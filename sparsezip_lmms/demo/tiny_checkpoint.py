@@ -76,6 +76,18 @@ def build_tokenizer(vocab_size: int = 512):
 NEXT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
+def _image_processor_classes() -> tuple[type, type]:
+    """(CLIP, LLaVA-NeXT) image processor classes: the PIL ones where torchvision is absent (the CPU install
+    removes it), named directly so that transformers does not warn about its fallback."""
+    import importlib.util
+
+    import transformers
+
+    if importlib.util.find_spec("torchvision") is None:
+        return transformers.CLIPImageProcessorPil, transformers.LlavaNextImageProcessorPil
+    return transformers.CLIPImageProcessor, transformers.LlavaNextImageProcessor
+
+
 def build_tiny_llava(
     out_dir: str | Path,
     *,
@@ -94,17 +106,17 @@ def build_tiny_llava(
     load it back like a hub checkpoint.
     """
     from transformers import (
-        CLIPImageProcessor,
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
-        LlavaNextImageProcessor,
         LlavaNextProcessor,
         LlavaProcessor,
     )
+
+    CLIPImageProcessor, LlavaNextImageProcessor = _image_processor_classes()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -137,11 +137,22 @@ def placement(parent_args: dict[str, Any]) -> dict[str, Any]:
 
     Single process: ``device_map`` follows ``device`` (an empty device_map fails to load).
     Several processes on CPU (``accelerate launch`` without GPUs): each rank loads on CPU.
+    A CUDA device asked for (lmms-eval's default) on a machine without one: the model runs on the CPU,
+    with one warning saying so (instead of transformers' "Torch not compiled with CUDA enabled").
     """
+    import torch
     from accelerate import PartialState
 
     args = dict(parent_args)
-    device = str(args.get("device", "cuda"))
+    device = str(args.get("device") or "cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from loguru import logger
+
+        logger.warning(f"--device {device} was asked for, but this machine has no CUDA device: running on the CPU (pass --device cpu to silence this)")
+        device = "cpu"
+        args["device"] = device
+        if str(args.get("device_map") or "").startswith("cuda") or args.get("device_map") == "auto":
+            args["device_map"] = "cpu"
     if not args.get("device_map"):
         if PartialState().num_processes == 1 or device == "cpu":
             args["device_map"] = device
