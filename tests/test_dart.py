@@ -161,10 +161,12 @@ def test_other_pivot_orders_keep_other_tokens(dart):
 def test_budget_counts_are_the_official_ones():
     assert [dart_picks(576, 4, 4, m, 0.5) for m in (64, 128, 192)] == [8, 16, 24]
     assert dart_picks(576, 4, 4, None, 0.778) == 15 and dart_picks(256, 4, 4, None, 0.778) == 7
-    assert dart_picks(2000, 4, 4, 64, 0.5, any_resolution=True) == 40  # NeXT: min(320, N - 4) // 8
-    assert dart_picks(200, 4, 4, 64, 0.5, any_resolution=True) == 24
+    assert dart_picks(2000, 4, 4, 64, 0.5, family="llava_next") == 40  # NeXT: min(320, N - 4) // 8
+    assert dart_picks(200, 4, 4, 64, 0.5, family="llava_next") == 24
+    assert dart_picks(192, 4, 4, 128, 0.778, family="qwen2_5_vl") == 5  # Qwen: int(N (1 - r) / P), M ignored
+    assert dart_picks(80, 4, 4, None, 0.8, family="qwen2_5_vl") == 1  # int(1.9999999999999996)
     rule = DartRule(2, 64, 0.889, 4, 4)
-    assert rule.keep_count(0, 576) == 68 and rule.for_layout(True).keep_count(0, 2000) == 324
+    assert rule.keep_count(0, 576) == 68 and rule.for_family("llava_next").keep_count(0, 2000) == 324
 
 
 def test_bad_settings_are_refused_by_name(dart):

@@ -16,7 +16,8 @@ The rules of the official code (ZichenWen1/DART 5a19452, ``get_retained_image_to
   order or ascending order keep different tokens (ablations ``pivot_order: topk`` / ``ascending``);
 * kept = image pivots + every pick: ``Pi + (Pi + Pt) * T`` visual tokens, where
   ``T = max_tokens // (Pi + Pt)`` (the scripts' ``max_num_trunction``), or ``(N (1 - r)) // (Pi + Pt)``
-  without it; on LLaVA-NeXT ``T = min(next_retain, N - Pi) // (Pi + Pt)`` whatever the other keys
+  without it; on LLaVA-NeXT ``T = min(next_retain, N - Pi) // (Pi + Pt)`` whatever the other keys; on
+  Qwen2.5-VL (the official port) ``T = int(N (1 - r) / (Pi + Pt))``, ``max_tokens`` ignored
   (:func:`dart_picks`). The kept tokens keep their position ids; decoding continues at the unpruned length.
 
 Batched: one sample's pivots are a handful of host integers (their processing order must be known); the
@@ -50,17 +51,21 @@ def dart_picks(
     pivot_text: int,
     max_tokens: int | None,
     reduction_ratio: float,
-    any_resolution: bool = False,
+    family: str = "llava",
     next_retain: int = 320,
 ) -> int:
     """T, the tokens each pivot keeps, as the official code counts it (``TOKEN_TOPK``).
 
-    LLaVA-1.5: ``max_tokens // P`` (``ceil`` of a floor division in the official code: a floor), or
-    ``(n_visual * (1 - r)) // P`` when ``max_tokens`` is None. LLaVA-NeXT (``any_resolution``):
-    ``int(min(next_retain, n_visual - Pi) // P)``, the other keys ignored, as the official v1.6 path."""
+    LLaVA-1.5 (``family`` "llava"): ``max_tokens // P`` (``ceil`` of a floor division in the official code:
+    a floor), or ``(n_visual * (1 - r)) // P`` when ``max_tokens`` is None. LLaVA-NeXT ("llava_next"):
+    ``int(min(next_retain, n_visual - Pi) // P)``, the other keys ignored, as the official v1.6 path.
+    Qwen2.5-VL ("qwen2_5_vl"): ``int(n_visual * (1 - r) / P)`` (true division, truncated in binary double),
+    ``max_tokens`` ignored, as the official Qwen port."""
     pivots = pivot_image + pivot_text
-    if any_resolution:
+    if family == "llava_next":
         return int(min(next_retain, n_visual - pivot_image) // pivots)
+    if family == "qwen2_5_vl":
+        return int(n_visual * (1 - reduction_ratio) / pivots)
     if max_tokens is not None:
         return int(max_tokens) // pivots
     return int((n_visual * (1 - reduction_ratio)) // pivots)
@@ -183,7 +188,7 @@ def dart_select(
 @dataclass(frozen=True)
 class DartRule(PruningRule):
     """DART as a rule of the pruning decoder: scored on layer K-1's keys and final-normed output, pruned
-    at layer K's input, original positions. ``any_resolution``: the LLaVA-NeXT budget (``next_retain``)."""
+    at layer K's input, original positions. ``family``: the budget rule (:func:`dart_picks`)."""
 
     layer: int  # K >= 1
     max_tokens: int | None
@@ -192,7 +197,7 @@ class DartRule(PruningRule):
     pivot_text: int
     pivot_order: PivotOrder = "set"
     next_retain: int = 320
-    any_resolution: bool = False
+    family: str = "llava"
     name: ClassVar[str] = "dart"
     queries: ClassVar[str] = "states"  # type: ignore[assignment]
     original_positions: ClassVar[bool] = True
@@ -201,15 +206,15 @@ class DartRule(PruningRule):
     def pruning_layers(self) -> tuple[int, ...]:  # type: ignore[override]
         return (self.layer - 1,)
 
-    def for_layout(self, any_resolution: bool) -> "DartRule":
+    def for_family(self, family: str) -> "DartRule":
         from dataclasses import replace
 
-        return replace(self, any_resolution=bool(any_resolution))
+        return replace(self, family=family)
 
     def picks(self, n_visual: int) -> int:
         return dart_picks(
             n_visual, self.pivot_image, self.pivot_text, self.max_tokens, self.reduction_ratio,
-            self.any_resolution, self.next_retain,
+            self.family, self.next_retain,
         )  # fmt: skip
 
     def keep_count(self, stage: int, n_visual: int) -> int:

@@ -129,9 +129,9 @@ class PruningRule:
     original_positions: ClassVar[bool] = False
     rope_corrected: ClassVar[bool] = False
 
-    def for_layout(self, any_resolution: bool) -> "PruningRule":
-        """The rule for a model whose visual span is LLaVA-NeXT's any-resolution layout (a rule whose budget
-        differs there returns a changed copy); default: unchanged."""
+    def for_family(self, family: str) -> "PruningRule":
+        """The rule for a model family (``"llava"``, ``"llava_next"``, ``"qwen2_5_vl"``): a rule whose budget
+        differs per family returns a changed copy; default: unchanged."""
         return self
 
     def scores(self, probs: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
+from ..budgets import family_of
 from ..efficiency.clock import TokenClock, now
 from ..efficiency.records import peak_memory, reset_peak_memory
 from ..llava.features import deferred_span
@@ -227,7 +228,7 @@ def generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep, clock
         visual_keep=visual_keep,
         eos_token_id=args["eos_token_id"],
         clock=clock,
-        any_resolution=lmm.geometry.any_resolution,
+        family=family_of(lmm.geometry),
     )
     stats = {
         "visual_tokens_per_layer": out.visual_tokens_per_layer.tolist(),

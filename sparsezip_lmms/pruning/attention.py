@@ -60,7 +60,7 @@ def run_layers(
     cache: DynamicCache,
     hidden: torch.Tensor,  # [B, q, d]
     key_valid: torch.Tensor,  # [B, kv] bool, kv = cached + q
-    position_ids: torch.Tensor,  # [B, q]
+    position_ids: torch.Tensor,  # [B, q], or [3, B, q] (M-RoPE's t, h, w rows)
     first: int,
     last: int,
     capture: torch.Tensor | None = None,  # [B, R] rows of the last layer's input to return
@@ -75,7 +75,7 @@ def run_layers(
             config=decoder.config,
             inputs_embeds=hidden,
             attention_mask=key_valid,
-            position_ids=position_ids,
+            position_ids=position_ids if position_ids.dim() == 2 else position_ids[0],  # M-RoPE: [3, B, q]
             layer_idx=first,
             **cache_kwargs(create_causal_mask, cache),
         )

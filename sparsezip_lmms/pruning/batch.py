@@ -48,7 +48,7 @@ class Sample:
     """One sample's current (unpadded) sequence: [system | visual span | text]."""
 
     hidden: torch.Tensor  # [n, d]
-    positions: torch.Tensor  # [n] long, position id of every row
+    positions: torch.Tensor  # [n] long, position id of every row ([3, n]: M-RoPE's t, h, w rows)
     v_start: int  # first visual token (system prompt length, never changes)
     v_num: int  # visual tokens now (kept + recycled)
     raters: torch.Tensor  # [R] query rows relative to the first text token (empty for deferred pruning)
@@ -57,6 +57,7 @@ class Sample:
     prompt_length: int  # unpruned prompt length (where original positions continue when decoding)
     keep: torch.Tensor | None = None  # [v_num] bool, the given selection (deferred pruning)
     recycled_base: int = RECYCLED_ID_BASE  # identities of recycled tokens start here (recycled_id_base)
+    next_position: int = 0  # where original positions continue when decoding: the unpruned maximum + 1
 
     @property
     def text_start(self) -> int:
@@ -73,7 +74,7 @@ class Padded:
 
     hidden: torch.Tensor  # [B, L, d] left padded with zeros
     valid: torch.Tensor  # [B, L] bool
-    position_ids: torch.Tensor  # [B, L] each sample's position ids on valid rows, 0 on padding
+    position_ids: torch.Tensor  # [B, L] each sample's position ids on valid rows, 0 on padding ([3, B, L]: M-RoPE)
     pad: list[int]  # padding rows of each sample
     lengths: list[int]  # valid rows of each sample
 
@@ -89,10 +90,16 @@ def split_samples(
     seed: int,
     rule: PruningRule,
     visual_keep: torch.Tensor | None,  # [B, V_max] bool (deferred pruning)
+    position_ids: torch.Tensor | None = None,  # [B, L] or [3, B, L] the unpruned prompt's positions (M-RoPE)
 ) -> list[Sample]:
     """Unpad every row, locate its visual span and pick its query rows (SparseVLM: raters from the raw
-    embeddings)."""
+    embeddings). Positions: ``position_ids`` at the row's tokens, else 0..n-1."""
     valid = attention_mask.detach().to("cpu", torch.bool)  # [B, L] (one transfer: sizes are needed)
+    if position_ids is not None:
+        position_ids = position_ids.to(inputs_embeds.device, torch.long)
+        masked = position_ids.masked_fill(~attention_mask.bool().to(position_ids.device), -1)  # [(3,) B, L]
+        next_positions = (masked.amax(dim=-1) if masked.dim() == 2 else masked.amax(dim=(0, 2))) + 1  # [B]
+        next_positions = next_positions.tolist()  # one transfer: where decoding continues
     starts = image_start.detach().to("cpu", torch.long).tolist()
     length = valid.shape[1]
     fixed = isinstance(rule, FastVRule) and rule.fixed_span
@@ -127,10 +134,16 @@ def split_samples(
                 raise ValueError(f"{rule.name} pruning needs visual_keep (the vision-side selection)")
             keep = visual_keep[b, :count].to(hidden.device, torch.bool)  # [count]
         span_ids = torch.arange(count, device=hidden.device)  # [count]
-        positions = torch.arange(hidden.shape[0], device=hidden.device)  # [n_b]
+        if position_ids is None:
+            positions, next_position = torch.arange(hidden.shape[0], device=hidden.device), hidden.shape[0]  # [n_b]
+        else:
+            positions, next_position = position_ids[..., b, :].index_select(-1, rows), int(next_positions[b])  # [(3,) n_b]
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         samples.append(
-            Sample(hidden, positions, v_start, count, raters, span_ids, generator, hidden.shape[0], keep, recycled_id_base(count))
+            Sample(
+                hidden, positions, v_start, count, raters, span_ids, generator, hidden.shape[0], keep,
+                recycled_id_base(count), next_position,
+            )  # fmt: skip
         )
     return samples
 
@@ -160,20 +173,23 @@ def pad_left(samples: Sequence[Sample]) -> Padded:
     hidden = first.new_zeros(len(samples), width, first.shape[-1])  # [B, L, d]
     valid = torch.zeros(len(samples), width, dtype=torch.bool, device=first.device)  # [B, L]
     pad = [width - n for n in lengths]
-    position_ids = torch.zeros(len(samples), width, dtype=torch.long, device=first.device)  # [B, L]
+    rows = samples[0].positions.shape[:-1]  # () or (3,)
+    position_ids = torch.zeros(*rows, len(samples), width, dtype=torch.long, device=first.device)  # [(3,) B, L]
     for b, sample in enumerate(samples):
         hidden[b, pad[b] :] = sample.hidden
         valid[b, pad[b] :] = True
-        position_ids[b, pad[b] :] = sample.positions
+        position_ids[..., b, pad[b] :] = sample.positions
     return Padded(hidden, valid, position_ids, pad, lengths)
 
 
 def pad_stack(rows: Sequence[torch.Tensor], fill: float) -> torch.Tensor:
-    """Right-pad 1-D tensors to [B, max_len] with ``fill``."""
-    width = max(r.numel() for r in rows)
-    out = rows[0].new_full((len(rows), width), fill)  # [B, max_len]
+    """Right-pad tensors [..., n_b] to [..., B, max_len] with ``fill`` (1-D rows: [B, max_len]; M-RoPE
+    positions [3, n_b]: [3, B, max_len])."""
+    width = max(r.shape[-1] for r in rows)
+    lead = rows[0].shape[:-1]
+    out = rows[0].new_full((*lead, len(rows), width), fill)  # [..., B, max_len]
     for b, r in enumerate(rows):
-        out[b, : r.numel()] = r
+        out[..., b, : r.shape[-1]] = r
     return out
 
 

@@ -64,12 +64,16 @@ def greedy_decode(
     eos_token_id: int | None = None,
     streamer: Any | None = None,
     clock: Any | None = None,
+    position_rows: int = 0,
+    step_logits: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy steps; every stage group attends to its own cache with its own padding and positions.
 
     ``clock``: an ``efficiency.clock.TokenClock``, ticked once per generated token (the first one, from
-    the prefill, included). Returns (sequences [B, T], decode positions [B, T - 1, N]); T <
-    max_new_tokens when every row reached ``eos_token_id`` early.
+    the prefill, included). ``position_rows``: 0 for one row of position ids, 3 for M-RoPE (the same
+    position on every row). ``step_logits``: a list that receives each decode step's logits [B, V].
+    Returns (sequences [B, T], decode positions [B, T - 1, N]); T < max_new_tokens when every row reached
+    ``eos_token_id`` early.
     """
     batch = prefill_logits.shape[0]
     device = prefill_logits.device
@@ -107,11 +111,15 @@ def greedy_decode(
             if mask is not None and attention == "eager":
                 mask[:, 0, 0, length - 1] = 0
             position_ids = (starts[g] + step)[:, None]  # [B, 1]
+            rope_ids = position_ids.expand(position_rows, -1, -1) if position_rows else position_ids  # [(3,) B, 1]
             hidden, _, _ = run_layers(
-                decoder, cache, hidden, key_valid[g][:, :length], position_ids, group.first, group.last, mask=mask
+                decoder, cache, hidden, key_valid[g][:, :length], rope_ids, group.first, group.last, mask=mask
             )  # [B, 1, d]
             positions[:, step, group.first : group.last + 1] = position_ids
-        next_tokens = head(decoder.norm(hidden))[:, -1].argmax(dim=-1)  # [B]
+        logits = head(decoder.norm(hidden))[:, -1]  # [B, V]
+        if step_logits is not None:
+            step_logits.append(logits)
+        next_tokens = logits.argmax(dim=-1)  # [B]
         if eos_token_id is not None:
             next_tokens = torch.where(finished, torch.full_like(next_tokens, eos_token_id), next_tokens)
         tokens[:, step + 1] = next_tokens

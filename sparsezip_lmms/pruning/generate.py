@@ -48,11 +48,12 @@ class PrunedOutput:
     equal_tokens: torch.Tensor  # [B] float64, mean over layers of visual_tokens_per_layer
     cache_lengths: torch.Tensor  # [B, N] each layer's own KV length after the prefill (padding excluded)
     decode_positions: torch.Tensor  # [B, T - 1, N] position each layer gave each decoded token
-    positions: list[torch.Tensor]  # per layer: [B, n_max] position ids its attention used in the prefill
+    positions: list[torch.Tensor]  # per layer: [B, n_max] position ids its attention used in the prefill ([3, B, n_max]: M-RoPE)
     heads: list[torch.Tensor | None]  # per pruning layer: [B, h] heads the score used (SparseVLM v2.0), else None
     pivots: list[torch.Tensor | None]  # per pruning layer: [B, P] pivots in processing order (DART), else None
     pruning_layers: tuple[int, ...] = ()  # the layers whose output was pruned
     method: str = ""  # the rule's name
+    step_logits: torch.Tensor | None = None  # [B, T - 1, V] each decode step's logits (``return_step_logits``)
 
 
 @dataclass
@@ -64,6 +65,15 @@ class _Stats:
     heads: list[torch.Tensor | None]  # per pruning layer: [B, h] or None
     pivots: list[torch.Tensor | None]  # per pruning layer: [B, P] or None
     positions: list[list[torch.Tensor]]  # per stage, per sample: [n_b]
+
+
+def _stack_steps(step_logits: list[torch.Tensor] | None, prefill_logits: torch.Tensor) -> torch.Tensor | None:
+    """[B, T - 1, V] the decode steps' logits (none: [B, 0, V]), or None when they were not asked for."""
+    if step_logits is None:
+        return None
+    if not step_logits:
+        return prefill_logits.new_zeros(prefill_logits.shape[0], 0, prefill_logits.shape[1])
+    return torch.stack(step_logits, dim=1)
 
 
 def _resolve_modules(language_model: nn.Module, lm_head: nn.Module | None) -> tuple[nn.Module, nn.Module]:
@@ -112,7 +122,9 @@ def pruned_generate(
     streamer: Any | None = None,
     clock: Any | None = None,
     seed: int | None = None,
-    any_resolution: bool = False,
+    family: str = "llava",
+    position_ids: torch.Tensor | None = None,
+    return_step_logits: bool = False,
 ) -> PrunedOutput:
     """Greedy generation (``max_new_tokens`` tokens) with in-LLM pruning of the visual tokens.
 
@@ -135,10 +147,15 @@ def pruned_generate(
         step; the stop condition is then read every step).
     clock: optional ``efficiency.clock.TokenClock``, ticked once per generated token without a host wait.
     seed: the recycling's tie-break draws (SparseVLM v1.5); default: the config's ``seed`` (0 for a rule).
-    any_resolution: the visual spans are LLaVA-NeXT's any-resolution layout (DART's budget differs there).
+    family: the model family (``methods.FAMILIES``): a rule whose budget differs per family (DART on
+        LLaVA-NeXT and Qwen2.5-VL) reads it.
+    position_ids: [B, L] or [3, B, L] (M-RoPE) the unpruned prompt's position ids (padding ignored); default
+        0..n-1 per row. Original positions are sliced from them and decoding continues at each row's maximum
+        + 1 (renumbering rules are refused with multi-row positions).
+    return_step_logits: also return each decode step's logits (``step_logits``).
     """
     rule = config if isinstance(config, PruningRule) else rule_for_config(config)
-    rule = rule.for_layout(any_resolution)
+    rule = rule.for_family(family)
     seed = getattr(config, "seed", 0) if seed is None else seed
     decoder, head = _resolve_modules(language_model, lm_head)
     depth = len(decoder.layers)
@@ -149,7 +166,10 @@ def pruned_generate(
         attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)  # [B, L]
     counts = visual_counts(num_visual_tokens, inputs_embeds.shape[0])  # [B]
 
-    samples = split_samples(inputs_embeds, attention_mask, image_start, counts, seed, rule, visual_keep)
+    samples = split_samples(inputs_embeds, attention_mask, image_start, counts, seed, rule, visual_keep, position_ids)
+    position_rows = 0 if position_ids is None or position_ids.dim() == 2 else int(position_ids.shape[0])
+    if position_rows and not rule.original_positions:
+        raise ValueError(f"{rule.name} renumbers positions 0..n-1, which is not defined for M-RoPE positions")
     batch = len(samples)
     cache = DynamicCache(config=decoder.config)
     visual_per_layer = torch.zeros(batch, depth, dtype=torch.long)  # [B, N]
@@ -161,7 +181,7 @@ def pruned_generate(
     for stage in stages(rule.pruning_layers, depth):
         padded = pad_left(samples)
         lengths = torch.tensor(padded.lengths)  # [B]
-        start = torch.tensor([s.prompt_length for s in samples]) if rule.original_positions else lengths  # [B]
+        start = torch.tensor([s.next_position for s in samples]) if rule.original_positions else lengths  # [B]
         groups.append(DecodeGroup(stage.first, stage.last, padded.valid, start))
         stats.positions.append([s.positions for s in samples])
         stage_of_layer += [len(groups) - 1] * (stage.last - stage.first + 1)
@@ -200,9 +220,11 @@ def pruned_generate(
     prefill_logits = head(decoder.norm(last_hidden))[:, -1]  # [B, V]
     if streamer is not None:
         streamer.put(torch.zeros(batch, 0, dtype=torch.long))
+    step_logits: list[torch.Tensor] | None = [] if return_step_logits else None
     sequences, decode_positions = greedy_decode(
-        decoder, head, cache, groups, prefill_logits, int(max_new_tokens), depth, eos_token_id, streamer, clock
-    )  # [B, T], [B, T - 1, N]
+        decoder, head, cache, groups, prefill_logits, int(max_new_tokens), depth, eos_token_id, streamer, clock,
+        position_rows, step_logits,
+    )  # [B, T], [B, T - 1, N]  # fmt: skip
     stage_positions = [pad_stack(p, -1) for p in stats.positions]  # per stage: [B, n_max]
 
     return PrunedOutput(
@@ -220,4 +242,5 @@ def pruned_generate(
         pivots=stats.pivots,
         pruning_layers=tuple(rule.pruning_layers),
         method=rule.name,
+        step_logits=_stack_steps(step_logits, prefill_logits),
     )

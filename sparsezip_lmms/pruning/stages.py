@@ -199,7 +199,9 @@ def apply_pruning(
     parts.append(out_rows[kept_end + n_in :])
     sample.hidden = torch.cat(parts, dim=0)  # [n', d]
     if original_positions:
-        sample.positions = sample.positions[needed]  # [n'] (no recycled rows)
+        sample.positions = sample.positions.index_select(-1, needed.to(sample.positions.device))  # [(3,) n'] (no recycled rows)
+    elif sample.positions.dim() > 1:
+        raise ValueError("renumbered positions 0..n-1 are not defined for multi-row (M-RoPE) positions")
     else:
         sample.positions = torch.arange(sample.hidden.shape[0], device=sample.hidden.device)  # [n']
     sample.span_ids = torch.cat(ids)  # [v_num']

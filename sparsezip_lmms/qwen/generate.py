@@ -66,6 +66,7 @@ class QwenGeneration:
     decode_positions: Tensor
     image_rows: list[int]
     debug: QwenDebug | None = None
+    pruned: object | None = None  # in-LLM methods: the pruning decoder's ``PrunedOutput`` (pivots, scores, ...)
 
 
 def _split_images(flat: Tensor, counts: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
@@ -133,6 +134,13 @@ def compressed_generate(
     image_token = cfg.image_token_id
     rows = check_batch(input_ids, attention_mask, counts, pixel_values is not None, image_token,
                        getattr(cfg, "video_token_id", None), max_new_tokens)  # fmt: skip
+    if method == "llm":
+        from .in_llm import in_llm_generate
+
+        return QwenGeneration(**in_llm_generate(
+            model, input_ids, attention_mask, pixel_values, image_grid_thw, config, max_new_tokens, counts, rows,
+            eos_token_id,
+        ))  # fmt: skip
     device = input_ids.device
     attended = attention_mask.bool()  # [B, L]
     image_mask = input_ids == image_token  # [B, L]

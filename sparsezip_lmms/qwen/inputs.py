@@ -15,12 +15,20 @@ __all__ = ["check_batch", "check_method"]
 
 
 def check_method(config: object) -> str:
-    """``"none"`` (no compression) or ``"visionzip"`` (by ratio, selection before the LLM), else ValueError."""
+    """``"none"`` (no compression), ``"visionzip"`` (by ratio, selection before the LLM) or ``"llm"`` (a
+    method that prunes inside the LLM, with original positions: DART, FastV, SparseVLM v2.0), else ValueError."""
+    from ..methods.registry import method_of
+
     method = getattr(config, "method", None)
     if method == "none":
         return "none"
+    if method_of(config).stage == "llm":
+        return "llm"
     if method != "visionzip":
-        raise ValueError(f"config method {method!r} is not supported on Qwen2.5-VL (supported: 'none', 'visionzip')")
+        raise ValueError(
+            f"config method {method!r} is not supported on Qwen2.5-VL yet (supported: 'none', 'visionzip' and the "
+            "in-LLM methods)"
+        )
     if not getattr(config, "by_ratio", False):
         raise ValueError("VisionZip on Qwen2.5-VL needs 'dominant_ratio' and 'contextual_ratio' (the official per-image budget)")
     if getattr(config, "prune_layer", 0) != 0:

@@ -1,0 +1,134 @@
+"""DART on Qwen2.5-VL against its official port (tests/data/dart_qwen, ZichenWen1/DART 5a19452 run in
+float64 through the real generate; see its README): the one pruning decoder with 3-row M-RoPE positions.
+
+From the set's LLM inputs (``inputs_embeds``, the unpruned positions), alone and as one left-padded batch of
+the four prompts, every decision must match exactly (pivots, their order, kept tokens, the positions used
+from layer K on, cache lengths, decode positions, greedy ids; logits within 1e-10 with the set's float64
+numerics); and ``compressed_generate`` from the pixels of one prompt (the vision tower, the splice and the
+positions included).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from sparsezip_lmms.config import load_config
+from sparsezip_lmms.pruning import pruned_generate
+from sparsezip_lmms.qwen import compressed_generate
+from _qwen_numerics import float64_numerics
+
+DATA = Path(__file__).parent / "data" / "dart_qwen"
+SAMPLES = ("a", "b", "c", "d")
+NEW = 5
+PAD = 297
+
+
+@pytest.fixture(scope="module")
+def dart_qwen():
+    cases = load_file(str(DATA / "cases.safetensors"))
+    meta = json.loads((DATA / "meta.json").read_text())
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(DATA / "qwen")).double().eval()
+    return cases, meta, float64_numerics(model)
+
+
+def _config(setting):
+    return load_config("dart_qwen", {
+        "layer": setting["K"], "reduction_ratio": setting["r"], "pivot_image": setting["Pi"], "pivot_text": setting["Pt"],
+    })  # fmt: skip
+
+
+def _batch(cases, samples):
+    """Left-padded ([B, L, d] embeds, [B, L] mask, [3, B, L] positions, [B] image starts, [B] counts)."""
+    rows = [cases[f"{s}/inputs_embeds"] for s in samples]
+    width = max(r.shape[0] for r in rows)
+    embeds = torch.zeros(len(rows), width, rows[0].shape[1], dtype=torch.float64)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    positions = torch.zeros(3, len(rows), width, dtype=torch.long)
+    for b, (s, row) in enumerate(zip(samples, rows)):
+        pad = width - row.shape[0]
+        embeds[b, pad:], mask[b, pad:] = row, 1
+        positions[:, b, pad:] = cases[f"{s}/position_ids_full"]
+    starts = torch.tensor([width - r.shape[0] + 15 for r in rows])  # the image starts at 15 in every prompt
+    counts = [int(cases[f"{s}/image_embeds"].shape[0]) for s in samples]
+    return embeds, mask, positions, starts, counts
+
+
+def _check(out, row, cases, case, meta):
+    c = meta["cases"][case]
+    k = c["K"]
+    valid = lambda t: t[t >= 0]  # noqa: E731
+    assert valid(out.pivots[0][row]).tolist() == c["pivot_order"]
+    assert valid(out.kept[0][row]).equal(cases[f"{case}/kept_span_ids"])
+    used = out.positions[k][:, row]  # [3, n] the positions layer K used (-1 padded)
+    assert used[:, used[0] >= 0].equal(cases[f"{case}/position_ids"])
+    assert out.cache_lengths[row].tolist() == cases[f"{case}/cache_len_after_prefill"].tolist()
+    assert out.decode_positions[row, :, 0].equal(cases[f"{case}/decode_positions"])
+    assert out.sequences[row].equal(cases[f"{case}/greedy_ids"])
+    golden = cases[f"{case}/logits_prefill_last"]
+    assert float((out.prefill_logits[row] - golden).abs().max() / golden.abs().max()) <= 1e-10
+    norms = out.scores[0][row]
+    assert torch.allclose(norms[~norms.isnan()], cases[f"{case}/l1_image"], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_dart_qwen_parity_single_prompt(dart_qwen, sample):
+    cases, meta, model = dart_qwen
+    embeds, mask, positions, starts, counts = _batch(cases, [sample])
+    for setting in meta["settings"]:
+        out = pruned_generate(
+            model, embeds, mask, starts, _config(setting), NEW, num_visual_tokens=counts, family="qwen2_5_vl",
+            position_ids=positions,
+        )  # fmt: skip
+        _check(out, 0, cases, f"{sample}/{setting['tag']}", meta)
+
+
+def test_dart_qwen_parity_left_padded_batch(dart_qwen):
+    cases, meta, model = dart_qwen
+    embeds, mask, positions, starts, counts = _batch(cases, list(SAMPLES))
+    for setting in meta["settings"]:
+        out = pruned_generate(
+            model, embeds, mask, starts, _config(setting), NEW, num_visual_tokens=counts, family="qwen2_5_vl",
+            position_ids=positions,
+        )  # fmt: skip
+        for row, sample in enumerate(SAMPLES):
+            _check(out, row, cases, f"{sample}/{setting['tag']}", meta)
+
+
+def test_dart_through_compressed_generate_from_pixels(dart_qwen):
+    """Prompt d from its pixels, left padded: the vision tower, the splice, the unpruned positions and the
+    in-LLM pruning together."""
+    cases, meta, model = dart_qwen
+    frame = cases["d/pixel_values_frame"]  # [P, 3, 14, 14]
+    pixels = frame[:, :, None].expand(frame.shape[0], 3, 2, 14, 14).reshape(frame.shape[0], 1176).double()
+    ids = cases["d/input_ids"]
+    for setting in meta["settings"]:
+        case = f"d/{setting['tag']}"
+        padded = torch.cat([torch.full((3,), PAD), ids])[None]  # [1, L + 3] left padding
+        mask = torch.cat([torch.zeros(3, dtype=torch.long), torch.ones(len(ids), dtype=torch.long)])[None]
+        out = compressed_generate(model, padded, mask, pixels, cases["d/image_grid_thw"], _config(setting), NEW)
+        assert out.kept[0].equal(cases[f"{case}/kept_span_ids"])
+        assert out.position_ids[0].equal(cases[f"{case}/position_ids"])
+        assert out.keep_seq[0].equal(cases[f"{case}/keep_indexs"])
+        assert out.decode_positions[0].equal(cases[f"{case}/decode_positions"])
+        assert out.sequences[0].equal(cases[f"{case}/greedy_ids"])
+        golden = cases[f"{case}/logits_steps"]
+        assert float((out.logits[0] - golden).abs().max() / golden.abs().max()) <= 1e-9
+        assert out.pruned.pivots[0][0].tolist() == meta["cases"][case]["pivot_order"]
+
+
+def test_in_llm_methods_take_one_image_per_row_and_keep_positions(dart_qwen):
+    cases, _, model = dart_qwen
+    embeds, mask, positions, starts, counts = _batch(cases, ["c"])
+    with pytest.raises(ValueError, match="renumbers positions"):  # SparseVLM v1.5 renumbers: not for M-RoPE
+        pruned_generate(model, embeds, mask, starts, load_config("sparsevlm_64", {"schedule": [40, 20, 10], "pruning_layers": [0, 1, 2]}), 2,
+                        num_visual_tokens=counts, position_ids=positions)  # fmt: skip
+    out = pruned_generate(model, embeds, mask, starts, load_config("fastv_64", {"ratio": 0.5}), 3, num_visual_tokens=counts,
+                          family="qwen2_5_vl", position_ids=positions)  # fmt: skip
+    assert out.visual_tokens_per_layer[0, 1:].unique().tolist() == [40]  # FastV: int(80 * 0.5) from layer 2 on
+    assert out.decode_positions[0, :, 0].tolist() == [40, 41]  # max position 39 + n
