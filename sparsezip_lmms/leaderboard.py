@@ -59,19 +59,22 @@ class Row:
     batch_size: str = "?"  # lmms-eval --batch_size: TTFT includes waiting for the batch
     limit: str = "all"  # lmms-eval --limit: the documents scored
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> metrics
+    data: dict[str, str] = field(default_factory=dict)  # family -> the task's data as the results file records it
     sources: list[str] = field(default_factory=list)
     versions: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
+    checkpoint_id: str = ""  # the checkpoint however it was spelled: a local folder's resolved path, else as given
 
     @property
     def key(self) -> tuple[str, ...]:
         """What makes two results files one row: the same run setting (results of different tasks merge)."""
-        return (self.model, self.config, self.checkpoint, self.dtype, self.batch_size, self.limit)
+        return (self.model, self.config, self.checkpoint_id or self.checkpoint, self.dtype, self.batch_size, self.limit)
 
     @property
     def setting(self) -> tuple[str, str, str, str]:
-        """What a row and its baseline must share to be compared (accuracy retention, TTFT speed-up)."""
-        return (self.checkpoint, self.dtype, self.batch_size, self.limit)
+        """What a row and its baseline must share to be compared (accuracy retention, TTFT speed-up); each
+        task is compared only where both measured it on the same data (``data``)."""
+        return (self.checkpoint_id or self.checkpoint, self.dtype, self.batch_size, self.limit)
 
 
 def _parse_model_args(model_args: Any) -> dict[str, str]:
@@ -121,10 +124,13 @@ def read_results(path: Path) -> tuple[Row | None, str | None]:
     if overrides:
         label += "," + ",".join(overrides)
     limit = config.get("limit")
+    checkpoint = args.get("pretrained", "?") or "?"
     row = Row(
-        model=model, config=label, checkpoint=args.get("pretrained", "?") or "?", dtype=args.get("dtype", "auto"),
+        model=model, config=label, checkpoint=checkpoint, dtype=resolved_dtype(args.get("dtype", "auto"), checkpoint),
         batch_size=str(config.get("batch_size", "?")), limit="all" if limit in (None, "") else str(limit),
     )  # fmt: skip
+    configs = data.get("configs") if isinstance(data.get("configs"), dict) else {}
+    row.checkpoint_id = checkpoint_id(checkpoint)
     row.sources.append(str(path))
     row.versions.add(str(data.get("lmms_eval_version", "unknown")))
     for task, metrics in results.items():
@@ -132,6 +138,7 @@ def read_results(path: Path) -> tuple[Row | None, str | None]:
         if family is None or not isinstance(metrics, dict):
             continue
         row.tasks[family] = {str(key).split(",")[0]: value for key, value in metrics.items()}
+        row.data[family] = task_data(configs.get(task))
     if not row.tasks:
         row.problems.append(f"{path.name}: no POPE/MME/DocVQA results")
     return row, None
@@ -141,18 +148,71 @@ def collect(paths: list[str | Path]) -> list[Row]:
     """Rows from results files found under ``paths`` (files or folders), oldest first so newer wins."""
     files, found_problems = results_files(paths)  # symlinked run folders followed, each file once
     problems = [Row("?", "?", "?", problems=[problem]) for problem in found_problems]
-    rows: dict[tuple[str, ...], Row] = {}
+    rows: dict[tuple[str, ...], list[Row]] = {}
     for path in files:
         row, problem = read_results(path)
         if row is None:
             problems.append(Row("?", "?", "?", sources=[str(path)], problems=[problem]))
             continue
-        merged = rows.setdefault(row.key, Row(row.model, row.config, row.checkpoint, row.dtype, row.batch_size, row.limit))
+        group = rows.setdefault(row.key, [])
+        # a task measured again on other data is another run: it starts a row of its own
+        merged = next((r for r in group if all(r.data.get(f, d) == d for f, d in row.data.items())), None)
+        if merged is None:
+            merged = Row(row.model, row.config, row.checkpoint, row.dtype, row.batch_size, row.limit, checkpoint_id=row.checkpoint_id)
+            group.append(merged)
         merged.tasks.update(row.tasks)
+        merged.data.update(row.data)
         merged.sources += row.sources
         merged.versions |= row.versions
         merged.problems += row.problems
-    return list(rows.values()) + problems
+    for group in rows.values():
+        if len(group) > 1:  # the same setting on different task data: say which data each row is
+            for r in group:
+                r.problems.append("task data: " + "; ".join(f"{TASK_LABEL[f]} {describe_data(d)}" for f, d in sorted(r.data.items())))
+    return [r for group in rows.values() for r in group] + problems
+
+
+def task_data(task_config: Any) -> str:
+    """A task's data identity as the results file records it (``configs[task]``: dataset path, name,
+    kwargs and splits), as a canonical string ('' when not recorded)."""
+    from .run_identity import DATA_KEYS
+
+    if not isinstance(task_config, dict):
+        return ""
+    return json.dumps({key: task_config[key] for key in DATA_KEYS if key in task_config}, sort_keys=True, default=str)
+
+
+def describe_data(data: str) -> str:
+    """The data identity for a note: 'dataset_path X, test_split Y' (or 'not recorded')."""
+    try:
+        found = json.loads(data) if data else {}
+    except ValueError:
+        return data
+    return ", ".join(f"{k} {v}" for k, v in found.items()) or "not recorded"
+
+
+def checkpoint_id(checkpoint: str) -> str:
+    """A local checkpoint folder's resolved path (relative, absolute or symlinked spellings are one
+    checkpoint); a hub id or a path not on this machine as given."""
+    path = Path(checkpoint)
+    return str(path.resolve()) if path.is_dir() else checkpoint
+
+
+def resolved_dtype(dtype: str, checkpoint: str) -> str:
+    """``dtype=auto`` as the model loads it: the checkpoint's own dtype where its config.json is a local file
+    (``torch_dtype`` / ``dtype``; the text config's for LLaVA), else ``auto``; any other value unchanged."""
+    if dtype != "auto":
+        return dtype
+    path = Path(checkpoint) / "config.json"
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return dtype
+    for section in (found, found.get("text_config") or {}):
+        value = section.get("dtype") or section.get("torch_dtype")
+        if isinstance(value, str):
+            return value
+    return dtype
 
 
 IN_LLM_MODELS = {"llava_sparsevlm", "llava_fastv", "llava_dart"}  # their visual tokens are a layer average ("equal tokens")
@@ -201,7 +261,10 @@ def named_budget(config_label: str) -> int | None:
 def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[str], list[dict[str, Any]]]:
     """Column names and one dict per row (numbers or None)."""
     families = [f for f in TASK_METRICS if any(f in r.tasks for r in rows)] or list(TASK_METRICS)
-    baselines = {r.setting: r for r in rows if r.model == baseline_model}
+    baselines: dict[tuple[str, ...], list[Row]] = {}
+    for r in rows:
+        if r.model == baseline_model:
+            baselines.setdefault(r.setting, []).append(r)
     columns = ["model", "config", "checkpoint", "dtype", "batch size", "limit", "failed requests", "visual tokens", "prefill TFLOPs"]
     for family in families:
         columns += [label for label, _, _ in TASK_METRICS[family]]
@@ -210,7 +273,9 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
 
     out = []
     for row in rows:
-        base = baselines.get(row.setting)
+        same_setting = baselines.get(row.setting, [])
+        base = same_setting[0] if same_setting else None
+        data_notes: list[str] = []
         cells: dict[str, Any] = {"model": row.model, "config": row.config, "checkpoint": row.checkpoint, "dtype": row.dtype}
         cells["batch size"], cells["limit"] = row.batch_size, row.limit
         failed = [_number(m.get("eff_failed")) for m in row.tasks.values()]
@@ -220,7 +285,7 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
         retentions, speedups = [], []
         for family in families:
             metrics = row.tasks.get(family, {})
-            base_metrics = base.tasks.get(family, {}) if base else {}
+            base_metrics = _baseline_metrics(row, family, same_setting, data_notes, baseline_model)
             for label, key, is_main in TASK_METRICS[family]:
                 cells[label] = _number(metrics.get(key))
                 if is_main:
@@ -240,14 +305,17 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
         if cells["failed requests"]:
             errors = [m.get("eff_first_error") for m in row.tasks.values() if m.get("eff_first_error")]
             notes.append(f"FAILED: {cells['failed requests']} requests" + (f" (first error: {errors[0]})" if errors else ""))
-        notes += row.problems
+        notes += row.problems + data_notes
         budget, tokens = named_budget(row.config), cells["visual tokens"]
         limit = None if budget is None else budget * (1 + IN_LLM_TOLERANCE if prunes_inside_llm(row) else 1)
         if limit is not None and tokens is not None and tokens > limit + 1e-9:
             why = budget_note(row)
             notes.append(f"OVER BUDGET: {tokens:.1f} visual tokens for a {budget}-token config" + (f" ({why})" if why else ""))
         if base is None and row.model != "?":
-            others = [b for b in baselines.values() if (b.checkpoint, b.dtype) == (row.checkpoint, row.dtype)]
+            others = [
+                b for group in baselines.values() for b in group
+                if (b.checkpoint_id or b.checkpoint, b.dtype) == (row.checkpoint_id or row.checkpoint, row.dtype)
+            ]  # fmt: skip
             if others:  # a baseline exists, but of another setting: name what differs instead of comparing
                 differs = sorted({f"batch size {b.batch_size}" for b in others if b.batch_size != row.batch_size}
                                  | {f"limit {b.limit}" for b in others if b.limit != row.limit})  # fmt: skip
@@ -266,6 +334,23 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
         out.append(cells)
     out.sort(key=lambda c: (c["checkpoint"], c["dtype"], c["model"] != baseline_model, c["model"], c["config"]))
     return columns, out
+
+
+def _baseline_metrics(row: Row, family: str, candidates: list[Row], notes: list[str], baseline_model: str) -> dict[str, Any]:
+    """The metrics of ``family`` of the baseline row of the same setting that measured it on the same data
+    ({} when none); a baseline that measured it on other data is named in ``notes`` instead."""
+    if row.model == baseline_model or family not in row.tasks:
+        return next((b.tasks.get(family, {}) for b in candidates if b is row), candidates[0].tasks.get(family, {}) if candidates else {})
+    measured = [b for b in candidates if family in b.tasks]
+    same = [b for b in measured if b.data.get(family, "") == row.data.get(family, "")]
+    if same:
+        return same[0].tasks[family]
+    if measured:
+        notes.append(
+            f"{TASK_LABEL[family]} not compared with {baseline_model}: its task data differs "
+            f"({describe_data(measured[0].data.get(family, ''))}; this row: {describe_data(row.data.get(family, ''))})"
+        )
+    return {}
 
 
 def to_markdown(columns: list[str], rows: list[dict[str, Any]], title: str | None = None) -> str:

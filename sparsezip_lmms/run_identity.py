@@ -22,7 +22,7 @@ import yaml
 
 __all__ = ["command_setting", "differences", "run_identity", "task_data"]
 
-_DATA_KEYS = ("dataset_path", "dataset_name", "dataset_kwargs", "test_split", "validation_split", "training_split")
+DATA_KEYS = ("dataset_path", "dataset_name", "dataset_kwargs", "test_split", "validation_split", "training_split")
 
 
 class _AnyTagLoader(yaml.SafeLoader):
@@ -57,7 +57,7 @@ def task_data(task: str, include_path: str | Path | None) -> dict[str, Any]:
                 continue
             if data.get("task") != task:
                 continue
-            found = {key: data[key] for key in _DATA_KEYS if key in data}
+            found = {key: data[key] for key in DATA_KEYS if key in data}
             local = found.get("dataset_path")
             if isinstance(local, str) and (Path(local).is_absolute() or (path.parent / local).exists()):
                 found["dataset_path"] = str((path.parent / local).resolve())

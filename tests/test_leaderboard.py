@@ -159,3 +159,42 @@ def test_rows_of_different_batch_size_or_limit_are_not_compared(tmp_path):
     assert fast["TTFT speed-up"] is None and fast["avg retention %"] is None
     assert "not compared with llava_hf_timed (its run differs: batch size 1, limit all" in fast["notes"]
     assert same["TTFT speed-up"] == 2.0 and same["avg retention %"] == 100.0
+
+
+def _with_data(path, dataset_path, task="pope_eff"):
+    """Record the task's data in a results file as lmms-eval does (``configs[task]``)."""
+    data = json.loads(path.read_text())
+    data["configs"] = {task: {"task": task, "dataset_path": dataset_path, "test_split": "test"}}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_task_on_other_data_is_not_compared_and_is_another_row(tmp_path):
+    """The same task name on other data: no retention or speed-up against it, and the same method run on two
+    datasets gives two rows, each saying which data it is."""
+    _with_data(_write(tmp_path / "base_results.json", "llava_hf_timed", "pretrained=org/m", _pope(0.8, 2.0, 576, 10.0)), "/data/pope_a")
+    _with_data(_write(tmp_path / "vz_a_results.json", "llava_visionzip", "pretrained=org/m,config=visionzip_64", _pope(0.7, 0.5, 64, 2.0)), "/data/pope_a")
+    _with_data(_write(tmp_path / "vz_b_results.json", "llava_visionzip", "pretrained=org/m,config=visionzip_64", _pope(0.6, 0.5, 64, 2.0)), "/data/pope_b")
+    _, rows = table(collect([tmp_path]))
+    vz = sorted((r for r in rows if r["model"] == "llava_visionzip"), key=lambda r: r["POPE acc"])
+    assert [r["POPE acc"] for r in vz] == [0.6, 0.7]  # two rows, not the newer file winning
+    assert vz[1]["POPE retention %"] == pytest.approx(87.5) and vz[1]["TTFT speed-up"] == pytest.approx(4.0)
+    assert vz[0]["POPE retention %"] is None and vz[0]["TTFT speed-up"] is None
+    assert "POPE not compared with llava_hf_timed: its task data differs (dataset_path /data/pope_a" in vz[0]["notes"]
+    assert "task data: POPE dataset_path /data/pope_b" in vz[0]["notes"]
+
+
+def test_the_baseline_is_found_however_its_checkpoint_and_dtype_were_spelled(tmp_path, monkeypatch):
+    """A relative and an absolute path of one local checkpoint, and dtype=auto against the checkpoint's own
+    float32: one setting, compared."""
+    checkpoint = tmp_path / "tiny"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"text_config": {"dtype": "float32"}}))
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    _write(runs / "base_results.json", "llava_hf_timed", f"pretrained={checkpoint},dtype=float32", _pope(0.8, 2.0, 576, 10.0))
+    _write(runs / "vz_results.json", "llava_visionzip", "pretrained=tiny,config=visionzip_64", _pope(0.7, 0.5, 64, 2.0))
+    _, rows = table(collect([runs]))
+    vz = next(r for r in rows if r["model"] == "llava_visionzip")
+    assert vz["dtype"] == "float32" and vz["checkpoint"] == "tiny"  # shown as given
+    assert vz["POPE retention %"] == pytest.approx(87.5), vz["notes"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..leaderboard import read_results, task_family
 from ..results_files import results_files
-from ..run_identity import _DATA_KEYS  # what identifies a task's data: the keys lmms-eval records per task too
+from ..run_identity import DATA_KEYS  # what identifies a task's data: the keys lmms-eval records per task too
 from .selection import parse_ranges
 
 
@@ -247,7 +247,7 @@ def _result_tasks(results_path: Path) -> tuple[list[str], dict[str, dict[str, An
         return [], {}
     tasks = [str(task) for task in results] if isinstance(results, dict) else []
     recorded = {
-        str(task): {key: config[key] for key in _DATA_KEYS if key in config}
+        str(task): {key: config[key] for key in DATA_KEYS if key in config}
         for task, config in (configs.items() if isinstance(configs, dict) else ())
         if isinstance(config, dict)
     }
