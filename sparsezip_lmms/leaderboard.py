@@ -40,7 +40,7 @@ TASK_METRICS: dict[str, list[tuple[str, str, bool]]] = {
     "docvqa": [("DocVQA ANLS", "anls", True), ("DocVQA EM", "exact_match", False)],
 }
 TASK_LABEL = {"pope": "POPE", "mme": "MME", "docvqa": "DocVQA"}
-_ARG_KEYS_NOT_IN_LABEL = {"pretrained", "dtype", "device_map", "device", "warmup", "log_selection"}
+_ARG_KEYS_NOT_IN_LABEL = {"pretrained", "dtype", "device_map", "device", "warmup", "log_selection", "attn_implementation"}
 
 
 def task_family(task: str) -> str | None:
@@ -64,17 +64,24 @@ class Row:
     versions: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     checkpoint_id: str = ""  # the checkpoint however it was spelled: a local folder's resolved path, else as given
+    # the rest of the run's conditions, (name, value): attention implementation, generation settings
+    conditions: tuple[tuple[str, str], ...] = ()
 
     @property
-    def key(self) -> tuple[str, ...]:
+    def key(self) -> tuple:
         """What makes two results files one row: the same run setting (results of different tasks merge)."""
-        return (self.model, self.config, self.checkpoint_id or self.checkpoint, self.dtype, self.batch_size, self.limit)
+        return (self.model, self.config, *self.setting)
 
     @property
-    def setting(self) -> tuple[str, str, str, str]:
+    def setting(self) -> tuple:
         """What a row and its baseline must share to be compared (accuracy retention, TTFT speed-up); each
         task is compared only where both measured it on the same data (``data``)."""
-        return (self.checkpoint_id or self.checkpoint, self.dtype, self.batch_size, self.limit)
+        return (self.checkpoint_id or self.checkpoint, self.dtype, self.batch_size, self.limit, self.conditions)
+
+    def setting_items(self) -> list[tuple[str, str]]:
+        """(name, value) of every part of the setting, as notes name them."""
+        parts = [("checkpoint", self.checkpoint), ("dtype", self.dtype), ("batch size", self.batch_size), ("limit", self.limit)]
+        return parts + list(self.conditions)
 
 
 def _parse_model_args(model_args: Any) -> dict[str, str]:
@@ -131,6 +138,11 @@ def read_results(path: Path) -> tuple[Row | None, str | None]:
     )  # fmt: skip
     configs = data.get("configs") if isinstance(data.get("configs"), dict) else {}
     row.checkpoint_id = checkpoint_id(checkpoint)
+    generation = config.get("gen_kwargs")
+    row.conditions = (
+        ("attention", args.get("attn_implementation") or "default"),
+        ("generation", "" if generation in (None, "", {}) else json.dumps(generation, sort_keys=True, default=str)),
+    )  # the lmms-eval version is not: a row merges tasks of several versions and says so (notes)
     row.sources.append(str(path))
     row.versions.add(str(data.get("lmms_eval_version", "unknown")))
     for task, metrics in results.items():
@@ -158,7 +170,10 @@ def collect(paths: list[str | Path]) -> list[Row]:
         # a task measured again on other data is another run: it starts a row of its own
         merged = next((r for r in group if all(r.data.get(f, d) == d for f, d in row.data.items())), None)
         if merged is None:
-            merged = Row(row.model, row.config, row.checkpoint, row.dtype, row.batch_size, row.limit, checkpoint_id=row.checkpoint_id)
+            merged = Row(
+                row.model, row.config, row.checkpoint, row.dtype, row.batch_size, row.limit,
+                checkpoint_id=row.checkpoint_id, conditions=row.conditions,
+            )  # fmt: skip
             group.append(merged)
         merged.tasks.update(row.tasks)
         merged.data.update(row.data)
@@ -317,12 +332,12 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
                 if (b.checkpoint_id or b.checkpoint, b.dtype) == (row.checkpoint_id or row.checkpoint, row.dtype)
             ]  # fmt: skip
             if others:  # a baseline exists, but of another setting: name what differs instead of comparing
-                differs = sorted({f"batch size {b.batch_size}" for b in others if b.batch_size != row.batch_size}
-                                 | {f"limit {b.limit}" for b in others if b.limit != row.limit})  # fmt: skip
-                notes.append(
-                    f"not compared with {baseline_model} (its run differs: {', '.join(differs)}; this row: batch size "
-                    f"{row.batch_size}, limit {row.limit})"
-                )
+                mine = dict(row.setting_items())
+                differs = sorted({f"{name} {value or '(none)'}" for b in others for name, value in b.setting_items()
+                                  if name not in ("checkpoint", "dtype") and mine.get(name) != value})  # fmt: skip
+                theirs = {name for b in others for name, value in b.setting_items() if mine.get(name) != value}
+                this = ", ".join(f"{name} {mine[name] or '(none)'}" for name in mine if name in theirs)
+                notes.append(f"not compared with {baseline_model} (its run differs: {', '.join(differs)}; this row: {this})")
             else:
                 notes.append(f"no {baseline_model} row for this checkpoint and dtype")
         missing = [TASK_LABEL[f] for f in families if f not in row.tasks and row.model != "?"]

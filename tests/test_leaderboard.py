@@ -198,3 +198,18 @@ def test_the_baseline_is_found_however_its_checkpoint_and_dtype_were_spelled(tmp
     vz = next(r for r in rows if r["model"] == "llava_visionzip")
     assert vz["dtype"] == "float32" and vz["checkpoint"] == "tiny"  # shown as given
     assert vz["POPE retention %"] == pytest.approx(87.5), vz["notes"]
+
+
+def test_runs_with_other_attention_or_generation_settings_are_not_compared(tmp_path):
+    _write(tmp_path / "base_results.json", "llava_hf_timed", "pretrained=org/m", _pope(0.8, 2.0, 576, 10.0))
+    _write(tmp_path / "eager_results.json", "llava_visionzip", "pretrained=org/m,config=visionzip_64,attn_implementation=eager", _pope(0.7, 0.5, 64, 2.0))
+    path = _write(tmp_path / "gen_results.json", "llava_sparsezip", "pretrained=org/m,config=sparsezip_64", _pope(0.7, 0.5, 64, 2.0))
+    data = json.loads(path.read_text())
+    data["config"]["gen_kwargs"] = "max_new_tokens=4"
+    path.write_text(json.dumps(data))
+    _, rows = table(collect([tmp_path]))
+    by = {r["model"]: r for r in rows}
+    assert by["llava_visionzip"]["config"] == "visionzip_64"  # the attention is a condition, not the method
+    for model, differs in (("llava_visionzip", "attention default"), ("llava_sparsezip", "generation (none)")):
+        assert by[model]["POPE retention %"] is None
+        assert f"not compared with llava_hf_timed (its run differs: {differs}" in by[model]["notes"], by[model]["notes"]

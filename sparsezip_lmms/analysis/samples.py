@@ -66,6 +66,7 @@ class Run:
     problems: list[str] = field(default_factory=list)
     batch_size: str = "?"  # as leaderboard.Row: lmms-eval's --batch_size, "?" when not recorded
     limit: str = "all"  # as leaderboard.Row: lmms-eval's --limit
+    conditions: tuple[tuple[str, str], ...] = ()  # as leaderboard.Row: attention implementation, generation settings
     data: dict[str, Any] = field(default_factory=dict)  # the task's data as the results file records it
 
     @property
@@ -76,7 +77,7 @@ class Run:
     def key(self) -> tuple[str, ...]:
         """What makes two results files one run: the leaderboard row's key, the task and its data."""
         data = json.dumps(self.data, sort_keys=True, default=str)
-        return (self.model, self.config, self.checkpoint, self.dtype, self.batch_size, self.limit, self.task, data)
+        return (self.model, self.config, self.checkpoint, self.dtype, self.batch_size, self.limit, self.conditions, self.task, data)
 
 
 # ----------------------------------------------------------------------------- one line
@@ -271,7 +272,7 @@ def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[str]]:
             problems.append(f"{path}: no POPE / MME / DocVQA task in this results file")
         for task in tasks:
             new = Run(row.model, row.config, row.checkpoint, row.dtype, task, batch_size=row.batch_size, limit=row.limit,
-                      data=data_of.get(task, {}))  # fmt: skip
+                      conditions=row.conditions, data=data_of.get(task, {}))  # fmt: skip
             run = runs.setdefault(new.key, new)
             if task in found:
                 read_samples_file(found[task], run)

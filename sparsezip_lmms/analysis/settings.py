@@ -37,11 +37,12 @@ class Setting:
     batch_size: str  # as leaderboard.Row: "?" when the results file does not say
     limit: str  # as leaderboard.Row: "all" without --limit
     data: tuple[tuple[str, str], ...] = ()  # (key, value as text) of the task's recorded data, sorted by key
+    conditions: tuple[tuple[str, str], ...] = ()  # as leaderboard.Row: attention implementation, generation settings
 
     def items(self) -> list[tuple[str, str]]:
         """(name, value) of every part, named as the notes and labels name them."""
         parts = [("checkpoint", self.checkpoint), ("dtype", self.dtype), ("batch size", self.batch_size), ("limit", self.limit)]
-        return parts + [(f"task data {key}", value) for key, value in self.data]
+        return parts + list(self.conditions) + [(f"task data {key}", value) for key, value in self.data]
 
 
 def _text(value: Any) -> str:
@@ -51,7 +52,7 @@ def _text(value: Any) -> str:
 def setting_of(run: Run) -> Setting:
     """The setting of a run read by :func:`~.samples.load_runs` (the same fields as ``Row.setting``)."""
     data = tuple(sorted((str(key), _text(value)) for key, value in run.data.items()))
-    return Setting(run.checkpoint, run.dtype, run.batch_size, run.limit, data)
+    return Setting(run.checkpoint, run.dtype, run.batch_size, run.limit, data, tuple(run.conditions))
 
 
 def differences(a: Setting, b: Setting) -> list[str]:
