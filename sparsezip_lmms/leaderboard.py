@@ -64,7 +64,7 @@ class Row:
     versions: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     checkpoint_id: str = ""  # the checkpoint however it was spelled: a local folder's resolved path, else as given
-    # the rest of the run's conditions, (name, value): attention implementation, generation settings
+    # the rest of the run's conditions, (name, value): attention implementation, device kind, generation settings
     conditions: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -141,6 +141,7 @@ def read_results(path: Path) -> tuple[Row | None, str | None]:
     generation = config.get("gen_kwargs")
     row.conditions = (
         ("attention", args.get("attn_implementation") or "default"),
+        ("device", _device_kind(config.get("device"))),
         ("generation", "" if generation in (None, "", {}) else json.dumps(generation, sort_keys=True, default=str)),
     )  # the lmms-eval version is not: a row merges tasks of several versions and says so (notes)
     row.sources.append(str(path))
@@ -204,6 +205,12 @@ def describe_data(data: str) -> str:
     except ValueError:
         return data
     return ", ".join(f"{k} {v}" for k, v in found.items()) or "not recorded"
+
+
+def _device_kind(device: Any) -> str:
+    """``cuda:1`` and ``cuda`` are one kind of device (timings compare); ``cpu`` another; '?' unrecorded."""
+    text = str(device or "?")
+    return text.split(":", 1)[0]
 
 
 def checkpoint_id(checkpoint: str) -> str:

@@ -169,6 +169,21 @@ def test_vision_side_records_match_the_token_counts(model_id, config, tiny_check
             assert not entry["cls"] and not merged and len(kept) == 64
 
 
+@pytest.mark.parametrize(
+    "model_id, config",
+    [
+        ("llava_sparsevlm", "sparsevlm_64"), ("llava_sparsevlm", "sparsevlm2_64"), ("llava_fastv", "fastv_64"),
+        ("llava_dart", "dart_64"), ("llava_cdpruner", "cdpruner_64"), ("llava_hf_timed", "keep_all"),
+    ],
+)  # fmt: skip
+def test_llava15_records_do_not_depend_on_the_batch(model_id, config, tiny_checkpoint, tiny_clip):
+    """The model ids the test above does not cover, on LLaVA-1.5: batch 1 and batch 3 write the same
+    selection records (in-LLM layer records included)."""
+    extra = {"clip_text_tower": str(tiny_clip)} if model_id == "llava_cdpruner" else {}
+    one = _selections(model_id, tiny_checkpoint, config=config, **extra)
+    assert one == _selections(model_id, tiny_checkpoint, batch_size=3, config=config, **extra)
+
+
 def test_in_llm_records_hold_each_pruning_layer(tiny_checkpoint):
     for record in _selections("llava_sparsevlm", tiny_checkpoint, batch_size=3, config="sparsevlm_64"):
         (entry,) = record["images"]

@@ -66,7 +66,7 @@ class Run:
     problems: list[str] = field(default_factory=list)
     batch_size: str = "?"  # as leaderboard.Row: lmms-eval's --batch_size, "?" when not recorded
     limit: str = "all"  # as leaderboard.Row: lmms-eval's --limit
-    conditions: tuple[tuple[str, str], ...] = ()  # as leaderboard.Row: attention implementation, generation settings
+    conditions: tuple[tuple[str, str], ...] = ()  # as leaderboard.Row: attention implementation, device kind, generation settings
     data: dict[str, Any] = field(default_factory=dict)  # the task's data as the results file records it
 
     @property

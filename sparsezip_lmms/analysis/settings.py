@@ -37,7 +37,7 @@ class Setting:
     batch_size: str  # as leaderboard.Row: "?" when the results file does not say
     limit: str  # as leaderboard.Row: "all" without --limit
     data: tuple[tuple[str, str], ...] = ()  # (key, value as text) of the task's recorded data, sorted by key
-    conditions: tuple[tuple[str, str], ...] = ()  # as leaderboard.Row: attention implementation, generation settings
+    conditions: tuple[tuple[str, str], ...] = ()  # as leaderboard.Row: attention implementation, device kind, generation settings
 
     def items(self) -> list[tuple[str, str]]:
         """(name, value) of every part, named as the notes and labels name them."""
