@@ -392,8 +392,11 @@ def write_csv(columns: list[str], rows: list[dict[str, Any]], path: Path) -> Non
             writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
 
 
-def _point_name(row: dict[str, Any]) -> str:
-    return f"{row['model']}:{row['config']}" + (" (FAILED requests)" if row.get("failed requests") else "")
+def _point_name(row: dict[str, Any], several_checkpoints: bool = False) -> str:
+    """A point's legend entry: model:config, with its checkpoint's folder name when the plot has several
+    (LLaVA-1.5's and LLaVA-NeXT's keep_all are two runs)."""
+    where = f" @ {Path(str(row['checkpoint'])).name}" if several_checkpoints else ""
+    return f"{row['model']}:{row['config']}{where}" + (" (FAILED requests)" if row.get("failed requests") else "")
 
 
 def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy vs time to first token") -> Path:
@@ -405,9 +408,11 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
 
     families = [f for f in TASK_METRICS if any(r.get(f"{TASK_LABEL[f]} TTFT s") is not None for r in rows)]
     panels = max(1, len(families))
-    names = sorted({_point_name(r) for r in rows})
-    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
-    markers = {name: "os^Dv<>pPX"[(i // 10) % 10] for i, name in enumerate(names)}
+    several = len({(r.get("checkpoint"), r.get("dtype")) for r in rows}) > 1
+    names = sorted({_point_name(r, several) for r in rows})
+    # 20 colours, and a marker of its own per colour cycle: every run is told apart
+    colors = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(names)}
+    markers = {name: "os^Dv<>pPX"[(i // 20 + i) % 10] for i, name in enumerate(names)}
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.6), squeeze=False)
     for ax, family in zip(axes[0], families or [None]):
         if family is None:
@@ -415,7 +420,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
             continue
         label = next(lbl for lbl, _, main in TASK_METRICS[family] if main)
         points = [
-            (r[f"{TASK_LABEL[family]} TTFT s"], r[label], _point_name(r))
+            (r[f"{TASK_LABEL[family]} TTFT s"], r[label], _point_name(r, several))
             for r in rows
             if r.get(f"{TASK_LABEL[family]} TTFT s") is not None and r.get(label) is not None
         ]
@@ -444,10 +449,15 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
 
 
 def build(
-    paths: list[str | Path], out_dir: str | Path | None = None, title: str | None = None, rows: list[Row] | None = None
+    paths: list[str | Path],
+    out_dir: str | Path | None = None,
+    title: str | None = None,
+    rows: list[Row] | None = None,
+    terminal: bool = False,
 ) -> str:
     """Collect (unless ``rows`` were collected from ``paths`` already), tabulate, and (with ``out_dir``)
-    write leaderboard.md/.csv/_pareto.png. Returns the Markdown."""
+    write leaderboard.md/.csv/_pareto.png. Returns the Markdown, or with ``terminal`` the compact view a
+    terminal prints (``leaderboard_text``: 160 characters per line, flags explained below it)."""
     rows = collect(paths) if rows is None else rows
     columns, cells = table(rows)
     markdown = to_markdown(columns, cells, title)
@@ -457,7 +467,13 @@ def build(
         (out / "leaderboard.md").write_text(markdown + "\n")
         write_csv(columns, cells, out / "leaderboard.csv")
         pareto_plot(cells, out / "leaderboard_pareto.png", title or "accuracy vs time to first token")
-    return markdown
+    if not terminal:
+        return markdown
+    from .leaderboard_text import terminal_table
+
+    families = [f for f in TASK_METRICS if any(f in r.tasks for r in rows)]
+    mains = [(label, f"{TASK_LABEL[f]} retention %") for f in families for label, _, main in TASK_METRICS[f] if main]
+    return terminal_table(columns, cells, mains, title=title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,6 +491,6 @@ def main(argv: list[str] | None = None) -> int:
         problems = [problem for row in rows for problem in row.problems]
         print(f"error: leaderboard: no results to tabulate: {'; '.join(problems)}", file=sys.stderr)
         return 2
-    print(build(args.paths, args.out, args.title, rows=rows))
-    print(f"\nwritten: {Path(args.out) / 'leaderboard.md'}, leaderboard.csv, leaderboard_pareto.png")
+    print(build(args.paths, args.out, args.title, rows=rows, terminal=True))
+    print(f"\nwritten (every column, names whole): {Path(args.out) / 'leaderboard.md'}, leaderboard.csv, leaderboard_pareto.png")
     return 0

@@ -319,7 +319,7 @@ def write_tables(out: Path, title: str, report: bool) -> list[str]:
     try:
         from .leaderboard import build
 
-        print("\n" + build([out / "runs"], out / "leaderboard", title=title))
+        print("\n" + build([out / "runs"], out / "leaderboard", title=title, terminal=True))
         print(f"\nleaderboard: {out / 'leaderboard'}/leaderboard.{{md,csv}}, leaderboard_pareto.png")
     except Exception as err:  # noqa: BLE001 - reported, never hiding the runs' own failures
         problems.append(f"leaderboard: {type(err).__name__}: {err}")

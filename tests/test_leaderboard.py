@@ -213,3 +213,17 @@ def test_runs_with_other_attention_or_generation_settings_are_not_compared(tmp_p
     for model, differs in (("llava_visionzip", "attention default"), ("llava_sparsezip", "generation (none)")):
         assert by[model]["POPE retention %"] is None
         assert f"not compared with llava_hf_timed (its run differs: {differs}" in by[model]["notes"], by[model]["notes"]
+
+
+def test_terminal_view_fits_160_characters_and_explains_every_flag(tmp_path):
+    long = "/very/long/path/" + "x" * 80 + "/checkpoint"
+    _write(tmp_path / "base_results.json", "llava_hf_timed", f"pretrained={long}", _pope(0.8, 2.0, 576, 10.0))
+    args = f"pretrained={long},config=visionzip_64,dominant=50,merging.contextual_num=16,prune_positions=contiguous"
+    _write(tmp_path / "vz_results.json", "llava_visionzip", args, _pope(0.7, 0.5, 900, 2.0))
+    text = build([tmp_path], tmp_path / "out", title="t", terminal=True)
+    table_lines = text.split("flags:")[0].splitlines()
+    assert max(len(line) for line in text.splitlines()) <= 160
+    assert any("[1] OVER BUDGET" in line for line in table_lines)  # the flag in the row ...
+    assert "[1] llava_visionzip:visionzip_64,dominant=50" in text and "OVER BUDGET: 900.0 visual tokens" in text  # ... explained
+    assert long not in text and "…/" in text  # the path shortened for display, whole in the CSV
+    assert long in (tmp_path / "out" / "leaderboard.csv").read_text()

@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         [out / "results"],
         out / "leaderboard",
         title="Tiny checkpoint with RANDOM weights: the numbers show the mechanics, not model quality",
+        terminal=True,
     )
     print("\n" + board)
-    print(f"\nleaderboard files: {out / 'leaderboard'}/leaderboard.{{md,csv}}, leaderboard_pareto.png")
+    print(f"\nleaderboard files (every column, names whole): {out / 'leaderboard'}/leaderboard.{{md,csv}}, leaderboard_pareto.png")
     report = build_report([out / "results"], out / "report.html", title="sparsezip-lmms demo (tiny checkpoint, RANDOM weights)")
     print(f"report (leaderboard, categories, overlap, overlays of every run; open in a browser): {report}")
     return 0
