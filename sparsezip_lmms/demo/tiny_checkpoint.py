@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from .tiny_qwen import build_tiny_qwen2_5_vl  # noqa: F401  (re-exported)
 
 # The LLaVA-1.5 conversation format ("USER: <image>\n... ASSISTANT:"), images first in a turn.
 CHAT_TEMPLATE = (
