@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -76,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         next_checkpoint = build_tiny_llava(out / "tiny-llava-next", next_grid=True)
         plan += [(model, config, next_checkpoint, "next__") for model, config in NEXT_RUNS]
     for model, config, weights, prefix in plan:
-        print(f"lmms-eval --model {model} --model_args pretrained=<{weights.name}>,config={config} ...", flush=True)
         result_dir = out / "results" / f"{prefix}{model}__{config.replace('/', '_')}"
         cmd = lmms_eval_command(
             model,
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             extra=["--gen_kwargs", f"max_new_tokens={args.max_new_tokens}"],
         )
+        print(" ".join(shlex.quote(str(part)) for part in cmd), flush=True)  # the command, as it can be rerun
         run = run_lmms_eval(cmd, result_dir)
         print(f"  results: {run.results_path}", flush=True)
     board = build_leaderboard(
