@@ -37,6 +37,8 @@ CASES = [
     ("llava_divprune", "divprune_64", "llm4"),
     ("llava_cdpruner", "cdpruner_64", "llm4"),
     ("llava_fastv", "fastv_default", "llm4"),
+    ("llava_dart", "dart_64", "llm4"),
+    ("llava_vispruner", "vispruner_64", "llm4"),
     ("llava_sparsevlm", "sparsevlm_64", "llm16"),
     ("llava_sparsevlm", "sparsevlm2_64", "llm16"),
     ("llava_sparsezip", "confound/aware_inside", "llm4"),
@@ -45,6 +47,7 @@ CASES = [
     ("llava_visionzip", "visionzip_next_320", "next"),
     ("llava_divprune", "divprune_next_320", "next"),
     ("llava_sparsevlm", "sparsevlm2_64", "next"),
+    ("llava_dart", "dart_64", "next"),
 ]
 DYNAMIC_K = {"sparsezip_64", "confound/aware_inside"}
 _LOADED: dict = {}
