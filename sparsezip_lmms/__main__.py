@@ -1,4 +1,4 @@
-"""Command line: ``python -m sparsezip_lmms {demo,doctor,leaderboard,analyze,explain,report,sweep,bench,calibrate,import-config,tasks-path,configs,methods,show-config}``."""
+"""Command line of sparsezip_lmms: python -m sparsezip_lmms COMMAND [options]; COMMAND --help for a command's options."""
 
 from __future__ import annotations
 
@@ -39,14 +39,14 @@ def _run_with_own_options(command: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands below")
     sub.add_parser("demo", help="offline demo: tiny random LLaVA + mini POPE/MME/DocVQA through lmms-eval", add_help=False)
     sub.add_parser("doctor", help="environment check: versions against the lock, torch build, lmms-eval, model ids, tasks", add_help=False)
     sub.add_parser("tasks-path", help="print the folder to pass to lmms-eval --include_path")
     sub.add_parser("configs", help="list the named compression configs")
     sub.add_parser("methods", help="list the registered compression methods (built-in and installed plugins)")
     show = sub.add_parser("show-config", help="print the effective config (name or path, plus key=value overrides)")
-    show.add_argument("config")
+    show.add_argument("config", help="a config name (python -m sparsezip_lmms configs lists them) or a YAML path")
     show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. merging.contextual_num=16")
 
     sub.add_parser("leaderboard", help="merge results folders into a table (Markdown, CSV) and a Pareto plot", add_help=False)

@@ -103,20 +103,29 @@ def _histogram(ks: torch.Tensor, config: SparseZipConfig, path: Path, title: str
     plt.close(fig)
 
 
+def _parser() -> argparse.ArgumentParser:
+    description = __doc__.replace("``", "").replace(":func:", "").replace("`", "").replace("::\n", ":\n")
+    parser = argparse.ArgumentParser(
+        prog="python -m sparsezip_lmms calibrate", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pretrained", required=True, help="llava-hf checkpoint: a hub id or a local folder (required)")
+    parser.add_argument("--task", required=True, help="an lmms-eval task whose images are sampled, e.g. pope (required)")
+    parser.add_argument("--include-path", default=None, help="extra lmms-eval task folder, as lmms-eval's --include_path (default: none)")
+    parser.add_argument("--include_path", dest="include_path", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # lmms-eval's spelling
+    parser.add_argument("--limit", type=int, default=256, help="images sampled (default: %(default)s)")
+    parser.add_argument("--config", default="sparsezip_64", help="the SparseZip config to calibrate, its k_min/k_max/eps (default: %(default)s)")
+    parser.add_argument("--quantiles", default="0.1,0.9", help="the two statistic quantiles mapped to k_min,k_max (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="the config YAML to write (required)")
+    parser.add_argument("--plot", default=None, help="histogram PNG of K (default: --out with .png)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="auto", help="float16, bfloat16, float32, float64 or auto, the checkpoint's (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per CLIP forward (default: %(default)s)")
+    parser.add_argument("--batch_size", dest="batch_size", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # lmms-eval's spelling
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms calibrate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pretrained", required=True, help="llava-hf checkpoint (hub id or folder)")
-    parser.add_argument("--task", required=True, help="an lmms-eval task whose images are sampled (e.g. pope)")
-    parser.add_argument("--include_path", default=None, help="extra lmms-eval task folder")
-    parser.add_argument("--limit", type=int, default=256, help="images sampled (default %(default)s)")
-    parser.add_argument("--config", default="sparsezip_64", help="the SparseZip config to calibrate (its k_min/k_max/eps)")
-    parser.add_argument("--quantiles", default="0.1,0.9", help="statistic quantiles mapped to k_min,k_max")
-    parser.add_argument("--out", required=True, help="the config YAML to write")
-    parser.add_argument("--plot", default=None, help="histogram PNG of K (default: next to --out)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto", help="float16, bfloat16, float32, float64 or auto")
-    parser.add_argument("--batch-size", type=int, default=8)
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
 
     try:
         config = load_config(args.config)

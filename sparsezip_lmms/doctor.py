@@ -342,9 +342,9 @@ def format_table(rows: list[Check]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms doctor", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms doctor", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--lock", default=None, help="the lock file to compare with (default: the shipped constraints/lock.txt)")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table (default: the table)")
     args = parser.parse_args(argv)
     rows = run_checks(args.lock)
     if args.json:

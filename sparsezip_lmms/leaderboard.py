@@ -477,10 +477,10 @@ def build(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms leaderboard", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms leaderboard", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("paths", nargs="+", help="results folders or *_results.json files")
-    parser.add_argument("--out", default="leaderboard", help="folder for leaderboard.md, .csv and _pareto.png")
-    parser.add_argument("--title", default=None)
+    parser.add_argument("--out", default="leaderboard", help="folder for leaderboard.md, .csv and _pareto.png (default: %(default)s)")
+    parser.add_argument("--title", default=None, help="title of the table and the plot (default: none; the plot's: accuracy vs time to first token)")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:

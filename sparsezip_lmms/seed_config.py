@@ -196,7 +196,7 @@ def convert(seed_yaml_text: str) -> tuple[dict, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """``import-config SEED_YAML --out OUR_YAML``: convert, report the warnings on stderr, write YAML."""
-    parser = argparse.ArgumentParser(prog="import-config", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="import-config", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("seed_yaml", help="a seed config file (model: section with sparsezip: inside)")
     parser.add_argument("--out", required=True, help="where to write this package's config (YAML)")
     args = parser.parse_args(argv)

@@ -229,26 +229,33 @@ def _default_device() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sparsezip_lmms sweep",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Arguments after -- are passed to every lmms-eval command (e.g. -- --limit 100).",
     )
-    parser.add_argument("--model", required=True, help="lmms-eval model id, e.g. llava_sparsezip")
+    parser.add_argument("--model", required=True, help="lmms-eval model id, e.g. llava_sparsezip (required)")
     parser.add_argument("--configs", default=None, help="comma-separated config names or YAML paths (default: the model id's default config)")
     parser.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2",
-        help="override values to sweep (commas inside brackets do not split); repeat for a product",
+        help="override values to sweep (commas inside brackets do not split); repeat for a product (default: no grid)",
     )  # fmt: skip
-    parser.add_argument("--tasks", required=True, help="comma-separated lmms-eval tasks, one run each")
-    parser.add_argument("--pretrained", required=True, help="llava-hf checkpoint (hub id or folder)")
-    parser.add_argument("--out", required=True, help="sweep folder: runs/, leaderboard/, report.html, sweep.json")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--model-args", default="", help="extra model_args appended to every run, e.g. dtype=float16,warmup=8")
+    parser.add_argument("--tasks", required=True, help="comma-separated lmms-eval tasks, one run each (required)")
+    parser.add_argument("--pretrained", required=True, help="llava-hf checkpoint: a hub id or a local folder (required)")
+    parser.add_argument("--out", required=True, help="sweep folder: runs/, leaderboard/, report.html, sweep.json (required)")
+    parser.add_argument("--batch-size", type=int, default=1, help="lmms-eval --batch_size of every run (default: %(default)s)")
+    parser.add_argument("--batch_size", dest="batch_size", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # lmms-eval's spelling
+    parser.add_argument("--device", default=None, help="lmms-eval --device of every run (default: cuda when available, else cpu)")
+    parser.add_argument("--model-args", default="", help="extra model_args appended to every run, e.g. dtype=float16,warmup=8 (default: none)")
+    parser.add_argument("--model_args", dest="model_args", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # lmms-eval's spelling
     parser.add_argument("--include-path", default=None, help="lmms-eval --include_path (default: this package's task folder)")
-    parser.add_argument("--launcher", default=None, help='e.g. "accelerate launch --num_processes 4" (-m lmms_eval is appended)')
-    parser.add_argument("--timeout", type=float, default=43200, help="seconds one run may take (default %(default)g)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
-    parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument("--include_path", dest="include_path", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # lmms-eval's spelling
+    parser.add_argument(
+        "--launcher", default=None,
+        help='replaces python in "python -m lmms_eval", e.g. "accelerate launch --num_processes 4" (default: python)',
+    )  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=43200, help="seconds one run may take (default: %(default)g)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing (default: run them)")
+    parser.add_argument("--no-report", action="store_true", help="skip the HTML report (default: write OUT/report.html)")
     return parser
 
 

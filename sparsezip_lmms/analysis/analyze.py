@@ -331,10 +331,10 @@ def write_report(analysis: Analysis, out_dir: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms analyze", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms analyze", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("paths", nargs="+", help="results folders or *_results.json files of --log_samples runs")
-    parser.add_argument("--task", default=None, help="the task to analyse when the runs hold several")
-    parser.add_argument("--out", default="analysis", help="folder for analysis.md, the CSVs and the PNG figures")
+    parser.add_argument("--task", default=None, help="the task to analyse, needed when the runs hold several (default: their only task)")
+    parser.add_argument("--out", default="analysis", help="folder for analysis.md, the CSVs and the PNG figures (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         analysis = analyze(args.paths, args.task)

@@ -25,6 +25,7 @@ import gc
 import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -84,44 +85,53 @@ class Settings:
     llm_dims: dict | None = None  # sections 3 and 6: LLaMA-7B unless given (--smoke)
 
 
+def _plain(doc: str) -> str:
+    """The module docstring as plain --help text: the section table's ``name`` cells keep their width."""
+    return re.sub(r"^(\d\. )``(\w+)``", r"\1\2    ", doc, flags=re.M).replace("``", "")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparsezip_lmms bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m sparsezip_lmms bench", description=_plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--quick", action="store_true", help="one repeat of every measurement at real sizes: ~3 minutes on a 2-core CPU")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="where to time (default: cuda when available, else cpu)")
+    p.add_argument("--quick", action="store_true", help="one repeat of every measurement at real sizes: ~3 minutes on a 2-core CPU (default: off)")
     p.add_argument("--smoke", action="store_true",
                    help="every section's code path on tiny widths (implies --quick; times nothing meaningful): "
-                   "the test suite's check that the bench runs")  # fmt: skip
+                   "the test suite's check that the bench runs (default: off)")  # fmt: skip
     p.add_argument("--json", default="bench_results.json", help="where to write the JSON (default: %(default)s)")
     p.add_argument("--sections", default=",".join(SECTIONS),
-                   help="comma-separated subset of " + ",".join(SECTIONS) + " (sparsevlm = pruning)")  # fmt: skip
+                   help="comma-separated subset of " + ",".join(SECTIONS) + " (sparsevlm = pruning) (default: all)")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="model dtype (default: float32 on CPU, float16 on CUDA)")  # fmt: skip
     p.add_argument("--batches", default=None, help="batch sizes of sections 1-2 (default: 1,8; quick: 1)")
     p.add_argument("--prefill-batches", default=None, help="batch sizes of section 3 (default: 1,8 on GPU; 1 on CPU)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats of sections 1, 3, 4")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds of sections 1, 3, 4")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats of sections 1, 3, 4 (default: 3 CPU, 20 GPU; quick: 1 CPU, 3 GPU)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds of sections 1, 3, 4 (default: 1 CPU, 3 GPU; quick: 0 CPU, 1 GPU)")
     p.add_argument("--llm-layers", type=int, default=None, help="LLaMA layers in section 3 (default: 32 GPU, 2 CPU, 1 quick)")
-    p.add_argument("--pruning-llm-layers", "--sparsevlm-layers", dest="pruning_llm_layers", type=int, default=None,
+    p.add_argument("--pruning-llm-layers", dest="pruning_llm_layers", type=int, default=None,
                    help="LLaMA layers in section 4 (default 16 CPU, 32 GPU)")  # fmt: skip
-    p.add_argument("--pruning-width", "--sparsevlm-width", dest="pruning_width", type=int, default=None,
+    p.add_argument("--pruning-width", dest="pruning_width", type=int, default=None,
                    help="LLaMA width in section 4 (default 4096; quick on CPU 1024)")  # fmt: skip
     p.add_argument("--pruning-methods", default=None,
                    help="in-LLM methods of section 4, subset of " + ",".join(PRUNING_METHODS) + " (default: all)")  # fmt: skip
-    p.add_argument("--pruning-budgets", "--sparsevlm-budgets", dest="pruning_budgets", default=None,
+    p.add_argument("--pruning-budgets", dest="pruning_budgets", default=None,
                    help="budgets of every method in section 4 (default: 64,128,192 GPU; 64 CPU)")  # fmt: skip
-    p.add_argument("--pruning-plain", "--sparsevlm-plain", dest="pruning_plain", action=argparse.BooleanOptionalAction,
+    p.add_argument("--pruning-plain", dest="pruning_plain", action=argparse.BooleanOptionalAction,
                    default=None, help="also time the unpruned prefill in section 4 (default: on, off with --quick)")  # fmt: skip
-    p.add_argument("--pruning-batch", "--sparsevlm-batch", dest="pruning_batch", type=int, default=None,
+    p.add_argument("--pruning-batch", dest="pruning_batch", type=int, default=None,
                    help="also time ours at this batch against the eager reference run prompt by prompt "
                    "(default: 8; off with --quick)")  # fmt: skip
-    p.add_argument("--harness-model", default="llava_sparsezip")
-    p.add_argument("--harness-config", default="sparsezip_64")
+    p.add_argument("--harness-model", default="llava_sparsezip", help="model id the harness section runs (default: %(default)s)")
+    p.add_argument("--harness-config", default="sparsezip_64", help="config the harness section runs (default: %(default)s)")
     p.add_argument("--harness-batch", type=int, default=8, help="batch size compared with batch 1 (default 8)")
     p.add_argument("--harness-tasks", default=None, help="mini tasks (default pope,mme; quick pope)")
-    p.add_argument("--harness-limit", type=int, default=None, help="lmms-eval --limit per task")
+    p.add_argument("--harness-limit", type=int, default=None, help="lmms-eval --limit per task (default: every request of the mini task)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="harness generation length (default 4; quick 1)")
     p.add_argument("--workdir", default=None, help="folder for the harness checkpoint/data/results (default: temporary)")
+    for old in ("layers", "width", "budgets", "batch"):  # the former names of section 4's options, hidden
+        p.add_argument(f"--sparsevlm-{old}", dest=f"pruning_{'llm_layers' if old == 'layers' else old}",
+                       type=None if old == "budgets" else int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # fmt: skip
+    p.add_argument("--sparsevlm-plain", dest="pruning_plain", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 

@@ -57,8 +57,9 @@ def prepare(out_dir: Path, tasks: tuple[str, ...] = ("pope", "mme", "docvqa_val"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms demo", description=__doc__)
     parser.add_argument("--out", default="demo_output", help="working folder (default: ./demo_output)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=8, help="cap on generated tokens (keeps the demo short)")
+    parser.add_argument("--batch-size", type=int, default=4, help="lmms-eval --batch_size of every run (default: %(default)s)")
+    parser.add_argument("--batch_size", dest="batch_size", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # lmms-eval's spelling
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="cap on generated tokens, keeps the demo short (default: %(default)s)")
     parser.add_argument("--runs", nargs="*", default=None, help="model:config pairs (default: every model id with its default config)")
     args = parser.parse_args(argv)
 
