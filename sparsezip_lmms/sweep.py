@@ -254,6 +254,12 @@ def _parser() -> argparse.ArgumentParser:
         help='replaces python in "python -m lmms_eval", e.g. "accelerate launch --num_processes 4" (default: python)',
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=43200, help="seconds one run may take (default: %(default)g)")
+    parser.add_argument(
+        "--baseline", action=argparse.BooleanOptionalAction, default=True,
+        help="also run the uncompressed llava_hf_timed keep_all on every task, with the same checkpoint, batch size, "
+        "device and model settings, so the leaderboard has the row every retention and speed-up is relative to "
+        "(default: on; --no-baseline skips it)",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing (default: run them)")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report (default: write OUT/report.html)")
     return parser
@@ -349,6 +355,22 @@ def _print_failures(failures: list[dict[str, Any]], total: int, out: Path) -> No
             print(f"    {line}", file=sys.stderr)
 
 
+BASELINE_MODEL, BASELINE_CONFIG = "llava_hf_timed", "keep_all"
+# model settings a baseline run shares with the sweep's runs (the others in --model-args override the method)
+_BASELINE_SHARED = ("dtype", "attn_implementation", "warmup", "log_selection", "device_map")
+
+
+def baseline_runs(tasks: list[str], pretrained: str, extra_model_args: str, runs: list[Run]) -> list[Run]:
+    """The uncompressed run of every task (``llava_hf_timed`` ``keep_all``), with the sweep's model settings
+    (dtype, attention, warm-up ...), unless the sweep already has it."""
+    from .config import split_args_string
+
+    shared = {k: v for k, v in split_args_string(extra_model_args).items() if k in _BASELINE_SHARED}
+    have = {(r.model, r.config, r.task) for r in runs if not r.overrides}
+    planned = plan_runs(BASELINE_MODEL, [BASELINE_CONFIG], {}, tasks, pretrained, ",".join(f"{k}={v}" for k, v in shared.items()))
+    return [r for r in planned if (r.model, r.config, r.task) not in have]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
@@ -406,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or _default_device()
 
     runs = plan_runs(args.model, configs, grid, tasks, args.pretrained, args.model_args.strip().strip(","))
+    if args.baseline:
+        runs = baseline_runs(tasks, args.pretrained, args.model_args.strip().strip(","), runs) + runs
     commands = [
         lmms_eval_command(
             run.model, run.model_args, [run.task], out / "runs" / run.folder,

@@ -165,7 +165,7 @@ def test_dry_run_prints_launcher_commands_and_runs_nothing(tmp_path, capsys, mon
     code = cli_main([
         "sweep", "--model", "llava_sparsevlm", "--configs", "sparsevlm_64", "--grid", "schedule=[66,30,17],[40,20,4]",
         "--tasks", "pope_eff,mme_eff", "--pretrained", "org/llava 7b", "--out", str(out), "--device", "cpu",
-        "--launcher", "accelerate launch --num_processes 2", "--dry-run", "--", "--limit", "8",
+        "--launcher", "accelerate launch --num_processes 2", "--dry-run", "--no-baseline", "--", "--limit", "8",
     ])  # fmt: skip
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
@@ -211,7 +211,7 @@ def test_a_failing_report_is_an_error_that_keeps_the_run_failures(tmp_path, caps
         monkeypatch.setitem(sys.modules, "sparsezip_lmms.analysis", types.ModuleType("sparsezip_lmms.analysis"))
     monkeypatch.setitem(sys.modules, "sparsezip_lmms.analysis.report", types.SimpleNamespace(build_report=broken_report))
     args = ["--model", "llava_sparsezip", "--configs", "good,bad", "--tasks", "pope_eff", "--pretrained", "p",
-            "--out", str(tmp_path), "--device", "cpu"]  # fmt: skip
+            "--out", str(tmp_path), "--device", "cpu", "--no-baseline"]  # fmt: skip
     assert sweep.main(args) == 1
     captured = capsys.readouterr()
     assert "llava_sparsezip:good" in captured.out  # the leaderboard is printed (the terminal view)
@@ -229,7 +229,8 @@ def test_a_failing_report_is_an_error_that_keeps_the_run_failures(tmp_path, caps
 def _sweep_args(out, checkpoint, include, task, configs, *more):
     return [
         "sweep", "--model", "llava_sparsezip", "--configs", configs, "--tasks", task, "--pretrained", str(checkpoint),
-        "--out", str(out), "--device", "cpu", "--model-args", "dtype=float32", "--include-path", str(include), *more, *FAST,
+        "--out", str(out), "--device", "cpu", "--model-args", "dtype=float32", "--include-path", str(include), "--no-baseline",
+        *more, *FAST,
     ]  # fmt: skip
 
 
@@ -348,3 +349,18 @@ def test_resume_needs_the_same_setting_and_task_data(tmp_path):
     assert other_batch == "command: 4 -> 8"
     assert completed_results(tmp_path, run, [], run_identity(command("8"), "pope_mini", tmp_path / "a")) is None
     assert completed_results(tmp_path, run, [], first) == results
+
+
+def test_the_baseline_runs_first_with_the_sweeps_model_settings(tmp_path, capsys, monkeypatch):
+    """By default every task also gets llava_hf_timed keep_all, with the sweep's dtype and attention but not
+    its config overrides; a sweep of keep_all itself does not run it twice."""
+    monkeypatch.setattr(sweep, "run_lmms_eval", lambda *a, **k: pytest.fail("a dry run ran lmms-eval"))
+    base = ["sweep", "--pretrained", "org/m", "--out", str(tmp_path / "s"), "--device", "cpu", "--dry-run"]
+    assert cli_main([*base, "--model", "llava_sparsezip", "--configs", "sparsezip_64", "--tasks", "pope_eff,mme_eff",
+                     "--model-args", "dtype=float16,attn_implementation=eager,merging.contextual_num=16"]) == 0  # fmt: skip
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    models = [cmd[cmd.index("--model") + 1] for cmd in commands]
+    assert models == ["llava_hf_timed", "llava_hf_timed", "llava_sparsezip", "llava_sparsezip"]
+    assert commands[0][commands[0].index("--model_args") + 1] == "pretrained=org/m,config=keep_all,dtype=float16,attn_implementation=eager"
+    assert cli_main([*base, "--model", "llava_hf_timed", "--configs", "keep_all", "--tasks", "pope_eff"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
