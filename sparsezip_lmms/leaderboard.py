@@ -2,11 +2,13 @@
 
     python -m sparsezip_lmms leaderboard results/ more_results/ --out leaderboard/
 
-One row per (model id, config, checkpoint, dtype): the config is the full ``--model_args`` label
-(lists intact), the checkpoint the ``pretrained`` value as given (hub id or path). The tasks of
-several runs merge into that row (the newest file wins a task measured twice). Accuracy retention
-and time-to-first-token speed-up are relative to the ``llava_hf_timed`` row of the same checkpoint
-and dtype. Missing cells print as ``—``; a results file that cannot be read, whatever it holds,
+One row per model id, config and setting (``Row.setting``: checkpoint, dtype, batch size, ``--limit``,
+attention implementation, device kind, generation settings): the config is the ``--model_args`` label
+(lists intact), the checkpoint the ``pretrained`` value as given (hub id or path; a local folder is one
+checkpoint however it was spelled). The tasks of several runs merge into that row (the newest file wins
+a task measured twice on the same data; on other data it is another row). Accuracy retention and
+time-to-first-token speed-up are relative to the ``llava_hf_timed`` row of the same setting, task by task
+on the same data. The terminal shows a compact view (``leaderboard_text``). Missing cells print as ``—``; a results file that cannot be read, whatever it holds,
 becomes a row that says so, never a silently dropped row or a crash. Rows whose runs had failed
 requests show how many and are marked ``FAILED``; every TTFT has the number of timed requests
 behind it.
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .numbers import format_value, mean
-from .results_files import results_files
+from .results_files import checkpoint_id, describe_data, device_kind, resolved_dtype, results_files, task_data
 
 BASELINE_MODEL = "llava_hf_timed"
 
@@ -141,7 +143,7 @@ def read_results(path: Path) -> tuple[Row | None, str | None]:
     generation = config.get("gen_kwargs")
     row.conditions = (
         ("attention", args.get("attn_implementation") or "default"),
-        ("device", _device_kind(config.get("device"))),
+        ("device", device_kind(config.get("device"))),
         ("generation", "" if generation in (None, "", {}) else json.dumps(generation, sort_keys=True, default=str)),
     )  # the lmms-eval version is not: a row merges tasks of several versions and says so (notes)
     row.sources.append(str(path))
@@ -188,53 +190,14 @@ def collect(paths: list[str | Path]) -> list[Row]:
     return [r for group in rows.values() for r in group] + problems
 
 
-def task_data(task_config: Any) -> str:
-    """A task's data identity as the results file records it (``configs[task]``: dataset path, name,
-    kwargs and splits), as a canonical string ('' when not recorded)."""
-    from .run_identity import DATA_KEYS
-
-    if not isinstance(task_config, dict):
-        return ""
-    return json.dumps({key: task_config[key] for key in DATA_KEYS if key in task_config}, sort_keys=True, default=str)
 
 
-def describe_data(data: str) -> str:
-    """The data identity for a note: 'dataset_path X, test_split Y' (or 'not recorded')."""
-    try:
-        found = json.loads(data) if data else {}
-    except ValueError:
-        return data
-    return ", ".join(f"{k} {v}" for k, v in found.items()) or "not recorded"
 
 
-def _device_kind(device: Any) -> str:
-    """``cuda:1`` and ``cuda`` are one kind of device (timings compare); ``cpu`` another; '?' unrecorded."""
-    text = str(device or "?")
-    return text.split(":", 1)[0]
 
 
-def checkpoint_id(checkpoint: str) -> str:
-    """A local checkpoint folder's resolved path (relative, absolute or symlinked spellings are one
-    checkpoint); a hub id or a path not on this machine as given."""
-    path = Path(checkpoint)
-    return str(path.resolve()) if path.is_dir() else checkpoint
 
 
-def resolved_dtype(dtype: str, checkpoint: str) -> str:
-    """``dtype=auto`` as the model loads it: the checkpoint's own dtype where its config.json is a local file
-    (``torch_dtype`` / ``dtype``; the text config's for LLaVA), else ``auto``; any other value unchanged."""
-    if dtype != "auto":
-        return dtype
-    path = Path(checkpoint) / "config.json"
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return dtype
-    for section in (found, found.get("text_config") or {}):
-        value = section.get("dtype") or section.get("torch_dtype")
-        if isinstance(value, str):
-            return value
-    return dtype
 
 
 IN_LLM_MODELS = {"llava_sparsevlm", "llava_fastv", "llava_dart"}  # their visual tokens are a layer average ("equal tokens")
@@ -331,7 +294,11 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
         budget, tokens = named_budget(row.config), cells["visual tokens"]
         limit = None if budget is None else budget * (1 + IN_LLM_TOLERANCE if prunes_inside_llm(row) else 1)
         if limit is not None and tokens is not None and tokens > limit + 1e-9:
-            why = budget_note(row)
+            why = budget_note(row) or (
+                "a mean over the LLM's layers: the name's budget is the equal-tokens count of LLaVA-1.5-7B's 32 layers, "
+                "a shallower LLM weighs its unpruned first layers more" if prunes_inside_llm(row)
+                else "more visual tokens enter the LLM than the budget in the config's name"
+            )  # fmt: skip
             notes.append(f"OVER BUDGET: {tokens:.1f} visual tokens for a {budget}-token config" + (f" ({why})" if why else ""))
         if base is None and row.model != "?":
             others = [
