@@ -246,3 +246,24 @@ def test_refused_inputs(model64, gold):
         compressed_generate(model64, ids, mask, pv, grid, load_config("visionzip_64"), 2)
     with pytest.raises(ValueError, match="max_new_tokens"):
         compressed_generate(model64, ids, mask, pv, grid, cfg, 0)
+
+
+def test_divprune_on_the_post_merger_tokens_alone_and_batched(gold, model64):
+    """DivPrune on Qwen2.5-VL: each image's budget of its own post-merger tokens, the same picks as the
+    LLaVA-validated divprune_select on that image's tokens, alone or in a left-padded batch; positions
+    sliced from the unpruned prompt (never renumbered)."""
+    from sparsezip_lmms.compress.divprune import divprune_select
+
+    config = load_config({"method": "divprune", "keep_ratio": 0.25})
+    ids, mask, pv, grid = batch_of(gold, list(SAMPLES))
+    batched = compressed_generate(model64, ids, mask, pv, grid, config, 2, debug=True)
+    for image, s in enumerate(SAMPLES):
+        embeds = gold[f"{s}/image_embeds"]  # [N, E] the official merger output
+        n = embeds.shape[0]
+        expected = divprune_select(embeds[None], int(round(0.25 * n)))[0].sort().values
+        assert batched.kept[image].equal(expected), s
+        ids1, mask1, pv1, grid1 = batch_of(gold, [s])
+        alone = compressed_generate(model64, ids1, mask1, pv1, grid1, config, 2)
+        assert alone.kept[0].equal(expected) and alone.sequences[0].equal(batched.sequences[image])
+        full = gold[f"{s}/position_ids_full"]  # [3, L]
+        assert alone.position_ids[0].equal(full[:, alone.keep_seq[0]])

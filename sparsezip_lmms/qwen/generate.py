@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
+from ..compress.divprune import divprune_select_ragged
 from ..compress.dtypes import at_least_float32
 from ..compress.visionzip_qwen import (
     QwenZip,
@@ -91,6 +92,26 @@ def _select(vis: VisionOutput, config: object) -> tuple[QwenZip, Tensor, Tensor]
     return sel, sel.keep[image, column], sel.embeds[image, column]
 
 
+def _divprune(vis: VisionOutput, config: object) -> tuple[Tensor, Tensor]:
+    """DivPrune on every image's post-merger tokens (the official LLaVA rule on the projected tokens):
+    ``config.budget(N)`` of each image's N, all images in one ragged call. Returns (keep [I, Nmax] bool,
+    keep [N_total] bool); a token picked twice (``mask_chosen: false``, only on exact ties) stays once."""
+    embeds, image, column = _split_images(vis.embeds, vis.counts)  # [I, Nmax, E]
+    n = torch.tensor(vis.counts, device=embeds.device)  # [I]
+    valid = torch.arange(embeds.shape[1], device=embeds.device)[None] < n[:, None]  # [I, Nmax]
+    budgets = [config.budget(count) for count in vis.counts]
+    if any(not 1 <= k <= count for k, count in zip(budgets, vis.counts)):
+        raise ValueError(f"divprune budgets {budgets} must be in [1, N] for images of {list(vis.counts)} merged tokens")
+    chosen = divprune_select_ragged(
+        embeds, valid, torch.tensor(budgets, device=embeds.device), mask_chosen=config.mask_chosen,
+        compute_dtype=config.compute_dtype(embeds.dtype),
+    )  # [I, k_max], -1 past an image's budget  # fmt: skip
+    slots = torch.where(chosen >= 0, chosen, torch.full_like(chosen, embeds.shape[1]))  # -1 -> a spare column
+    keep = torch.zeros(valid.shape[0], valid.shape[1] + 1, dtype=torch.bool, device=valid.device)
+    keep = keep.scatter(1, slots, True)[:, :-1]  # [I, Nmax]
+    return keep, keep[image, column]
+
+
 def _language_model(model: nn.Module) -> nn.Module:
     inner = getattr(model, "model", None)
     lm = getattr(inner, "language_model", None)
@@ -154,6 +175,9 @@ def compressed_generate(
         flat = vis.embeds  # [N_total, E]
         if method == "visionzip":
             sel, keep_flat, flat = _select(vis, config)  # keep_flat [N_total] bool
+        elif method == "divprune":
+            divprune_keep, keep_flat = _divprune(vis, config)  # [I, Nmax], [N_total] bool
+        if method in ("visionzip", "divprune"):
             keep_image = image_mask.masked_scatter(image_mask, keep_flat)  # [B, L] kept image tokens
             keep = attended & (~image_mask | keep_image)
         embed = embed.masked_scatter(image_mask.unsqueeze(-1), flat.to(embed.dtype))  # [B, L, E]
@@ -192,7 +216,7 @@ def compressed_generate(
     return QwenGeneration(
         sequences=sequences,
         logits=torch.stack(logits, dim=1),  # [B, new, V]
-        kept=_kept(sel, counts),
+        kept=_kept(sel, counts) if method != "divprune" else [row.nonzero().squeeze(1) for row in divprune_keep.cpu()],
         position_ids=[p[:, v] for p, v in zip(pos.cpu().unbind(1), valid.cpu())],
         keep_seq=_keep_seq(attended, index, valid),
         decode_positions=decode,
