@@ -6,10 +6,11 @@ in-LLM methods, or none).
     >>> out.sequences, out.logits, out.kept, out.position_ids
 
 ``model`` is a transformers ``Qwen2_5_VLForConditionalGeneration``; ``config`` comes from
-``load_config("visionzip_qwen", {...})`` (method ``visionzip`` with ``dominant_ratio``/``contextual_ratio``)
-, a DivPrune config (``keep`` / ``keep_ratio`` of each image's post-merger tokens), an in-LLM config
-(``dart_qwen``, ``fastv_64``, ``sparsevlm2_64``: :mod:`.in_llm`) or ``load_config("keep_all")``. VisionZip follows the official Qwen2.5-VL code (rules 1–8 of
-``tests/data/visionzip_qwen/README.md``), per image and batched:
+``load_config("visionzip_qwen", {...})`` (method ``visionzip`` with ``dominant_ratio``/``contextual_ratio``),
+a DivPrune config (``keep`` / ``keep_ratio`` of each image's post-merger tokens), an in-LLM config
+(``dart_qwen``, ``fastv_64``, ``sparsevlm2_64``: :mod:`.in_llm`) or ``load_config("keep_all")``. VisionZip
+follows the official Qwen2.5-VL code (rules 1–8 of ``tests/data/visionzip_qwen/README.md``), per image and
+batched:
 
 * :mod:`.vision`     one vision forward; last-block attention scores and keys (chunked, never [H, S, S]);
 * :mod:`sparsezip_lmms.compress.visionzip_qwen`  the selection and merge (pure tensors);
