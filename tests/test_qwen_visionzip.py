@@ -267,3 +267,19 @@ def test_divprune_on_the_post_merger_tokens_alone_and_batched(gold, model64):
         assert alone.kept[0].equal(expected) and alone.sequences[0].equal(batched.sequences[image])
         full = gold[f"{s}/position_ids_full"]  # [3, L]
         assert alone.position_ids[0].equal(full[:, alone.keep_seq[0]])
+
+
+def test_vispruner_on_the_merged_tokens_with_the_global_attention(gold, model64):
+    """VisPruner on Qwen2.5-VL as its author applies it: the attention each merged token receives (the
+    VisionZip score of the set) in place of CLS attention, duplicates removed on the post-merger tokens;
+    the same picks as vispruner_select on each image alone, in a batch of images of different sizes."""
+    from sparsezip_lmms.compress.vispruner import vispruner_select
+
+    config = load_config({"method": "vispruner", "keep_ratio": 0.3})
+    ids, mask, pv, grid = batch_of(gold, list(SAMPLES))
+    out = compressed_generate(model64, ids, mask, pv, grid, config, 2)
+    for image, s in enumerate(SAMPLES):
+        embeds, scores = gold[f"{s}/image_embeds"], gold[f"{s}/attn_mean"]  # [N, E], [N]
+        tokens = max(1, int(round(0.3 * embeds.shape[0])))
+        expected = vispruner_select(embeds[None], scores[None, None], tokens, 0.5)[0]
+        assert out.kept[image].equal(expected), s

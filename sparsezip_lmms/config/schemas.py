@@ -300,5 +300,19 @@ class VisPrunerConfig(DeferrableConfig):
 
     method: Literal["vispruner"] = "vispruner"
     keep: int = Field(64, ge=1, description="T: patches kept per image (LLaVA-NeXT: per crop, as the official code)")
+    keep_ratio: float | None = Field(
+        None, gt=0, le=1,
+        description="instead of keep, for images of varying size (Qwen2.5-VL): T = max(1, int(round(keep_ratio * N))) of N tokens",
+    )  # fmt: skip
     important_ratio: float = Field(0.5, ge=0, le=1, description="r: int(T * r) important patches, the rest diverse (official: 0.5)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "VisPrunerConfig":
+        if self.keep_ratio is not None and "keep" in self.model_fields_set:
+            raise ValueError(f"keys 'keep' ({self.keep}) and 'keep_ratio' ({self.keep_ratio}) both set: give one budget")
+        return self
+
+    def budget(self, n: int) -> int:
+        """Tokens kept of an image or crop with ``n`` tokens."""
+        return self.keep if self.keep_ratio is None else max(1, int(round(self.keep_ratio * n)))

@@ -62,7 +62,8 @@ def _pool(inputs: VisionInputs, config: PoolConfig) -> Compressed:
 def _vispruner(inputs: VisionInputs, config: VisPrunerConfig) -> Compressed:
     """The kept patches (CLS dropped, as the official ``select_feature: patch``), in ascending order."""
     hidden = inputs.hidden  # [B, 1+N, C]
-    kept = vispruner_select(hidden[:, 1:], inputs.cls_attn[:, :, 1:], config.keep, config.important_ratio) + 1  # [B, T]
+    tokens = config.budget(hidden.shape[1] - 1)
+    kept = vispruner_select(hidden[:, 1:], inputs.cls_attn[:, :, 1:], tokens, config.important_ratio) + 1  # [B, T]
     tokens = hidden.gather(1, kept[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, T, C]
     return Compressed(tokens=tokens, valid=torch.ones_like(kept, dtype=torch.bool), index=kept)
 
@@ -188,6 +189,6 @@ DART = MethodSpec(
 )  # fmt: skip
 VISPRUNER = MethodSpec(
     "vispruner", VisPrunerConfig, "vision", select=_vispruner, inputs=frozenset({"scoring"}),
-    model_ids=("llava_vispruner",), max_tokens=checks.keep_max, check=checks.check_vispruner, flops=vispruner_flops,
+    model_ids=("llava_vispruner",), max_tokens=checks.vispruner_max, check=checks.check_vispruner, flops=vispruner_flops,
     description="VisPruner (Zhang et al., ICCV 2025): important patches by CLS attention + duplicates removed from the rest",
 )  # fmt: skip

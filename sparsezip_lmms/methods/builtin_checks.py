@@ -13,7 +13,7 @@ from ..compress.dart import dart_picks
 from ..config.errors import ConfigError
 
 __all__ = [
-    "at_most", "cdpruner_max", "check_dart", "check_fastv", "check_vispruner", "dart_budget_note", "dart_max", "check_keep", "check_schedule", "check_sparsezip", "check_visionzip",
+    "at_most", "cdpruner_max", "check_dart", "check_fastv", "check_vispruner", "dart_budget_note", "dart_max", "vispruner_max", "check_keep", "check_schedule", "check_sparsezip", "check_visionzip",
     "divprune_check", "divprune_max", "keep_max", "sparsezip_max", "visionzip_max",
 ]  # fmt: skip
 
@@ -144,10 +144,18 @@ def dart_max(config: Any, patches: int) -> int:
     return config.pivot_image + (config.pivot_image + config.pivot_text) * picks
 
 
+def vispruner_max(config: Any, patches: int) -> int:
+    return config.budget(patches)
+
+
 def check_vispruner(config: Any, geometry: Any) -> None:
     n = geometry.patches
-    check_keep(config, geometry)
-    if int(config.keep * config.important_ratio) > n:
+    if config.budget(n) >= n:
+        raise ConfigError(
+            f"key {'keep' if config.keep_ratio is None else 'keep_ratio'!r}: {config.budget(n)} is not below the {n} "
+            "patches per image: nothing is compressed (for no compression use config keep_all)"
+        )
+    if int(config.budget(n) * config.important_ratio) > n:
         raise ConfigError(f"key 'important_ratio': int({config.keep} * {config.important_ratio}) exceeds the {n} patches")
 
 

@@ -93,6 +93,6 @@ def vispruner_flops(config: Any, work: Any) -> int:
     from ..compress.vispruner import vispruner_schedule
 
     n, c = work.dims.vision_tokens - 1, work.dims.vision_width
-    rounds = vispruner_schedule(config.keep, config.important_ratio, n)
+    rounds = vispruner_schedule(config.budget(n), config.important_ratio, n)
     per_image = _capture(work) + n * c + sum(((r + 1) // 2) * (r // 2) * c for r, _ in rounds)
     return work.n_images * per_image

@@ -1,5 +1,5 @@
-"""Qwen2.5-VL: training-free visual-token compression at the tensor level (VisionZip, DivPrune, the
-in-LLM methods, or none).
+"""Qwen2.5-VL: training-free visual-token compression at the tensor level (VisionZip, DivPrune, VisPruner,
+the in-LLM methods, or none).
 
     >>> from sparsezip_lmms.qwen import compressed_generate
     >>> out = compressed_generate(model, input_ids, attention_mask, pixel_values, image_grid_thw, config, 16)
@@ -7,7 +7,7 @@ in-LLM methods, or none).
 
 ``model`` is a transformers ``Qwen2_5_VLForConditionalGeneration``; ``config`` comes from
 ``load_config("visionzip_qwen", {...})`` (method ``visionzip`` with ``dominant_ratio``/``contextual_ratio``),
-a DivPrune config (``keep`` / ``keep_ratio`` of each image's post-merger tokens), an in-LLM config
+a DivPrune or VisPruner config (``keep`` / ``keep_ratio`` of each image's post-merger tokens), an in-LLM config
 (``dart_qwen``, ``fastv_64``, ``sparsevlm2_64``: :mod:`.in_llm`) or ``load_config("keep_all")``. VisionZip
 follows the official Qwen2.5-VL code (rules 1–8 of ``tests/data/visionzip_qwen/README.md``), per image and
 batched:

@@ -23,6 +23,7 @@ from transformers.cache_utils import DynamicCache
 
 from ..compress.divprune import divprune_select_ragged
 from ..compress.dtypes import at_least_float32
+from ..compress.vispruner import vispruner_select
 from ..compress.visionzip_qwen import (
     QwenZip,
     QwenZipImage,
@@ -112,6 +113,27 @@ def _divprune(vis: VisionOutput, config: object) -> tuple[Tensor, Tensor]:
     return keep, keep[image, column]
 
 
+def _vispruner(vis: VisionOutput, config: object) -> tuple[Tensor, Tensor]:
+    """VisPruner on every image's post-merger tokens, as its author applies it to Qwen2.5-VL: the "global"
+    attention each merged token receives (VisionZip's score: no CLS token here) in place of the CLS
+    attention, the duplicates removed on the merged features; ``config.budget(N)`` per image. Images of one
+    size and budget run as one batch (the rounds need equal sizes). Returns (keep [I, Nmax], keep [N_total])."""
+    embeds, image, column = _split_images(vis.embeds, vis.counts)  # [I, Nmax, E]
+    scores, _, _ = _split_images(vis.scores, vis.counts)  # [I, Nmax]
+    keep = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)  # [I, Nmax]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, n in enumerate(vis.counts):
+        tokens = config.budget(n)
+        if not 1 <= tokens <= n:
+            raise ValueError(f"vispruner keeps {tokens} of image {i}'s {n} merged tokens: the budget must be in [1, N]")
+        groups.setdefault((n, tokens), []).append(i)
+    for (n, tokens), members in groups.items():
+        rows = torch.tensor(members, device=embeds.device)
+        kept = vispruner_select(embeds[rows, :n], scores[rows, None, :n], tokens, config.important_ratio)  # [g, T]
+        keep[rows[:, None], kept] = True
+    return keep, keep[image, column]
+
+
 def _language_model(model: nn.Module) -> nn.Module:
     inner = getattr(model, "model", None)
     lm = getattr(inner, "language_model", None)
@@ -168,16 +190,18 @@ def compressed_generate(
     embed = lm.embed_tokens(input_ids)  # [B, L, E]
     batch, _, width = embed.shape
 
-    sel, vis = None, None
+    sel, vis, selected_keep = None, None, None  # selected_keep [I, Nmax]: DivPrune's / VisPruner's picks
     keep = attended  # [B, L]
     if counts:
-        vis = vision_forward(visual, pixel_values.to(device), image_grid_thw.to(device), score=method == "visionzip")
+        vis = vision_forward(visual, pixel_values.to(device), image_grid_thw.to(device), score=method in ("visionzip", "vispruner"))
         flat = vis.embeds  # [N_total, E]
         if method == "visionzip":
             sel, keep_flat, flat = _select(vis, config)  # keep_flat [N_total] bool
         elif method == "divprune":
-            divprune_keep, keep_flat = _divprune(vis, config)  # [I, Nmax], [N_total] bool
-        if method in ("visionzip", "divprune"):
+            selected_keep, keep_flat = _divprune(vis, config)  # [I, Nmax], [N_total] bool
+        elif method == "vispruner":
+            selected_keep, keep_flat = _vispruner(vis, config)  # [I, Nmax], [N_total] bool
+        if method in ("visionzip", "divprune", "vispruner"):
             keep_image = image_mask.masked_scatter(image_mask, keep_flat)  # [B, L] kept image tokens
             keep = attended & (~image_mask | keep_image)
         embed = embed.masked_scatter(image_mask.unsqueeze(-1), flat.to(embed.dtype))  # [B, L, E]
@@ -216,7 +240,7 @@ def compressed_generate(
     return QwenGeneration(
         sequences=sequences,
         logits=torch.stack(logits, dim=1),  # [B, new, V]
-        kept=_kept(sel, counts) if method != "divprune" else [row.nonzero().squeeze(1) for row in divprune_keep.cpu()],
+        kept=_kept(sel, counts) if selected_keep is None else [row.nonzero().squeeze(1) for row in selected_keep.cpu()],
         position_ids=[p[:, v] for p, v in zip(pos.cpu().unbind(1), valid.cpu())],
         keep_seq=_keep_seq(attended, index, valid),
         decode_positions=decode,

@@ -24,14 +24,14 @@ def check_method(config: object) -> str:
         return "none"
     if method_of(config).stage == "llm":
         return "llm"
-    if method == "divprune":
+    if method in ("divprune", "vispruner"):
         if getattr(config, "prune_layer", 0) != 0:
             raise ValueError(f"prune_layer={config.prune_layer} is not supported on Qwen2.5-VL (the selection enters the LLM: 0)")
-        return "divprune"
+        return method
     if method != "visionzip":
         raise ValueError(
             f"config method {method!r} is not supported on Qwen2.5-VL yet (supported: 'none', 'visionzip', "
-            "'divprune' and the in-LLM methods)"
+            "'divprune', 'vispruner' and the in-LLM methods)"
         )
     if not getattr(config, "by_ratio", False):
         raise ValueError("VisionZip on Qwen2.5-VL needs 'dominant_ratio' and 'contextual_ratio' (the official per-image budget)")
