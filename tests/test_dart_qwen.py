@@ -132,3 +132,26 @@ def test_in_llm_methods_take_one_image_per_row_and_keep_positions(dart_qwen):
                           family="qwen2_5_vl", position_ids=positions)  # fmt: skip
     assert out.visual_tokens_per_layer[0, 1:].unique().tolist() == [40]  # FastV: int(80 * 0.5) from layer 2 on
     assert out.decode_positions[0, :, 0].tolist() == [40, 41]  # max position 39 + n
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [("fastv_64", {"ratio": 0.3}), ("sparsevlm2_64", {"pruning_layers": [1, 2, 3], "schedule": [40, 20, 10]}), ("dart_qwen", {})],
+)
+def test_in_llm_methods_on_qwen_keep_each_row_as_if_alone(dart_qwen, name, overrides):
+    """FastV, SparseVLM v2.0 and DART on Qwen2.5-VL from the LLM inputs of the four prompts: a left-padded
+    batch keeps, positions and answers exactly as each prompt alone."""
+    cases, _, model = dart_qwen
+    config = load_config(name, overrides)
+    embeds, mask, positions, starts, counts = _batch(cases, list(SAMPLES))
+    batch = pruned_generate(model, embeds, mask, starts, config, 3, num_visual_tokens=counts, family="qwen2_5_vl",
+                            position_ids=positions)  # fmt: skip
+    valid = lambda t: t[..., t.reshape(-1, t.shape[-1])[0] >= 0]  # noqa: E731 - drop the -1 padding columns
+    for row, sample in enumerate(SAMPLES):
+        embeds, mask, positions, starts, counts = _batch(cases, [sample])
+        alone = pruned_generate(model, embeds, mask, starts, config, 3, num_visual_tokens=counts, family="qwen2_5_vl",
+                                position_ids=positions)  # fmt: skip
+        for a, b in zip(alone.kept, batch.kept):
+            assert valid(a[0]).equal(valid(b[row])), (name, sample)
+        assert valid(alone.positions[-1][:, 0]).equal(valid(batch.positions[-1][:, row]))  # [3, L'] from the last layer
+        assert alone.sequences[0].equal(batch.sequences[row]) and alone.decode_positions[0].equal(batch.decode_positions[row])
