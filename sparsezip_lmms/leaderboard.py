@@ -133,6 +133,8 @@ def read_results(path: Path) -> tuple[Row | None, str | None]:
     if overrides:
         label += "," + ",".join(overrides)
     limit = config.get("limit")
+    if isinstance(limit, float) and limit.is_integer():  # lmms-eval records --limit 8 as 8.0
+        limit = int(limit)
     checkpoint = args.get("pretrained", "?") or "?"
     row = Row(
         model=model, config=label, checkpoint=checkpoint, dtype=resolved_dtype(args.get("dtype", "auto"), checkpoint),

@@ -370,7 +370,7 @@ def render(
     expression: str,
     screenshot_path: str | os.PathLike | None = None,
     stall: float = 60,
-    limit: float = 1800,
+    limit: float = 300,
 ) -> dict[str, Any]:
     """Open html_path in a headless browser (no network), evaluate `expression` once it has loaded.
 
@@ -381,7 +381,8 @@ def render(
     path or None, "console_errors": uncaught exceptions and console.error() messages}.
     Raises BrowserError when there is no browser, when the browser is stuck (`stall` seconds without
     a message from it or CPU used by it: a slow or loaded machine only makes the render slower) or
-    past `limit` seconds in all, on a crash (with the browser's stderr), a failed navigation, a
+    past `limit` seconds in all (a browser stuck while still using a little CPU was once seen to wait
+    18 minutes: the bound is what ends such a wait), on a crash (with the browser's stderr), a failed navigation, a
     DevTools error reply or an exception thrown by `expression`.
     """
     browser, why = find_browser()

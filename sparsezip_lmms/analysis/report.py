@@ -35,15 +35,10 @@ if TYPE_CHECKING:
     from .analyze import Analysis
     from .samples import Run
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;color:#1d2330;padding:0 16px}
-h1{font-size:1.6em}h2{margin-top:2em;border-bottom:2px solid #dde3ee;padding-bottom:4px}h3{margin-top:1.4em}
-table{border-collapse:collapse;font-size:13px;margin:8px 0 16px}th,td{border:1px solid #d5dae4;padding:3px 7px;text-align:right}
-th{background:#eef2f8;position:sticky;top:0}td.text,th.text{text-align:left}tr:nth-child(even) td{background:#f8fafc}
-.scroll{overflow-x:auto;max-width:100%}.note{color:#6a7385;font-size:13px}.warn{color:#a2400b}
-figure{margin:12px 0 28px}figcaption{font-size:13px;color:#3d4555;margin-top:4px}img{max-width:100%;height:auto}
-.gallery figure{border:1px solid #dde3ee;padding:8px;border-radius:6px}
-"""
+from .report_style import CSS, breakable, compact_leaderboard, csv_link, display_label, pair_summary, wrap
+
+PAIRS_INLINE = 10  # runs up to which every pair of runs is listed; beyond, a runs x runs matrix and the top pairs
+MATRIX_INLINE = 10  # views up to which the overlap table is shown open; beyond, behind a <details>
 
 
 # ----------------------------------------------------------------------------- html pieces
@@ -53,16 +48,20 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def html_table(columns: list[str], rows: Iterable[Iterable[Any]], css_id: str | None = None, text_columns: int = 1) -> str:
-    """A table; the first ``text_columns`` columns are left-aligned text, the rest numbers."""
+def html_table(columns: list[str], rows: Iterable[Iterable[Any]], css_id: str | None = None, text_columns: int = 1,
+               wrap_text: bool = True) -> str:  # fmt: skip
+    """A table; the first ``text_columns`` columns are left-aligned text (with ``wrap_text``: wrapping at
+    the separators of long labels), the rest numbers."""
 
     def cell(tag: str, i: int, value: Any) -> str:
         cls = ' class="text"' if i < text_columns else ""
-        return f"<{tag}{cls}>{_esc(value)}</{tag}>"
+        shown = breakable(value) if wrap_text and (i < text_columns or tag == "th") else _esc(value)
+        return f"<{tag}{cls}>{shown}</{tag}>"
 
     head = "".join(cell("th", i, c) for i, c in enumerate(columns))
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
     ident = f' id="{_esc(css_id)}"' if css_id else ""
+    ident += ' class="dense"' if len(columns) > 10 else ""  # many columns: smaller type, to fit the page
     return f'<div class="scroll"><table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
@@ -76,21 +75,46 @@ def png_img(data: bytes, alt: str, css_class: str = "") -> str:
 
 
 def leaderboard_section(paths: list[Path], work: Path) -> str:
-    from ..leaderboard import collect, pareto_plot, table
+    """The leaderboard's main columns (names and paths shortened, notes as flags with their reason, the
+    page's width), then every column behind a <details> and as a CSV, then the Pareto plot."""
+    from ..leaderboard import TASK_LABEL, TASK_METRICS, collect, table
+    from .plots import pareto_plot
 
     rows = collect(paths)
     columns, cells = table(rows)
     plot = pareto_plot(cells, work / "pareto.png")
-    body = html_table(columns, ([fmt(c.get(col)) for col in columns] for c in cells), css_id="leaderboard", text_columns=4)
+    mains = [(label, f"{TASK_LABEL[f]} retention %") for f, metrics in TASK_METRICS.items()
+             for label, _, main in metrics if main and label in columns]  # fmt: skip
+    full = html_table(columns, ([fmt(c.get(col)) for col in columns] for c in cells), css_id="leaderboard-full", text_columns=4)
+    download = csv_link("leaderboard.csv", columns, ([c.get(col) for col in columns] for c in cells))
     return (
         "<h2>Leaderboard</h2>"
-        '<p class="note">One row per model id, config, checkpoint, dtype, batch size and --limit; retention and TTFT '
-        "speed-up are relative to the llava_hf_timed row of the same checkpoint, dtype, batch size and limit (a row "
-        "without one says why in its notes).</p>"
-        + body
+        '<p class="note">One row per model id and config, under its checkpoint, dtype, batch size and --limit; a task\'s '
+        "column holds its main score and (in brackets) its retention, relative to the llava_hf_timed row of the same "
+        "checkpoint, dtype, batch size and limit (a row without one says why in its notes); TTFT speed-up likewise. "
+        "A note's flag shows the whole note on hovering and in the numbered list below the table.</p>"
+        + compact_leaderboard(columns, cells, mains)
+        + f"<details><summary>Every column, names and paths whole ({len(columns)} columns; {download})</summary>{full}</details>"
         + "<h3>Accuracy vs time to first token</h3>"
         + png_img(plot.read_bytes(), "Pareto plot", "pareto")
     )
+
+
+def grouped_notes(notes: list[str], runs: list[str]) -> list[str]:
+    """One line per note; the same note of several runs (``<run>: <note>``) once, the runs behind a <details>."""
+    by_text: dict[str, list[str]] = {}
+    for note in notes:
+        run = next((r for r in runs if note.startswith(f"{r}: ")), None)
+        by_text.setdefault(note[len(run) + 2 :] if run else note, []).append(run or "")
+    out = []
+    for text, who in by_text.items():
+        named = [w for w in who if w]
+        if len(named) > 1:
+            out.append(f'<details class="note warn"><summary>{len(named)} runs: {_esc(text)}</summary>'
+                       f"{breakable(', '.join(named))}</details>")  # fmt: skip
+        else:
+            out += [f'<p class="note warn">{_esc(f"{w}: {text}" if w else text)}</p>' for w in who]
+    return out
 
 
 def _figure(path: Any, alt: str) -> str:
@@ -101,7 +125,9 @@ def analysis_section(analysis: Analysis, work: Path) -> str:
     """Per-category scores, overlap, text sensitivity and agreement of one task (``analyze.Analysis``);
     where the runs have several settings, each table and figure once per setting group, under its label
     (``Analysis.by_setting``, as ``analysis.md`` does)."""
+    from ..leaderboard import TASK_LABEL
     from .analyze import figure_titles
+    from .metrics import ALL, SCORE_LABEL
     from .plots import category_plot, overlap_plot, text_sensitivity_plot
 
     task = analysis.task
@@ -113,8 +139,7 @@ def analysis_section(analysis: Analysis, work: Path) -> str:
 
         parts.append(f'<p class="note">{_esc(SETTINGS_HOW)}</p><ul>'
                      + "".join(f"<li>{_esc(g.label)}: {_esc(', '.join(g.runs))}</li>" for g in analysis.settings) + "</ul>")  # fmt: skip
-    for note in analysis.notes:
-        parts.append(f'<p class="note warn">{_esc(note)}</p>')
+    parts += grouped_notes(analysis.notes, [r.label for r in analysis.runs])
 
     def per_setting(body: Callable[[Analysis, str, str, dict[str, dict[str, str]]], None]) -> None:
         for group, suffix, part in groups:
@@ -122,43 +147,86 @@ def analysis_section(analysis: Analysis, work: Path) -> str:
                 parts.append(f"<h4>{_esc(group.label)}</h4>")
             body(part, suffix, f"{slug}{suffix}", figure_titles(part.family, group))
 
+    family_label = TASK_LABEL.get(analysis.family, analysis.family)
+    unit = SCORE_LABEL[analysis.family]
+
     def categories(part: Analysis, suffix: str, ident: str, titles: dict[str, dict[str, str]]) -> None:
+        if not part.categories:
+            parts.append(f'<p class="note">No scored samples{" in this setting" if suffix else ""}: nothing to show.</p>')
+            return
         mme = part.family == "mme"
-        columns = ["run", "category", "n", "score"] + (["acc+", "MME score"] if mme else [])
-        rows = [
-            [c.run, c.category, c.n, fmt(c.score)] + ([fmt(c.accuracy_plus), fmt(c.mme_score)] if mme else [])
-            for c in part.categories
-        ]
-        parts.append(html_table(columns, rows, css_id=f"categories-{ident}", text_columns=2))
-        if part.categories:
-            path = category_plot(part.categories, part.family, work / f"categories_{ident}.png", **titles["categories"])
-            parts.append(_figure(path, f"scores per category, {task}"))
+        runs = list(dict.fromkeys(c.run for c in part.categories))
+        names = list(dict.fromkeys(c.category for c in part.categories if c.category != ALL)) + [ALL]
+        by = {(c.run, c.category): c for c in part.categories}
+        head = ["run"] + [f"{name} ({unit})" if name == ALL else name for name in names]
+        head += ["MME score (sum)"] if mme else []
+        rows = [[display_label(run)] + [fmt(getattr(by.get((run, name)), "score", None)) for name in names]
+                + ([fmt(getattr(by.get((run, ALL)), "mme_score", None))] if mme else []) for run in runs]  # fmt: skip
+        what = "per sub-category" if len(names) > 1 else "over all questions"
+        parts.append(f'<p class="note">{_esc(family_label)} {_esc(unit)} {what}, one row per run'
+                     + (" (the last column: MME's own score, acc + acc+ per subtask, summed over the subtasks)" if mme else "") + ".</p>")  # fmt: skip
+        parts.append(html_table(head, rows, css_id=f"categories-{ident}"))
+        columns = ["run", "category", "n", unit] + (["acc+ %", "MME score (acc + acc+)"] if mme else [])
+        long_rows = [[c.run, c.category, c.n, c.score] + ([c.accuracy_plus, c.mme_score] if mme else []) for c in part.categories]
+        shown = [[display_label(r[0]), *r[1:3], *(fmt(v) for v in r[3:])] for r in long_rows]
+        parts.append(f"<details><summary>Per run and category, with the samples behind each score ("
+                     f"{csv_link(f'categories_{ident}.csv', columns, long_rows)})</summary>"
+                     f"{html_table(columns, shown, css_id=f'categories-long-{ident}', text_columns=2)}</details>")  # fmt: skip
+        if len(names) == 1:
+            parts.append(f'<p class="note">{_esc(family_label)} has no sub-categories: no chart (the table has each run\'s score).</p>')
+            return
+        path = category_plot(part.categories, part.family, work / f"categories_{ident}.png", **titles["categories"])
+        parts.append(_figure(path, f"scores per category, {task}"))
 
     def overlap(part: Analysis, suffix: str, ident: str, titles: dict[str, dict[str, str]]) -> None:
         matrix = part.overlap
         if not matrix.views:
             parts.append('<p class="note">No selections logged for this task.</p>')
             return
-        rows = [[view] + [fmt(v) for v in line] for view, line in zip(matrix.views, matrix.mean)]
-        parts.append(html_table(["view", *matrix.views], rows, css_id=f"overlap-{ident}"))
+        if all(v is None for i, line in enumerate(matrix.mean) for j, v in enumerate(line) if i != j):
+            parts.append('<p class="note">No pair of views with selections on the same samples: no overlap to show.</p>')
+            return
+        numbered = len(matrix.views) > 4
+        rows = [[f"{i}. {display_label(view)}" if numbered else display_label(view)] + [fmt(v) for v in line]
+                for i, (view, line) in enumerate(zip(matrix.views, matrix.mean), 1)]  # fmt: skip
+        head = ["view", *(map(str, range(1, len(matrix.views) + 1)) if numbered else map(display_label, matrix.views))]
+        table = html_table(head, rows, css_id=f"overlap-{ident}")
+        if len(matrix.views) > MATRIX_INLINE:
+            table = f"<details><summary>The matrix as numbers ({len(matrix.views)} views)</summary>{table}</details>"
+        parts.append(table)
         parts.append(_figure(overlap_plot(matrix, work / f"overlap_{ident}.png", **titles["overlap"]), f"overlap matrix, {task}"))
 
     def sensitivity(part: Analysis, suffix: str, ident: str, titles: dict[str, dict[str, str]]) -> None:
         if not part.overlap.views:
             parts.append('<p class="note">No selections logged for this task.</p>')
             return
-        rows = [[t.view, fmt(t.value), t.images, t.pairs, t.note] for t in part.text_sensitivity]
+        if all(t.value is None for t in part.text_sensitivity):
+            parts.append('<p class="note">No image with two different questions: text sensitivity is undefined here.</p>')
+            return
+        rows = [[display_label(t.view), fmt(t.value), t.images, t.pairs, t.note] for t in part.text_sensitivity]
         parts.append(html_table(["view", "text sensitivity", "images", "pairs", "note"], rows, css_id=f"sensitivity-{ident}"))
         path = text_sensitivity_plot(part.text_sensitivity, work / f"sensitivity_{ident}.png", **titles["text"])
         parts.append(_figure(path, f"text sensitivity, {task}"))
 
     def agreement(part: Analysis, suffix: str, ident: str, titles: dict[str, dict[str, str]]) -> None:
-        columns = ["run A", "run B", "agree", "disagree", "A on agree", "B on agree", "A on disagree", "B on disagree"]
-        rows = [
-            [a.run_a, a.run_b, a.n_agree, a.n_disagree, fmt(a.a_on_agree), fmt(a.b_on_agree), fmt(a.a_on_disagree), fmt(a.b_on_disagree)]
-            for a in part.agreement
-        ]
-        parts.append(html_table(columns, rows, css_id=f"agreement-{ident}", text_columns=2))
+        if not part.agreement:
+            why = "one run only" + (" in this setting" if suffix else "") + ": nothing to compare."
+            parts.append(f'<table class="empty" id="agreement-{_esc(ident)}"><caption>{_esc(why)}</caption></table>')
+            return
+        columns = ["run A", "run B", "agree", "disagree", f"A {unit} on agree", f"B {unit} on agree",
+                   f"A {unit} on disagree", f"B {unit} on disagree"]  # fmt: skip
+        pairs = [[a.run_a, a.run_b, a.n_agree, a.n_disagree, a.a_on_agree, a.b_on_agree, a.a_on_disagree, a.b_on_disagree]
+                 for a in part.agreement]  # fmt: skip
+        download = csv_link(f"agreement_{ident}.csv", columns, pairs, f"every pair: agreement_{ident}.csv")
+        runs = list(dict.fromkeys(r for a in part.agreement for r in (a.run_a, a.run_b)))
+        if len(runs) > PAIRS_INLINE:
+            parts.append(f'<p class="note">{len(runs)} runs, {len(pairs)} pairs: % of the samples on which two runs '
+                         f"answer the same (runs numbered), then the least and most agreeing pairs; {download}.</p>")  # fmt: skip
+            parts.append(pair_summary(runs, part.agreement, unit, ident))
+            return
+        shown = [[display_label(r[0]), display_label(r[1]), r[2], r[3], *(fmt(v) for v in r[4:])] for r in pairs]
+        parts.append(html_table(columns, shown, css_id=f"agreement-{ident}", text_columns=2, wrap_text=False))
+        parts.append(f'<p class="note">{download}</p>')
 
     parts.append("<h3>Scores per sub-category</h3>")
     per_setting(categories)
@@ -293,6 +361,16 @@ def gallery_section(task: str, runs: list[Run], work: Path, count: int, columns:
     return "".join(parts)
 
 
+GALLERY_TITLE_WIDTH = 44  # characters per line of a panel's title (7.5 pt in a 3.1 in column): no overlap
+
+
+def _wrapped(panel: Any) -> Any:
+    """An ``overlay.Panel`` whose title lines fit its column (paths shortened, long lines wrapped)."""
+    from dataclasses import replace
+
+    return replace(panel, title=wrap(display_label(panel.title), GALLERY_TITLE_WIDTH))
+
+
 def _gallery(task: str, runs: dict[str, Run], work: Path, count: int, columns: int, tag: str) -> str:
     """The overlays of the runs of one setting ({label: samples.Run}); ``tag`` ends their file names."""
     from ..llava.selection import image_fingerprint
@@ -326,7 +404,8 @@ def _gallery(task: str, runs: dict[str, Run], work: Path, count: int, columns: i
             panels = []
             for label, request in entries.items():
                 selection = request.selection
-                panels += panels_of(selection["images"][0], tuple(selection["grid"]), label, request.answer)
+                panels += [_wrapped(panel) for panel in
+                           panels_of(selection["images"][0], tuple(selection["grid"]), display_label(label), request.answer)]  # fmt: skip
             caption_note = next_caption_note(panels) if squash else ""
             if image is None:
                 picture = Image.new("RGB", (336, 336), (150, 150, 150))
@@ -401,11 +480,11 @@ def build_report(paths: list[str | Path], out_html: str | Path, title: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms report", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("paths", nargs="+", help="results folders or *_results.json files (--log_samples runs)")
-    parser.add_argument("--out", default="report.html")
-    parser.add_argument("--title", default=None)
-    parser.add_argument("--gallery", type=int, default=3, help="requests per task in the overlay gallery")
+    parser.add_argument("--out", default="report.html", help="the HTML file to write (default: %(default)s)")
+    parser.add_argument("--title", default=None, help="the page title (default: sparsezip-lmms report)")
+    parser.add_argument("--gallery", type=int, default=3, help="requests per task in the overlay gallery (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         path = build_report(args.paths, args.out, args.title, args.gallery)
