@@ -71,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "methods":
         from .methods import all_methods, broken_methods
 
+        print(f"{'method':<12} {'stage':<9} {'families':<27} model ids (and the generic id of each family)")
         for spec in all_methods():
-            ids = ", ".join(spec.model_ids[:1] + ("llava_compressed",)) if spec.model_ids else "llava_compressed"
-            print(f"{spec.name:<12} {spec.stage:<9} {','.join(spec.families):<16} {ids:<34} {spec.description}")
+            generic = ["llava_compressed"] + (["qwen2_5_vl_compressed"] if "qwen2_5_vl" in spec.families else [])
+            ids = ", ".join(dict.fromkeys([*spec.model_ids, *generic]))
+            print(f"{spec.name:<12} {spec.stage:<9} {','.join(spec.families):<27} {ids}")
+            print(f"{'':<12} {spec.description}")
         for name, why in broken_methods().items():
             print(f"error: {name}: {why}", file=sys.stderr)
         if broken_methods():

@@ -111,7 +111,7 @@ def check_lock(lock: Lock, gpu: bool, version_of: Callable[[str], str | None] = 
     parts = [f"{matched} of {len(lock.pins) - len(free) - len(absent_on_purpose)} pinned packages match {lock.path.name}"]
     if absent_on_purpose:
         parts.append(
-            f"{', '.join(absent_on_purpose)} not installed on purpose (its registry build cannot load beside the CPU "
+            f"{', '.join(absent_on_purpose)} left out on purpose (its registry build cannot load beside the CPU "
             "build of torch; transformers falls back to its PIL image processors, and `pip check` reports it)"
         )
     if drift:

@@ -1,4 +1,4 @@
-"""The four model ids resolve through lmms-eval's entry points, and bad model_args fail early."""
+"""Every model id (LLaVA and Qwen2.5-VL) resolves through lmms-eval's entry points, and bad model_args fail early."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from sparsezip_lmms.config import ConfigError
-from sparsezip_lmms.models.manifest import MODEL_CLASSES
+from sparsezip_lmms.models.manifest import MODEL_CLASSES, QWEN_IDS
 
 MODEL_IDS = sorted(MODEL_CLASSES)
 
@@ -15,6 +15,8 @@ def test_manifest_lists_every_method_family():
     assert {
         "llava_sparsezip", "llava_visionzip", "llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner",
         "llava_dart", "llava_vispruner", "llava_hf_timed", "llava_compressed",
+        "qwen2_5_vl_hf_timed", "qwen2_5_vl_visionzip", "qwen2_5_vl_divprune", "qwen2_5_vl_vispruner", "qwen2_5_vl_dart",
+        "qwen2_5_vl_fastv", "qwen2_5_vl_sparsevlm", "qwen2_5_vl_compressed",
     } == set(MODEL_IDS)  # fmt: skip
 
 
@@ -30,11 +32,15 @@ def test_ids_resolve_to_chat_classes_through_lmms_eval(model_id):
     from lmms_eval.models import get_model
 
     cls = get_model(model_id)
-    assert cls.__module__ == "sparsezip_lmms.models.llava"
     assert cls.model_id == model_id and cls.is_simple is False
+    if model_id in QWEN_IDS:  # lmms-eval's own Qwen2.5-VL chat adapter underneath
+        from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL
+
+        assert cls.__module__ == "sparsezip_lmms.models.qwen" and issubclass(cls, Qwen2_5_VL)
+        return
     from lmms_eval.models.chat.llava_hf import LlavaHf
 
-    assert issubclass(cls, LlavaHf)
+    assert cls.__module__ == "sparsezip_lmms.models.llava" and issubclass(cls, LlavaHf)
 
 
 def test_registration_does_not_use_the_deprecated_variable():

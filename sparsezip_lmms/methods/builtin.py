@@ -136,59 +136,64 @@ _DEDICATED = (
     "llava_hf_timed", "llava_visionzip", "llava_sparsezip", "llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner",
     "llava_dart", "llava_vispruner",
 )  # fmt: skip
+_QWEN_DEDICATED = (
+    "qwen2_5_vl_hf_timed", "qwen2_5_vl_visionzip", "qwen2_5_vl_divprune", "qwen2_5_vl_vispruner", "qwen2_5_vl_dart",
+    "qwen2_5_vl_fastv", "qwen2_5_vl_sparsevlm",
+)  # fmt: skip
+_LLAVA_ONLY = ("llava", "llava_next")  # methods the Qwen2.5-VL path does not run
 
 KEEP_ALL = MethodSpec(
-    "none", KeepAllConfig, "stock", select=_keep_all, model_ids=_DEDICATED,
+    "none", KeepAllConfig, "stock", select=_keep_all, model_ids=_DEDICATED + _QWEN_DEDICATED,
     description="no compression: every visual token reaches the LLM (the reference of every comparison)",
 )  # fmt: skip
 VISIONZIP = MethodSpec(
     "visionzip", VisionZipConfig, "vision", select=_visionzip, inputs=frozenset({"scoring"}),
-    model_ids=("llava_visionzip",), max_tokens=checks.visionzip_max, check=checks.check_visionzip, flops=visionzip_flops,
+    model_ids=("llava_visionzip", "qwen2_5_vl_visionzip"), max_tokens=checks.visionzip_max, check=checks.check_visionzip, flops=visionzip_flops,
     description="VisionZip (Yang et al., CVPR 2025): dominant tokens by CLS attention + merged contextual tokens",
 )  # fmt: skip
 SPARSEZIP = MethodSpec(
-    "sparsezip", SparseZipConfig, "vision", select=_sparsezip, inputs=_sparsezip_inputs,
+    "sparsezip", SparseZipConfig, "vision", select=_sparsezip, inputs=_sparsezip_inputs, families=_LLAVA_ONLY,
     model_ids=("llava_sparsezip",), max_tokens=checks.sparsezip_max, check=checks.check_sparsezip, flops=sparsezip_flops,
     description="SparseZip: hybrid (text-aware) scoring, dynamic K, hierarchical merging",
 )  # fmt: skip
 RANDOM = MethodSpec(
-    "random", RandomKeepConfig, "vision", select=_random, inputs=frozenset({"image_keys"}),
+    "random", RandomKeepConfig, "vision", select=_random, inputs=frozenset({"image_keys"}), families=_LLAVA_ONLY,
     model_ids=("llava_sparsezip",), max_tokens=checks.keep_max, check=checks.check_keep,
     description="sanity baseline: keep patches drawn uniformly at random (seeded)",
 )  # fmt: skip
 POOL = MethodSpec(
-    "pool", PoolConfig, "vision", select=_pool, model_ids=("llava_sparsezip",), max_tokens=checks.keep_max,
+    "pool", PoolConfig, "vision", select=_pool, families=_LLAVA_ONLY, model_ids=("llava_sparsezip",), max_tokens=checks.keep_max,
     check=checks.check_keep, description="sanity baseline: 2-D average pooling of the patch grid",
 )  # fmt: skip
 DIVPRUNE = MethodSpec(
-    "divprune", DivPruneConfig, "projected", select=_divprune, model_ids=("llava_divprune",),
+    "divprune", DivPruneConfig, "projected", select=_divprune, model_ids=("llava_divprune", "qwen2_5_vl_divprune"),
     max_tokens=checks.divprune_max, check=checks.divprune_check, flops=divprune_flops, next_candidates="packed",
     description="DivPrune (Alvar et al., CVPR 2025): max–min diverse subset of the projected patch tokens",
 )  # fmt: skip
 CDPRUNER = MethodSpec(
-    "cdpruner", CDPrunerConfig, "projected", select=_cdpruner, inputs=frozenset({"clip_text"}),
+    "cdpruner", CDPrunerConfig, "projected", select=_cdpruner, inputs=frozenset({"clip_text"}), families=_LLAVA_ONLY,
     model_ids=("llava_cdpruner",), max_tokens=checks.cdpruner_max, check=checks.check_keep, flops=cdpruner_flops,
     description="CDPruner (Zhang et al., 2025): conditional DPP weighted by CLIP question relevance",
 )  # fmt: skip
 SPARSEVLM = MethodSpec(
-    "sparsevlm", SparseVLMConfig, "llm", rule=_sparsevlm_rule, model_ids=("llava_sparsevlm",),
+    "sparsevlm", SparseVLMConfig, "llm", rule=_sparsevlm_rule, families=_LLAVA_ONLY, model_ids=("llava_sparsevlm",),
     check=checks.check_schedule, description="SparseVLM v1.5: text-guided pruning in the LLM prefill with recycling",
 )  # fmt: skip
 SPARSEVLM2 = MethodSpec(
-    "sparsevlm2", SparseVLM2Config, "llm", rule=_sparsevlm2_rule, model_ids=("llava_sparsevlm",),
+    "sparsevlm2", SparseVLM2Config, "llm", rule=_sparsevlm2_rule, model_ids=("llava_sparsevlm", "qwen2_5_vl_sparsevlm"),
     check=checks.check_schedule, description="SparseVLM v2.0: RoPE-corrected rater attention, priority heads",
 )  # fmt: skip
 FASTV = MethodSpec(
-    "fastv", FastVConfig, "llm", rule=_fastv_rule, model_ids=("llava_fastv",), check=checks.check_fastv,
+    "fastv", FastVConfig, "llm", rule=_fastv_rule, model_ids=("llava_fastv", "qwen2_5_vl_fastv"), check=checks.check_fastv,
     description="FastV (Chen et al., ECCV 2024): the last prompt token's attention at layer K-1 prunes from layer K",
 )  # fmt: skip
 DART = MethodSpec(
-    "dart", DARTConfig, "llm", rule=_dart_rule, model_ids=("llava_dart",), max_tokens=checks.dart_max,
+    "dart", DARTConfig, "llm", rule=_dart_rule, model_ids=("llava_dart", "qwen2_5_vl_dart"), max_tokens=checks.dart_max,
     check=checks.check_dart, budget_note=checks.dart_budget_note,
     description="DART (Wen et al., 2025): pivots by key L1 norm at layer K-1 keep the tokens least similar to them",
 )  # fmt: skip
 VISPRUNER = MethodSpec(
     "vispruner", VisPrunerConfig, "vision", select=_vispruner, inputs=frozenset({"scoring"}),
-    model_ids=("llava_vispruner",), max_tokens=checks.vispruner_max, check=checks.check_vispruner, flops=vispruner_flops,
+    model_ids=("llava_vispruner", "qwen2_5_vl_vispruner"), max_tokens=checks.vispruner_max, check=checks.check_vispruner, flops=vispruner_flops,
     description="VisPruner (Zhang et al., ICCV 2025): important patches by CLS attention + duplicates removed from the rest",
 )  # fmt: skip

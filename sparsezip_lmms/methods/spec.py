@@ -27,8 +27,9 @@ from torch import Tensor
 __all__ = ["FAMILIES", "INPUTS", "STAGES", "MethodSpec", "ProjectedInputs", "VisionInputs"]
 
 STAGES = ("stock", "vision", "projected", "llm")
-# model families a method can declare (families/): LLaVA-1.5 and LLaVA-NeXT checkpoints of llava-hf
-FAMILIES = ("llava", "llava_next")
+# model families a method can declare (families/): LLaVA-1.5 and LLaVA-NeXT checkpoints of llava-hf, and
+# Qwen2.5-VL (sparsezip_lmms.qwen; its adapter runs what qwen.inputs.check_method accepts)
+FAMILIES = ("llava", "llava_next", "qwen2_5_vl")
 # What the pipeline computes only for the methods that declare it:
 #   "scoring"   VisionInputs.cls_attn / .keys: the feature layer's CLS attention and head-mean keys
 #   "question"  VisionInputs.text_relevance: the question's relevance to each patch (projector space)

@@ -1,0 +1,172 @@
+"""One batch through a Qwen2.5-VL model: images resized as ``qwen_vl_utils`` resizes them, the processor
+(left padding), :func:`sparsezip_lmms.qwen.compressed_generate`, decoding, timings and token counts.
+
+    prompts + PIL images -> smart_resize (multiples of 28, min/max pixels) -> processor -> compressed_generate
+    (vision tower once, the method, M-RoPE positions of the unpruned prompt, greedy decoding) -> text
+
+``lmm`` is the lmms-eval adapter (``models.qwen.CompressedQwen``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..efficiency.clock import TokenClock, now
+from ..efficiency.records import EfficiencyRecord, peak_memory, reset_peak_memory
+from ..qwen import compressed_generate
+from .pipeline import decode
+
+__all__ = [
+    "QwenBatch",
+    "qwen_batch",
+    "qwen_inputs",
+    "qwen_record",
+    "resize_image",
+    "smart_resize",
+]
+
+IMAGE_FACTOR = 28  # patch 14 x spatial merge 2 (qwen_vl_utils.vision_process.IMAGE_FACTOR)
+MAX_RATIO = 200  # qwen_vl_utils' largest aspect ratio
+
+
+def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels: int = 256 * 28 * 28,
+                 max_pixels: int = 1605632) -> tuple[int, int]:  # fmt: skip
+    """(height, width) rounded to multiples of ``factor`` with ``min_pixels <= h*w <= max_pixels`` and the
+    aspect ratio kept as far as possible: ``qwen_vl_utils.smart_resize``'s rule."""
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than {MAX_RATIO}, got {max(height, width) / min(height, width)}"
+        )
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def resize_image(image, min_pixels: int, max_pixels: int):
+    """An RGB copy of a PIL image at its ``smart_resize`` size (bicubic, as ``qwen_vl_utils.fetch_image``)."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    height, width = smart_resize(image.height, image.width, min_pixels=min_pixels, max_pixels=max_pixels)
+    return image.resize((width, height), resample=Image.BICUBIC)
+
+
+def qwen_inputs(lmm, texts: list[str], images: list) -> dict:
+    """The processor's batch (left padding) of chat texts and their already-resized images, on the device."""
+    inputs = lmm.processor(
+        text=texts,
+        images=images or None,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
+    return {k: v.to(lmm.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+@dataclass
+class QwenBatch:
+    """What one batch produced, per row."""
+
+    texts: list[str]
+    output_tokens: list[int]
+    input_tokens: list[int]  # LLM input length of each row, padding excluded (L' before the LLM; in-LLM: L)
+    visual_tokens: list[int]  # visual tokens entering the LLM
+    layer_avg: list[float]  # mean over LLM layers (in-LLM methods), else visual_tokens
+    per_layer: list[list[int]] | None  # in-LLM methods: visual tokens each layer keeps
+    images: list[int]
+    timing: dict[str, Any]
+
+
+@torch.no_grad()
+def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], config) -> QwenBatch:
+    """Generate for one batch (``images``: every row's images, resized, in prompt order) under ``config``."""
+    device = lmm.device
+    reset_peak_memory(device)
+    t_start = now(device)
+    inputs = qwen_inputs(lmm, texts, images)
+    if float(gen_kwargs.get("temperature", 0) or 0) > 0 or int(gen_kwargs.get("num_beams", 1) or 1) != 1:
+        raise ValueError(f"{lmm.model_id}: generation is greedy (temperature 0, num_beams 1); got {gen_kwargs}")
+    max_new = int(gen_kwargs.get("max_new_tokens", 128))
+    clock = TokenClock(device)
+    hook = lmm.model.lm_head.register_forward_hook(lambda *_: clock.tick())  # one call per generated token
+    try:
+        t_generate = clock.start()
+        out = compressed_generate(
+            lmm.model, inputs["input_ids"], inputs["attention_mask"], inputs.get("pixel_values"),
+            inputs.get("image_grid_thw"), config, max_new, eos_token_id=lmm.eot_token_id,
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    step_times = clock.step_times
+    t_end = now(device)
+    pad = lmm.tokenizer.pad_token_id if lmm.tokenizer.pad_token_id is not None else lmm.eot_token_id
+    out_texts, out_counts = decode(lmm, out.sequences, {"eos_token_id": lmm.eot_token_id, "pad_token_id": pad})
+    batch = len(texts)
+    n_images = [0] * batch
+    kept = [0] * batch
+    for image, row in enumerate(out.image_rows):
+        n_images[row] += 1
+        if out.pruned is None:
+            kept[row] += int(out.kept[image].numel())
+    if out.pruned is not None:  # in-LLM: every merged token enters the LLM; layers keep fewer
+        kept = [int(n) for n in (inputs["input_ids"] == lmm.model.config.image_token_id).sum(dim=1).tolist()]
+        per_layer = out.pruned.visual_tokens_per_layer.tolist()
+        layer_avg = [float(x) for x in out.pruned.equal_tokens.tolist()]
+        # every prompt token enters the LLM (as the LLaVA adapter counts in-LLM methods); the layers keep fewer
+        input_tokens = [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]
+    else:
+        per_layer, layer_avg = None, [float(k) for k in kept]
+        input_tokens = [int(p.shape[1]) for p in out.position_ids]  # L': the kept prompt tokens
+    decode_steps = len(step_times) - 1
+    timing = {
+        "batch_size": batch,
+        "preprocess_s": t_generate - t_start,
+        "vision_s": None,  # the vision tower runs inside compressed_generate: counted in ttft_s
+        "prefill_s": None,
+        "ttft_s": (step_times[0] - t_generate) if step_times else None,  # vision + method + prefill
+        "tpot_s": ((step_times[-1] - step_times[0]) / decode_steps) if decode_steps > 0 else None,
+        "e2e_s": t_end - t_start,
+        "peak_memory_bytes": peak_memory(device),
+    }
+    return QwenBatch(
+        texts=out_texts,
+        output_tokens=out_counts,
+        input_tokens=input_tokens,
+        visual_tokens=kept,
+        layer_avg=layer_avg,
+        per_layer=per_layer,
+        images=n_images,
+        timing=timing,
+    )
+
+
+def qwen_record(lmm, out: QwenBatch, row: int) -> EfficiencyRecord:
+    """The efficiency record of row ``row``; FLOPs and KV-cache bytes are not counted for Qwen yet (None)."""
+    return EfficiencyRecord(
+        model=lmm.model_id,
+        config=lmm.config_name,
+        **out.timing,
+        input_tokens=out.input_tokens[row],
+        output_tokens=out.output_tokens[row],
+        visual_tokens=out.visual_tokens[row],
+        visual_tokens_layer_avg=out.layer_avg[row],
+        visual_tokens_per_layer=out.per_layer[row] if out.per_layer is not None else None,
+        warmup=lmm._requests_seen <= lmm.warmup,
+        extra={
+            "effective_config": lmm._effective_config,
+            "images": out.images[row],
+            "family": "qwen2_5_vl",
+        },
+    )
