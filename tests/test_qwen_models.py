@@ -76,6 +76,7 @@ def test_cli_runs_each_id_and_batches_agree(model, tmp_path_factory, mini_tasks,
                 full[doc_id]["token_counts"][0]["input_tokens"],
             )
             assert shorter < unpruned if model in BEFORE_LLM else shorter == unpruned  # in-LLM: every token enters
+            assert 0 < row["eff_prefill_tflops"] <= full[doc_id]["eff_prefill_tflops"] * 1.01  # analytic, the method's own work included
 
 
 def _adapter(model_id, checkpoint, **kwargs):
@@ -271,3 +272,23 @@ def test_qwen_ids_resolve_to_the_upstream_chat_class():
         cls = get_model(model_id)
         assert cls.__module__ == "sparsezip_lmms.models.qwen" and cls.model_id == model_id and cls.is_simple is False
         assert issubclass(cls, Qwen2_5_VL) and cls.default_config == DEFAULTS.get(model_id)
+
+
+def test_qwen_flops_count_window_and_full_blocks_the_merger_and_the_llm():
+    """The analytic count on a hand-checkable geometry: an 8 x 12 patch image (4 x 6 merged tokens)."""
+    from types import SimpleNamespace
+
+    from sparsezip_lmms.efficiency.qwen_flops import PATCH_VALUES, QwenDims, qwen_llm_flops, qwen_vision_flops
+
+    vision = SimpleNamespace(hidden_size=32, intermediate_size=64, num_heads=2, depth=4, fullatt_block_indexes=[1, 3],
+                             window_size=112, spatial_merge_size=2, patch_size=14, out_hidden_size=64)  # fmt: skip
+    text = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, hidden_size=64, intermediate_size=128, num_hidden_layers=3)
+    dims = QwenDims.from_config(SimpleNamespace(vision_config=vision, text_config=text))
+    assert dims.window == 4  # 112 px / 14 / 2: windows of 4 x 4 merged tokens
+    s, c, m = 96, 32, 64
+    window_pairs = 16 * (4 * 4) * (4 * 4 + 2 * 2)  # rows [4] x cols [4, 2] merged, 4 patches per merged token
+    blocks = 4 * (4 * s * c * c + 3 * s * c * m) + 2 * (2 * window_pairs + 2 * s * s) * c
+    merger = 24 * (128 * 128 + 128 * 64)
+    assert qwen_vision_flops([[1, 8, 12]], dims) == s * PATCH_VALUES * c + blocks + merger
+    n = 10
+    assert qwen_llm_flops([n], dims) == 2 * n * 64 * 64 + 2 * n * 64 * 32 + 2 * n * n * 64 + 3 * n * 64 * 128

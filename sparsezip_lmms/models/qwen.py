@@ -279,7 +279,7 @@ class CompressedQwen(_Qwen2_5_VLChat):
         pairs = []
         for row, text in enumerate(out.texts):
             self._requests_seen += 1
-            record = qwen_record(self, out, row)
+            record = qwen_record(self, out, row, config)
             if self._prunes_in_llm and not prune:
                 record.extra["unpruned"] = f"{out.images[row]} images in the prompt; pruning needs exactly one"
             result = GenerationResult(

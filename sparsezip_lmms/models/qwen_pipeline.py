@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..efficiency.clock import TokenClock, now
+from ..efficiency.qwen_flops import QwenDims, qwen_compression_flops, qwen_kv_cache_bytes, qwen_llm_flops, qwen_vision_flops
 from ..efficiency.records import EfficiencyRecord, peak_memory, reset_peak_memory
 from ..qwen import compressed_generate
 from .pipeline import decode
@@ -87,6 +88,8 @@ class QwenBatch:
     per_layer: list[list[int]] | None  # in-LLM methods: visual tokens each layer keeps
     images: list[int]
     timing: dict[str, Any]
+    grids: list[list[list[int]]]  # per row: [t, h, w] of each of its images
+    tokens_per_layer: list[list[int]]  # per row: the tokens each LLM layer processes in the prefill
 
 
 @torch.no_grad()
@@ -129,6 +132,15 @@ def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], 
     else:
         per_layer, layer_avg = None, [float(k) for k in kept]
         input_tokens = [int(p.shape[1]) for p in out.position_ids]  # L': the kept prompt tokens
+    grids: list[list[list[int]]] = [[] for _ in range(batch)]
+    if out.image_rows:
+        for grid, row in zip(inputs["image_grid_thw"].tolist(), out.image_rows):
+            grids[row].append(grid)
+    layers = lmm.model.config.text_config.num_hidden_layers
+    if out.pruned is not None:  # each layer's own KV length after the prefill
+        tokens_per_layer = [[int(n) for n in row] for row in out.pruned.cache_lengths.tolist()]
+    else:
+        tokens_per_layer = [[n] * layers for n in input_tokens]
     decode_steps = len(step_times) - 1
     timing = {
         "batch_size": batch,
@@ -149,11 +161,21 @@ def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], 
         per_layer=per_layer,
         images=n_images,
         timing=timing,
+        grids=grids,
+        tokens_per_layer=tokens_per_layer,
     )
 
 
-def qwen_record(lmm, out: QwenBatch, row: int) -> EfficiencyRecord:
-    """The efficiency record of row ``row``; FLOPs and KV-cache bytes are not counted for Qwen yet (None)."""
+def qwen_record(lmm, out: QwenBatch, row: int, config=None) -> EfficiencyRecord:
+    """The efficiency record of row ``row``: tokens, timing, and the analytic FLOPs (vision tower, method,
+    LLM prefill) and KV-cache bytes of ``efficiency.qwen_flops``. ``config``: what the row ran (default the
+    model's)."""
+    dims = QwenDims.from_config(lmm.model.config)
+    config = lmm.compression if config is None else config
+    vision = qwen_vision_flops(out.grids[row], dims)
+    compression = qwen_compression_flops(config, out.grids[row], dims)
+    llm = qwen_llm_flops(out.tokens_per_layer[row], dims)
+    cache = [n + max(out.output_tokens[row] - 1, 0) for n in out.tokens_per_layer[row]]
     return EfficiencyRecord(
         model=lmm.model_id,
         config=lmm.config_name,
@@ -163,6 +185,11 @@ def qwen_record(lmm, out: QwenBatch, row: int) -> EfficiencyRecord:
         visual_tokens=out.visual_tokens[row],
         visual_tokens_layer_avg=out.layer_avg[row],
         visual_tokens_per_layer=out.per_layer[row] if out.per_layer is not None else None,
+        prefill_flops=vision + compression + llm,
+        llm_prefill_flops=llm,
+        vision_flops=vision,
+        compression_flops=compression,
+        kv_cache_bytes=qwen_kv_cache_bytes(cache, dims, lmm.model.dtype.itemsize),
         warmup=lmm._requests_seen <= lmm.warmup,
         extra={
             "effective_config": lmm._effective_config,
