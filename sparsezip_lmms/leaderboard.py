@@ -29,6 +29,13 @@ from .numbers import format_value, mean
 from .results_files import checkpoint_id, describe_data, device_kind, resolved_dtype, results_files, task_data
 
 BASELINE_MODEL = "llava_hf_timed"
+# the uncompressed model id of each model family: a row is compared with its own family's
+BASELINE_MODELS = {"llava": "llava_hf_timed", "qwen2_5_vl": "qwen2_5_vl_hf_timed"}
+
+
+def baseline_of(model: str, default: str = BASELINE_MODEL) -> str:
+    """The uncompressed model id a row of ``model`` is compared with (its family's)."""
+    return next((base for prefix, base in BASELINE_MODELS.items() if model.startswith(prefix + "_")), default)
 
 # task family -> (column label, metric key, is the retention metric)
 TASK_METRICS: dict[str, list[tuple[str, str, bool]]] = {
@@ -42,7 +49,9 @@ TASK_METRICS: dict[str, list[tuple[str, str, bool]]] = {
     "docvqa": [("DocVQA ANLS", "anls", True), ("DocVQA EM", "exact_match", False)],
 }
 TASK_LABEL = {"pope": "POPE", "mme": "MME", "docvqa": "DocVQA"}
-_ARG_KEYS_NOT_IN_LABEL = {"pretrained", "dtype", "device_map", "device", "warmup", "log_selection", "attn_implementation"}
+_ARG_KEYS_NOT_IN_LABEL = {
+    "pretrained", "dtype", "device_map", "device", "warmup", "log_selection", "attn_implementation", "min_pixels", "max_pixels",
+}  # fmt: skip
 
 
 def task_family(task: str) -> str | None:
@@ -145,6 +154,7 @@ def read_results(path: Path) -> tuple[Row | None, str | None]:
     generation = config.get("gen_kwargs")
     row.conditions = (
         ("attention", args.get("attn_implementation") or "default"),
+        ("image pixels", f"{args.get('min_pixels', 'default')}..{args.get('max_pixels', 'default')}"),
         ("device", device_kind(config.get("device"))),
         ("generation", "" if generation in (None, "", {}) else json.dumps(generation, sort_keys=True, default=str)),
     )  # the lmms-eval version is not: a row merges tasks of several versions and says so (notes)
@@ -250,7 +260,7 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
     families = [f for f in TASK_METRICS if any(f in r.tasks for r in rows)] or list(TASK_METRICS)
     baselines: dict[tuple[str, ...], list[Row]] = {}
     for r in rows:
-        if r.model == baseline_model:
+        if r.model in (baseline_model, *BASELINE_MODELS.values()):
             baselines.setdefault(r.setting, []).append(r)
     columns = ["model", "config", "checkpoint", "dtype", "batch size", "limit", "failed requests", "visual tokens", "prefill TFLOPs"]
     for family in families:
@@ -272,7 +282,7 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
         retentions, speedups = [], []
         for family in families:
             metrics = row.tasks.get(family, {})
-            base_metrics = _baseline_metrics(row, family, same_setting, data_notes, baseline_model)
+            base_metrics = _baseline_metrics(row, family, same_setting, data_notes, baseline_of(row.model, baseline_model))
             for label, key, is_main in TASK_METRICS[family]:
                 cells[label] = _number(metrics.get(key))
                 if is_main:
@@ -313,9 +323,9 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
                                   if name not in ("checkpoint", "dtype") and mine.get(name) != value})  # fmt: skip
                 theirs = {name for b in others for name, value in b.setting_items() if mine.get(name) != value}
                 this = ", ".join(f"{name} {mine[name] or '(none)'}" for name in mine if name in theirs)
-                notes.append(f"not compared with {baseline_model} (its run differs: {', '.join(differs)}; this row: {this})")
+                notes.append(f"not compared with {baseline_of(row.model, baseline_model)} (its run differs: {', '.join(differs)}; this row: {this})")
             else:
-                notes.append(f"no {baseline_model} row for this checkpoint and dtype")
+                notes.append(f"no {baseline_of(row.model, baseline_model)} row for this checkpoint and dtype")
         missing = [TASK_LABEL[f] for f in families if f not in row.tasks and row.model != "?"]
         if missing:
             notes.append("missing: " + ", ".join(missing))
@@ -323,7 +333,7 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
             notes.append("mixed lmms-eval versions: " + ", ".join(sorted(row.versions)))
         cells["notes"] = "; ".join(notes)
         out.append(cells)
-    out.sort(key=lambda c: (c["checkpoint"], c["dtype"], c["model"] != baseline_model, c["model"], c["config"]))
+    out.sort(key=lambda c: (c["checkpoint"], c["dtype"], c["model"] != baseline_of(c["model"], baseline_model), c["model"], c["config"]))
     return columns, out
 
 
@@ -332,7 +342,7 @@ def _baseline_metrics(row: Row, family: str, candidates: list[Row], notes: list[
     ({} when none); a baseline that measured it on other data is named in ``notes`` instead."""
     if row.model == baseline_model or family not in row.tasks:
         return next((b.tasks.get(family, {}) for b in candidates if b is row), candidates[0].tasks.get(family, {}) if candidates else {})
-    measured = [b for b in candidates if family in b.tasks]
+    measured = [b for b in candidates if family in b.tasks and b.model == baseline_model]
     same = [b for b in measured if b.data.get(family, "") == row.data.get(family, "")]
     if same:
         return same[0].tasks[family]

@@ -227,3 +227,15 @@ def test_terminal_view_fits_160_characters_and_explains_every_flag(tmp_path):
     assert "[1] llava_visionzip:visionzip_64,dominant=50" in text and "OVER BUDGET: 900.0 visual tokens" in text  # ... explained
     assert long not in text and "…/" in text  # the path shortened for display, whole in the CSV
     assert long in (tmp_path / "out" / "leaderboard.csv").read_text()
+
+
+def test_qwen_rows_are_compared_with_the_qwen_baseline(tmp_path):
+    _write(tmp_path / "base_results.json", "qwen2_5_vl_hf_timed", "pretrained=org/qwen,max_pixels=200704", _pope(0.8, 2.0, 200, 10.0))
+    _write(tmp_path / "vz_results.json", "qwen2_5_vl_visionzip", "pretrained=org/qwen,config=visionzip_qwen,max_pixels=200704", _pope(0.7, 0.5, 140, 2.0))
+    _write(tmp_path / "px_results.json", "qwen2_5_vl_dart", "pretrained=org/qwen,config=dart_qwen,max_pixels=50176", _pope(0.7, 0.5, 100, 2.0))
+    _, rows = table(collect([tmp_path]))
+    by = {r["model"]: r for r in rows}
+    assert by["qwen2_5_vl_visionzip"]["config"] == "visionzip_qwen"  # the pixel limits are a condition, not the method
+    assert by["qwen2_5_vl_visionzip"]["POPE retention %"] == pytest.approx(87.5)
+    assert by["qwen2_5_vl_dart"]["POPE retention %"] is None  # other image pixels: another setting
+    assert "not compared with qwen2_5_vl_hf_timed (its run differs: image pixels default..200704" in by["qwen2_5_vl_dart"]["notes"]

@@ -13,6 +13,7 @@ from ..leaderboard import build as build_leaderboard
 from .harness import lmms_eval_command, run_lmms_eval, write_local_tasks
 from .mini_datasets import MINI_BUILDERS
 from .tiny_checkpoint import build_tiny_clip, build_tiny_llava
+from .tiny_qwen import build_tiny_qwen2_5_vl
 
 def demo_runs() -> list[tuple[str, str]]:
     """(model id, its default config) for every dedicated model id of the manifest, the uncompressed one first."""
@@ -36,6 +37,10 @@ EXTRA_RUNS = [
 
 # on the tiny LLaVA-NeXT checkpoint (any-resolution tiles): the stock model and VisionZip crop by crop
 NEXT_RUNS = [("llava_hf_timed", "keep_all"), ("llava_visionzip", "visionzip_next_320")]
+
+# on the tiny Qwen2.5-VL checkpoint: the stock model, VisionZip by the official ratios, DART by its Qwen port
+QWEN_RUNS = [("qwen2_5_vl_hf_timed", "keep_all"), ("qwen2_5_vl_visionzip", "visionzip_qwen"), ("qwen2_5_vl_dart", "dart_qwen")]
+QWEN_PIXELS = ",min_pixels=3136,max_pixels=200704"  # 56² .. 448² pixels: at most 256 merged tokens per image
 
 
 def tiny_model_args(model: str, root: Path) -> str:
@@ -77,12 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.runs:  # and LLaVA-NeXT: its own checkpoint, so its rows compare among themselves
         next_checkpoint = build_tiny_llava(out / "tiny-llava-next", next_grid=True)
         plan += [(model, config, next_checkpoint, "next__") for model, config in NEXT_RUNS]
+        qwen_checkpoint = build_tiny_qwen2_5_vl(out / "tiny-qwen2_5_vl")
+        plan += [(model, config, qwen_checkpoint, "qwen__") for model, config in QWEN_RUNS]
     for model, config, weights, prefix in plan:
         result_dir = out / "results" / f"{prefix}{model}__{config.replace('/', '_')}"
         cmd = lmms_eval_command(
             model,
-            f"pretrained={weights},config={config},dtype=float32,warmup={args.batch_size},log_selection=true"
-            + tiny_model_args(model, out),
+            f"pretrained={weights},config={config},dtype=float32,warmup={args.batch_size}"
+            + (",log_selection=true" if model.startswith("llava") else "")  # Qwen2.5-VL records no selections yet
+            + tiny_model_args(model, out)
+            + (QWEN_PIXELS if model.startswith("qwen2_5_vl") else ""),
             task_names,
             result_dir,
             include_path=task_dir,
