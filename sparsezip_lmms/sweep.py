@@ -256,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=43200, help="seconds one run may take (default: %(default)g)")
     parser.add_argument(
         "--baseline", action=argparse.BooleanOptionalAction, default=True,
-        help="also run the uncompressed llava_hf_timed keep_all on every task, with the same checkpoint, batch size, "
+        help="also run the uncompressed keep_all (llava_hf_timed, or qwen2_5_vl_hf_timed for Qwen ids) on every task, with the same checkpoint, batch size, "
         "device and model settings, so the leaderboard has the row every retention and speed-up is relative to "
         "(default: on; --no-baseline skips it)",
     )  # fmt: skip
@@ -355,19 +355,21 @@ def _print_failures(failures: list[dict[str, Any]], total: int, out: Path) -> No
             print(f"    {line}", file=sys.stderr)
 
 
-BASELINE_MODEL, BASELINE_CONFIG = "llava_hf_timed", "keep_all"
+BASELINE_CONFIG = "keep_all"
 # model settings a baseline run shares with the sweep's runs (the others in --model-args override the method)
-_BASELINE_SHARED = ("dtype", "attn_implementation", "warmup", "log_selection", "device_map")
+_BASELINE_SHARED = ("dtype", "attn_implementation", "warmup", "log_selection", "device_map", "min_pixels", "max_pixels")
 
 
-def baseline_runs(tasks: list[str], pretrained: str, extra_model_args: str, runs: list[Run]) -> list[Run]:
+def baseline_runs(tasks: list[str], pretrained: str, extra_model_args: str, runs: list[Run], model: str = "llava_hf_timed") -> list[Run]:
     """The uncompressed run of every task (``llava_hf_timed`` ``keep_all``), with the sweep's model settings
     (dtype, attention, warm-up ...), unless the sweep already has it."""
     from .config import split_args_string
 
     shared = {k: v for k, v in split_args_string(extra_model_args).items() if k in _BASELINE_SHARED}
     have = {(r.model, r.config, r.task) for r in runs if not r.overrides}
-    planned = plan_runs(BASELINE_MODEL, [BASELINE_CONFIG], {}, tasks, pretrained, ",".join(f"{k}={v}" for k, v in shared.items()))
+    from .leaderboard import baseline_of
+
+    planned = plan_runs(baseline_of(model), [BASELINE_CONFIG], {}, tasks, pretrained, ",".join(f"{k}={v}" for k, v in shared.items()))
     return [r for r in planned if (r.model, r.config, r.task) not in have]
 
 
@@ -429,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = plan_runs(args.model, configs, grid, tasks, args.pretrained, args.model_args.strip().strip(","))
     if args.baseline:
-        runs = baseline_runs(tasks, args.pretrained, args.model_args.strip().strip(","), runs) + runs
+        runs = baseline_runs(tasks, args.pretrained, args.model_args.strip().strip(","), runs, args.model) + runs
     commands = [
         lmms_eval_command(
             run.model, run.model_args, [run.task], out / "runs" / run.folder,
