@@ -10,7 +10,8 @@
 # 3. python -m sparsezip_lmms doctor                         -> OUT_DIR/doctor.md
 # 4. the CUDA tests (every model id; float16, bfloat16; sdpa, eager, flash_attention_2 when
 #    installed; batch 1 vs 4)                                -> OUT_DIR/cuda_tests.txt
-# 5. bench --device cuda --quick, whose last section runs the harness (lmms-eval CLI) at batch 1 vs 8
+# 5. keep_all on Qwen2.5-VL vs lmms-eval's own qwen2_5_vl   -> OUT_DIR/qwen_upstream.txt
+# 6. bench --device cuda --quick, whose last section runs the harness (lmms-eval CLI) at batch 1 vs 8
 #    on the tiny checkpoint in float16                       -> OUT_DIR/bench_quick.{md,json}
 # and writes OUT_DIR/summary.txt. Exit code 0 only when every step passed. Budget: under 10 minutes
 # on one H100/H200.
@@ -63,6 +64,8 @@ step cuda-tests cuda_tests.txt "$PY" -m pytest -q -p no:cacheprovider tests/test
 # one more pass with CUDA's sync debug mode: every synchronising call warns; the warnings summary lists where
 step sync-points sync_points.txt env SPARSEZIP_SYNC_DEBUG=warn "$PY" -m pytest -q -p no:cacheprovider -rw \
   -W "always::UserWarning" tests/test_half_precision.py -k "cuda and float16 and not bfloat16"
+# keep_all on Qwen2.5-VL against lmms-eval's own qwen2_5_vl (it needs torchvision: skipped on CPU machines)
+step qwen-upstream qwen_upstream.txt "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_qwen_upstream.py
 step bench bench_quick.md "$PY" -m sparsezip_lmms bench --device cuda --quick --json "$OUT/bench_quick.json"
 
 if [ ${#failed[@]} -eq 0 ]; then
