@@ -292,3 +292,17 @@ def test_qwen_flops_count_window_and_full_blocks_the_merger_and_the_llm():
     assert qwen_vision_flops([[1, 8, 12]], dims) == s * PATCH_VALUES * c + blocks + merger
     n = 10
     assert qwen_llm_flops([n], dims) == 2 * n * 64 * 64 + 2 * n * 64 * 32 + 2 * n * n * 64 + 3 * n * 64 * 128
+
+
+def test_records_state_each_images_budget_as_count_and_ratio(tmp_path_factory, mini_tasks, qwen_checkpoint):
+    """Qwen budgets are stated per image, out of its own N merged tokens: the record holds both forms."""
+    from sparsezip_lmms.efficiency import get_record
+    from _requests import make_requests
+
+    lmm = _adapter("qwen2_5_vl_visionzip", qwen_checkpoint, config="visionzip_qwen")
+    docs = [([_image(224, 224)], "Is there a square?"), ([_image(168, 112)], "Is there a circle?")]
+    lmm.generate_until(make_requests(lmm, docs, {"max_new_tokens": 2, "temperature": 0, "do_sample": False}, task="budgets"))
+    for i in range(2):
+        extra = get_record("budgets", "test", i).extra
+        (n,), (kept,), (ratio,) = extra["image_tokens"], extra["image_tokens_kept"], extra["image_tokens_kept_ratio"]
+        assert kept == int(0.65 * n) + max(int(0.05 * n), 1) and ratio == pytest.approx(kept / n)

@@ -89,6 +89,7 @@ class QwenBatch:
     images: list[int]
     timing: dict[str, Any]
     grids: list[list[list[int]]]  # per row: [t, h, w] of each of its images
+    image_budgets: list[list[list[int]]]  # per row: [merged tokens N, kept] of each of its images
     tokens_per_layer: list[list[int]]  # per row: the tokens each LLM layer processes in the prefill
 
 
@@ -133,9 +134,17 @@ def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], 
         per_layer, layer_avg = None, [float(k) for k in kept]
         input_tokens = [int(p.shape[1]) for p in out.position_ids]  # L': the kept prompt tokens
     grids: list[list[list[int]]] = [[] for _ in range(batch)]
+    budgets: list[list[list[int]]] = [[] for _ in range(batch)]
+    merge = lmm.model.config.vision_config.spatial_merge_size
     if out.image_rows:
-        for grid, row in zip(inputs["image_grid_thw"].tolist(), out.image_rows):
+        for image, (grid, row) in enumerate(zip(inputs["image_grid_thw"].tolist(), out.image_rows)):
             grids[row].append(grid)
+            n = grid[0] * grid[1] * grid[2] // (merge * merge)
+            if out.pruned is None:
+                budgets[row].append([n, int(out.kept[image].numel())])
+            else:  # in-LLM: what the last pruning layer kept of the image (one image per row)
+                last = out.pruned.kept[-1][row] if out.pruned.kept else None
+                budgets[row].append([n, n if last is None else int((last >= 0).sum())])
     layers = lmm.model.config.text_config.num_hidden_layers
     if out.pruned is not None:  # each layer's own KV length after the prefill
         tokens_per_layer = [[int(n) for n in row] for row in out.pruned.cache_lengths.tolist()]
@@ -162,6 +171,7 @@ def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], 
         images=n_images,
         timing=timing,
         grids=grids,
+        image_budgets=budgets,
         tokens_per_layer=tokens_per_layer,
     )
 
@@ -195,5 +205,9 @@ def qwen_record(lmm, out: QwenBatch, row: int, config=None) -> EfficiencyRecord:
             "effective_config": lmm._effective_config,
             "images": out.images[row],
             "family": "qwen2_5_vl",
+            # the budget as papers state it for Qwen: tokens kept out of each image's N, and as a ratio
+            "image_tokens": [n for n, _ in out.image_budgets[row]],
+            "image_tokens_kept": [k for _, k in out.image_budgets[row]],
+            "image_tokens_kept_ratio": [round(k / n, 6) for n, k in out.image_budgets[row] if n],
         },
     )
