@@ -18,8 +18,8 @@ from ..config import CompressionConfig, ConfigError
 from ..methods.registry import method_of
 
 __all__ = [
-    "check_checkpoint", "check_clip_text_tower", "class_default_config", "count_arg", "flag_arg", "placement",
-    "split_model_args",
+    "check_checkpoint", "check_clip_text_tower", "class_default_config", "count_arg", "flag_arg", "load_accepted_config",
+    "placement", "split_model_args",
 ]  # fmt: skip
 
 # Constructor arguments of the upstream adapter; everything else is ours or a config override.
@@ -157,3 +157,37 @@ def placement(parent_args: dict[str, Any]) -> dict[str, Any]:
         if PartialState().num_processes == 1 or device == "cpu":
             args["device_map"] = device
     return args
+
+
+def load_accepted_config(
+    model_id: str,
+    name_or_path: Any,
+    default: str | None,
+    overrides: dict[str, Any],
+    accepted: tuple[str, ...],
+    required_hint: str,
+    generic_hint: str,
+) -> tuple[CompressionConfig, str]:
+    """The config a model id was given (``config=`` or its default), loaded with the overrides and refused
+    (ConfigError naming the id) when it is missing, unreadable, or of a method the id does not accept.
+    ``required_hint`` says what ``config=`` must name where the id has no default, ``generic_hint`` which id
+    accepts every method. Returns (config, the name it was loaded from)."""
+    from ..config import load_config
+
+    name = default if name_or_path in (None, "") else name_or_path
+    if name is None:
+        raise ConfigError(
+            f"{model_id} --model_args: config= is required: a config name or a YAML path whose 'method' is {required_hint}"
+        )
+    if not isinstance(name, str):
+        raise ConfigError(f"{model_id}: config must be a name or a path, got {name!r}")
+    try:
+        config = load_config(name, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{model_id} --model_args: {err}") from None
+    if config.method not in accepted:
+        raise ConfigError(
+            f"{model_id} --model_args: config {name!r} is a {config.method!r} config; "
+            f"{model_id} accepts {', '.join(accepted)} ({generic_hint})"
+        )
+    return config, name

@@ -25,7 +25,7 @@ from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from lmms_eval.protocol import ChatMessages
 
 from ..compress import needs_text
-from ..config import CompressionConfig, ConfigError, KeepAllConfig, config_to_dict, load_config, prunes_in_llm
+from ..config import CompressionConfig, ConfigError, KeepAllConfig, config_to_dict, prunes_in_llm
 from ..efficiency.clock import now
 from ..efficiency.flops import Dims
 from ..efficiency.records import EfficiencyRecord, record_request
@@ -35,8 +35,8 @@ from ..llava.features import text_pull_back
 from ..llava.selection import image_fingerprint
 from .accounting import request_record
 from .arguments import (
-    PARENT_ARGS, check_checkpoint, check_clip_text_tower, class_default_config, count_arg, flag_arg, placement,
-    split_model_args,
+    PARENT_ARGS, check_checkpoint, check_clip_text_tower, class_default_config, count_arg, flag_arg,
+    load_accepted_config, placement, split_model_args,
 )  # fmt: skip
 from .pipeline import BatchOutput, apply_until, generate_batch
 
@@ -147,24 +147,11 @@ class CompressedLlava(_LlavaHfChat):
 
     @classmethod
     def resolve_config(cls, name_or_path: Any, overrides: dict[str, Any]) -> CompressionConfig:
-        name = cls.default_config if name_or_path in (None, "") else name_or_path
-        if name is None:
-            raise ConfigError(
-                f"{cls.model_id} --model_args: config= is required: a config name or a YAML path whose 'method' is "
-                "a registered method (python -m sparsezip_lmms methods lists them)"
-            )
-        if not isinstance(name, str):
-            raise ConfigError(f"{cls.model_id}: config must be a name or a path, got {name!r}")
-        try:
-            config = load_config(name, overrides)
-        except ConfigError as err:
-            raise ConfigError(f"{cls.model_id} --model_args: {err}") from None
-        accepted = cls.accepted_methods()
-        if config.method not in accepted:
-            raise ConfigError(
-                f"{cls.model_id} --model_args: config {name!r} is a {config.method!r} config; "
-                f"{cls.model_id} accepts {', '.join(accepted)} (llava_compressed accepts every registered method)"
-            )
+        config, _ = load_accepted_config(
+            cls.model_id, name_or_path, cls.default_config, overrides, cls.accepted_methods(),
+            "a registered method (python -m sparsezip_lmms methods lists them)",
+            "llava_compressed accepts every registered method",
+        )  # fmt: skip
         return config
 
     def _fix_data_parallel_ranks(self) -> None:

@@ -30,12 +30,11 @@ from ..config import (
     ConfigError,
     KeepAllConfig,
     config_to_dict,
-    load_config,
     prunes_in_llm,
 )
 from ..efficiency.records import EfficiencyRecord
 from ..efficiency.task_hooks import UID_COLUMN
-from .arguments import count_arg, placement
+from .arguments import count_arg, load_accepted_config, placement
 from .base import CompressedLlava, _Prepared
 from .pipeline import apply_until
 from .qwen_pipeline import qwen_batch, qwen_record, resize_image
@@ -116,24 +115,12 @@ class CompressedQwen(_Qwen2_5_VLChat):
         in-LLM layers within the checkpoint's ``llm_layers``. ConfigError naming the problem."""
         from ..qwen.inputs import check_method
 
-        name = cls.default_config if name_or_path in (None, "") else name_or_path
-        if name is None:
-            raise ConfigError(
-                f"{cls.model_id} --model_args: config= is required: a config name or a YAML path whose 'method' is "
-                f"one the Qwen2.5-VL path runs ({', '.join(cls.accepted_methods())})"
-            )
-        if not isinstance(name, str):
-            raise ConfigError(f"{cls.model_id}: config must be a name or a path, got {name!r}")
-        try:
-            config = load_config(name, overrides)
-        except ConfigError as err:
-            raise ConfigError(f"{cls.model_id} --model_args: {err}") from None
         accepted = cls.accepted_methods()
-        if config.method not in accepted:
-            raise ConfigError(
-                f"{cls.model_id} --model_args: config {name!r} is a {config.method!r} config; {cls.model_id} accepts "
-                f"{', '.join(accepted)} (qwen2_5_vl_compressed accepts every method the Qwen2.5-VL path runs)"
-            )
+        config, name = load_accepted_config(
+            cls.model_id, name_or_path, cls.default_config, overrides, accepted,
+            f"one the Qwen2.5-VL path runs ({', '.join(accepted)})",
+            "qwen2_5_vl_compressed accepts every method the Qwen2.5-VL path runs",
+        )  # fmt: skip
         try:
             check_method(config)
         except ValueError as err:
