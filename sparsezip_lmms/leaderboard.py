@@ -215,33 +215,48 @@ def collect(paths: list[str | Path]) -> list[Row]:
 IN_LLM_MODELS = {"llava_sparsevlm", "llava_fastv", "llava_dart"}  # their visual tokens are a layer average ("equal tokens")
 
 
-def prunes_inside_llm(row: Row) -> bool:
-    """True when the row's method prunes inside the LLM (``MethodSpec.stage`` "llm"), so that its visual
-    tokens are a layer average: read from its config where it still loads, else from its model id."""
+def row_config(row: Row) -> Any | None:
+    """The row's config, loaded from its label (name and overrides), or None where it no longer loads."""
     from .config import ConfigError, load_config, split_top_level
-    from .methods.registry import method_of
 
     name, *overrides = split_top_level(row.config)
     try:
-        config = load_config(name, dict(item.split("=", 1) for item in overrides if "=" in item))
-        return method_of(config).stage == "llm"
+        return load_config(name, dict(item.split("=", 1) for item in overrides if "=" in item))
     except (ConfigError, OSError):
-        return row.model in IN_LLM_MODELS
+        return None
 
 
-def budget_note(row: Row) -> str | None:
+def prunes_inside_llm(row: Row, config: Any | None = None) -> bool:
+    """True when the row's method prunes inside the LLM (``MethodSpec.stage`` "llm"), so that its visual
+    tokens are a layer average: read from its config (``row_config``) where it still loads, else from its
+    model id."""
+    from .methods.registry import method_of
+
+    config = row_config(row) if config is None else config
+    return row.model in IN_LLM_MODELS if config is None else method_of(config).stage == "llm"
+
+
+def budget_note(row: Row, config: Any | None = None) -> str | None:
     """What the row's method says about its own token count (``MethodSpec.budget_note``), where its config
     still loads: e.g. DART's official count keeps 68 tokens at "64"."""
-    from .config import ConfigError, load_config, split_top_level
     from .methods.registry import method_of
 
-    name, *overrides = split_top_level(row.config)
-    try:
-        config = load_config(name, dict(item.split("=", 1) for item in overrides if "=" in item))
-    except (ConfigError, OSError):
+    config = row_config(row) if config is None else config
+    if config is None:
         return None
     spec = method_of(config)
     return None if spec.budget_note is None else spec.budget_note(config)
+
+
+def pareto_frontier(points: list[tuple]) -> list[tuple[float, float]]:
+    """The (x, y) of the points no cheaper point beats: by increasing x (time), each one with a higher y
+    (score) than every point before it. ``points``: (x, y, ...) tuples."""
+    frontier, best = [], -math.inf
+    for x, y, *_ in sorted(points):
+        if y > best:
+            frontier.append((x, y))
+            best = y
+    return frontier
 
 
 IN_LLM_TOLERANCE = 0.05
@@ -304,11 +319,13 @@ def table(rows: list[Row], baseline_model: str = BASELINE_MODEL) -> tuple[list[s
             notes.append(f"FAILED: {cells['failed requests']} requests" + (f" (first error: {errors[0]})" if errors else ""))
         notes += row.problems + data_notes
         budget, tokens = named_budget(row.config), cells["visual tokens"]
-        limit = None if budget is None else budget * (1 + IN_LLM_TOLERANCE if prunes_inside_llm(row) else 1)
+        config = row_config(row) if budget is not None else None  # loaded once for both questions
+        in_llm = budget is not None and prunes_inside_llm(row, config)
+        limit = None if budget is None else budget * (1 + IN_LLM_TOLERANCE if in_llm else 1)
         if limit is not None and tokens is not None and tokens > limit + 1e-9:
-            why = budget_note(row) or (
+            why = budget_note(row, config) or (
                 "a mean over the LLM's layers: the name's budget is the equal-tokens count of LLaVA-1.5-7B's 32 layers, "
-                "a shallower LLM weighs its unpruned first layers more" if prunes_inside_llm(row)
+                "a shallower LLM weighs its unpruned first layers more" if in_llm
                 else "more visual tokens enter the LLM than the budget in the config's name"
             )  # fmt: skip
             notes.append(f"OVER BUDGET: {tokens:.1f} visual tokens for a {budget}-token config" + (f" ({why})" if why else ""))
@@ -405,11 +422,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
         ]
         for x, y, name in points:
             ax.scatter(x, y, s=40, color=colors[name], marker=markers[name], label=name)
-        frontier, best = [], -math.inf
-        for x, y, _ in sorted(points):
-            if y > best:
-                frontier.append((x, y))
-                best = y
+        frontier = pareto_frontier(points)
         if len(frontier) > 1:
             ax.plot(*zip(*frontier), linestyle="--", linewidth=1, color="grey")
         ax.set_xlabel("time to first token (s, mean)")

@@ -178,7 +178,7 @@ def pareto_plot(rows: list[dict], path: Path, title: str = "accuracy vs time to 
     """The leaderboard's Pareto plot as the report shows it: one panel per task (main score against mean
     TTFT, the frontier dashed), one colour and marker per run, a legend naming every run below the panels
     (labels shortened and wrapped; the checkpoint's folder added where there are several)."""
-    from ..leaderboard import TASK_METRICS
+    from ..leaderboard import TASK_METRICS, pareto_frontier
     from .report_style import MARKERS
 
     plt = _pyplot()
@@ -207,11 +207,7 @@ def pareto_plot(rows: list[dict], path: Path, title: str = "accuracy vs time to 
                   if r.get(f"{TASK_LABEL[family]} TTFT s") is not None and r.get(label) is not None]  # fmt: skip
         for x, y, n in points:
             ax.scatter(x, y, s=42, color=style[n][0], marker=style[n][1], edgecolors="#333333", linewidths=0.4)
-        frontier, best = [], -math.inf
-        for x, y, _ in sorted(points):
-            if y > best:
-                frontier.append((x, y))
-                best = y
+        frontier = pareto_frontier(points)
         if len(frontier) > 1:
             ax.plot(*zip(*frontier), linestyle="--", linewidth=1, color="grey")
         ax.set_xlabel("time to first token (s, mean)", fontsize=FONT)
