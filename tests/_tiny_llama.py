@@ -64,3 +64,17 @@ def tiny_llama(folder: Path, dtype: torch.dtype = torch.float64, attn_implementa
     model = LlamaForCausalLM(config)
     model.load_state_dict(dict(draws), strict=True)  # every parameter, nothing else (RoPE buffers are not state)
     return model.to(dtype).eval()
+
+
+def left_padded_prompts(cases, meta, samples):
+    """The golden set's prompts ``samples`` (``<s>/inputs_embeds``), left padded: (inputs_embeds [B, L, d],
+    attention_mask [B, L], image_start [B]: ``meta["samples"][s]["v_token_start"]`` shifted by the padding)."""
+    rows = [cases[f"{s}/inputs_embeds"] for s in samples]
+    width = max(r.shape[0] for r in rows)
+    embeds = torch.zeros(len(rows), width, rows[0].shape[1], dtype=torch.float64)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, row in enumerate(rows):
+        embeds[b, width - row.shape[0] :] = row
+        mask[b, width - row.shape[0] :] = 1
+    starts = torch.tensor([width - r.shape[0] + meta["samples"][s]["v_token_start"] for s, r in zip(samples, rows)])
+    return embeds, mask, starts

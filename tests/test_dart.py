@@ -20,7 +20,7 @@ from torch import nn
 from sparsezip_lmms.compress.dart import DartRule, dart_picks, pivot_processing_order
 from sparsezip_lmms.config import ConfigError, load_config
 from sparsezip_lmms.pruning import pruned_generate
-from _tiny_llama import tiny_llama
+from _tiny_llama import left_padded_prompts, tiny_llama
 
 DATA = Path(__file__).parent / "data" / "dart"
 NEW_TOKENS = 6
@@ -70,16 +70,8 @@ def dart():
 
 def _batch(cases, meta, samples):
     """Left-padded (inputs_embeds [B, L, d], attention_mask [B, L], image_start [B], visual counts [B])."""
-    rows = [cases[f"{s}/inputs_embeds"] for s in samples]
-    width = max(r.shape[0] for r in rows)
-    embeds = torch.zeros(len(rows), width, rows[0].shape[1], dtype=torch.float64)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, row in enumerate(rows):
-        embeds[b, width - row.shape[0] :] = row
-        mask[b, width - row.shape[0] :] = 1
-    starts = torch.tensor([width - r.shape[0] + meta["samples"][s]["v_token_start"] for s, r in zip(samples, rows)])
     counts = [meta["samples"][s]["v_token_num"] for s in samples]
-    return embeds, mask, starts, counts
+    return (*left_padded_prompts(cases, meta, samples), counts)
 
 
 def _config(setting_meta):

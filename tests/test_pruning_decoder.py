@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from sparsezip_lmms.compress.in_llm import DeferredRule, FastVRule, SparseVLM2Rule, rope_bias, rule_for_config
 from sparsezip_lmms.config import ConfigError, load_config
 from sparsezip_lmms.pruning import pruned_generate
-from _tiny_llama import tiny_llama
+from _tiny_llama import left_padded_prompts, tiny_llama
 
 DATA = Path(__file__).parent / "data"
 NEW_TOKENS = 6
@@ -43,17 +43,7 @@ def sparsevlm2():
     return cases, meta, tiny_llama(DATA / "sparsevlm2" / "llama32", torch.float64)
 
 
-def _batch(cases, meta, samples):
-    """Left-padded (inputs_embeds [B, L, d], attention_mask [B, L], image_start [B])."""
-    rows = [cases[f"{s}/inputs_embeds"] for s in samples]
-    width = max(r.shape[0] for r in rows)
-    embeds = torch.zeros(len(rows), width, rows[0].shape[1], dtype=torch.float64)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, row in enumerate(rows):
-        embeds[b, width - row.shape[0] :] = row
-        mask[b, width - row.shape[0] :] = 1
-    starts = torch.tensor([width - r.shape[0] + meta["samples"][s]["v_token_start"] for s, r in zip(samples, rows)])
-    return embeds, mask, starts
+_batch = left_padded_prompts  # (inputs_embeds [B, L, d], attention_mask [B, L], image_start [B])
 
 
 def _valid(row: torch.Tensor) -> torch.Tensor:
