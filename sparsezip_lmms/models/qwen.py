@@ -32,6 +32,7 @@ from ..config import (
     config_to_dict,
     prunes_in_llm,
 )
+from ..efficiency.qwen_flops import QwenDims
 from ..efficiency.records import EfficiencyRecord
 from ..efficiency.task_hooks import UID_COLUMN
 from .arguments import count_arg, load_accepted_config, placement
@@ -191,6 +192,7 @@ class CompressedQwen(_Qwen2_5_VLChat):
         self.processor = load_qwen_processor(pretrained, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         self._tokenizer = self.processor.tokenizer
         self._config = self._model.config
+        self._dims = QwenDims.from_config(self._config)  # the FLOP count's sizes, once per model
         self._max_length = 2048
         self.batch_size_per_gpu = int(args.get("batch_size", 1) or 1)
         self.use_cache = bool(args.get("use_cache", True))

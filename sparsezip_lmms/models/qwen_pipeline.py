@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..efficiency.clock import TokenClock, now
-from ..efficiency.qwen_flops import QwenDims, qwen_compression_flops, qwen_kv_cache_bytes, qwen_llm_flops, qwen_vision_flops
+from ..efficiency.qwen_flops import qwen_compression_flops, qwen_kv_cache_bytes, qwen_llm_flops, qwen_vision_flops
 from ..efficiency.records import EfficiencyRecord, peak_memory, reset_peak_memory
 from ..qwen import compressed_generate
 from .pipeline import decode
@@ -180,7 +180,7 @@ def qwen_record(lmm, out: QwenBatch, row: int, config=None) -> EfficiencyRecord:
     """The efficiency record of row ``row``: tokens, timing, and the analytic FLOPs (vision tower, method,
     LLM prefill) and KV-cache bytes of ``efficiency.qwen_flops``. ``config``: what the row ran (default the
     model's)."""
-    dims = QwenDims.from_config(lmm.model.config)
+    dims = lmm._dims
     config = lmm.compression if config is None else config
     vision = qwen_vision_flops(out.grids[row], dims)
     compression = qwen_compression_flops(config, out.grids[row], dims)
