@@ -19,6 +19,7 @@ _WITH_OWN_OPTIONS = {
     "bench": ("sparsezip_lmms.bench", "main"),
     "calibrate": ("sparsezip_lmms.calibrate", "main"),
     "import-config": ("sparsezip_lmms.seed_config", "main"),
+    "eff-tasks": ("sparsezip_lmms.eff_tasks", "main"),
 }
 
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sweep", help="one lmms-eval run per config x grid override x task (resumable), then leaderboard and report", add_help=False)
     sub.add_parser("bench", help="speed benchmark of every part (table + JSON)", add_help=False)
     sub.add_parser("calibrate", help="fit SparseZip's dynamic K on a task's images and write a config", add_help=False)
+    sub.add_parser("eff-tasks", help="write TASK_eff wrappers of any lmms-eval task: its own metrics plus the eff_* efficiency metrics", add_help=False)
     sub.add_parser("import-config", help="convert a seed SparseZip YAML into this package's config", add_help=False)
     if argv and argv[0] in _WITH_OWN_OPTIONS:
         return _run_with_own_options(argv[0], argv[1:])
