@@ -73,6 +73,24 @@ def test_token_counts_and_records_are_reported(tiny_checkpoint):
         assert record.e2e_s > 0 and record.vision_s > 0 and record.ttft_s > 0
 
 
+@pytest.mark.parametrize(
+    "model_id, config, phase",
+    [("llava_hf_timed", "keep_all", None), ("llava_visionzip", "visionzip_64", "vision_s"), ("llava_fastv", "fastv_64", "prefill_s")],
+)
+def test_method_time_is_its_own_step(model_id, config, phase, tiny_checkpoint):
+    """method_s: the method's own steps, inside the phase where they run (vision or the LLM prefill)."""
+    from sparsezip_lmms.efficiency import get_record
+
+    lmm = _model(model_id, tiny_checkpoint, batch_size=2, config=config)
+    lmm.generate_until(make_requests(lmm, _docs()[:2], GEN, task=f"unit_method_{model_id}"))
+    for doc_id in range(2):
+        record = get_record(f"unit_method_{model_id}", "test", doc_id)
+        if phase is None:
+            assert record.method_s == 0.0
+        else:
+            assert 0 < record.method_s < getattr(record, phase)
+
+
 def test_prompt_without_image_and_multiple_images(tiny_checkpoint):
     lmm = _model("llava_hf_timed", tiny_checkpoint, batch_size=3)
     rng = random.Random(0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
 import torch
 from transformers.generation.stopping_criteria import StoppingCriteria
@@ -95,3 +97,31 @@ class _ClockCriterion(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         self.clock.tick()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # [B] never done
+
+
+class MethodTimer:
+    """Seconds a compression method spends in its own steps (scoring, selection, merging; an in-LLM
+    rule's decisions), summed over the timed steps of one batch.
+
+    Each :meth:`step` reads the host clock after synchronising the device, before and after the step,
+    so the figure is the step's own time. A caller without a timer passes ``None``: :func:`method_step`
+    then times nothing."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = device
+        self.seconds = 0.0
+        self.steps = 0
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        start = now(self.device)
+        try:
+            yield
+        finally:
+            self.seconds += now(self.device) - start
+            self.steps += 1
+
+
+def method_step(timer: MethodTimer | None):
+    """``timer.step()``, or a context that times nothing when there is no timer."""
+    return nullcontext() if timer is None else timer.step()

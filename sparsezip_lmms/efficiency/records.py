@@ -32,6 +32,7 @@ class EfficiencyRecord:
     batch_size: int = 1
     preprocess_s: float | None = None  # processor: image resize/normalise + tokenisation
     vision_s: float | None = None  # CLIP + scoring + compression + projector
+    method_s: float | None = None  # the method's own steps (scoring, selection, merging), inside vision_s or prefill_s
     prefill_s: float | None = None  # LLM prefill up to the first generated token
     ttft_s: float | None = None  # time to first token: vision + prefill
     tpot_s: float | None = None  # time per output token after the first

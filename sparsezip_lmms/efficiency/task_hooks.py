@@ -33,6 +33,7 @@ SCALAR_METRICS = (
     ("e2e_s_p90", "e2e_s", "p90"),
     ("tpot_s", "tpot_s", "mean"),
     ("vision_s", "vision_s", "mean"),
+    ("method_s", "method_s", "mean"),
     ("prefill_s", "prefill_s", "mean"),
     ("visual_tokens", "visual_tokens_layer_avg", "mean"),
     ("input_tokens", "input_tokens", "mean"),
@@ -40,7 +41,7 @@ SCALAR_METRICS = (
     ("kv_cache_mb", "kv_cache_mb", "mean"),
     ("peak_memory_mb", "peak_memory_mb", "mean"),
 )
-TIMING_FIELDS = {"ttft_s", "e2e_s", "vision_s", "prefill_s", "tpot_s", "peak_memory_mb"}
+TIMING_FIELDS = {"ttft_s", "e2e_s", "vision_s", "method_s", "prefill_s", "tpot_s", "peak_memory_mb"}
 
 
 def add_request_keys(dataset):

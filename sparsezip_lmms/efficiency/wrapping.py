@@ -44,6 +44,7 @@ EFF_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("eff_e2e_s_p90", "p90_or_none", False),
     ("eff_tpot_s", "mean_or_none", False),
     ("eff_vision_s", "mean_or_none", False),
+    ("eff_method_s", "mean_or_none", False),
     ("eff_prefill_s", "mean_or_none", False),
     ("eff_visual_tokens", "mean_or_none", False),
     ("eff_input_tokens", "mean_or_none", False),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..config import CompressionConfig
+from ..efficiency.clock import MethodTimer, method_step
 from ..methods.registry import method_of
 from .image_tokens import ImageTokens, check_feature_path, llava_parts
 from .projected import next_projected_selection, projected_selection
@@ -62,35 +63,42 @@ def image_tokens(
     image_sizes: torch.Tensor | None = None,  # [n_images, 2] LLaVA-NeXT: each image's (height, width)
     grid_pinpoints: list | None = None,  # LLaVA-NeXT: the tile grid the processor used (None: the checkpoint's)
     groups: torch.Tensor | None = None,  # [n_images] long: rows sharing one budget (NeXT crops, SparseZip per_image)
+    timer: MethodTimer | None = None,  # times the method's own steps (efficiency.clock)
 ) -> ImageTokens:
     """Visual tokens entering the LLM for each image under ``config`` (its selection, before the LLM)."""
     if uses_stock_features(config):
         return stock_image_tokens(model, pixel_values, image_sizes)
     stage = method_of(config).stage
     if image_sizes is not None and stage == "projected":
-        return next_projected_selection(model, pixel_values, image_sizes, config, clip_text, question_embeds, grid_pinpoints)
+        return next_projected_selection(
+            model, pixel_values, image_sizes, config, clip_text, question_embeds, grid_pinpoints, timer=timer
+        )
     if image_sizes is not None:
-        return next_image_tokens(model, pixel_values, image_sizes, config, text_embeds, text_mask, pull_back, image_keys)
+        return next_image_tokens(
+            model, pixel_values, image_sizes, config, text_embeds, text_mask, pull_back, image_keys, timer=timer
+        )
     if stage == "projected":
-        return projected_selection(model, pixel_values, config, clip_text, question_embeds, with_patches)
+        return projected_selection(model, pixel_values, config, clip_text, question_embeds, with_patches, timer=timer)
 
     from ..compress import compress, needs_text, text_relevance
     from .scoring import scoring_inputs
 
     vision_tower, projector, llava_config = llava_parts(model)
     inputs = scoring_inputs(vision_tower, pixel_values, layer=check_feature_path(llava_config))  # hidden [n, 1+N, C]
-    relevance = None
-    if needs_text(config) and text_embeds is not None and config.text_source == "seed_keys":
-        from ..compress import seed_key_relevance  # the seed's (reproduction only): question mean vs unit keys
+    with method_step(timer):  # the method's own steps: text relevance, scoring, selection, merging
+        relevance = None
+        if needs_text(config) and text_embeds is not None and config.text_source == "seed_keys":
+            from ..compress import seed_key_relevance  # the seed's (reproduction only): question mean vs unit keys
 
-        relevance = seed_key_relevance(inputs.keys, text_embeds, text_mask)[:, 1:]  # [n, N]
-    elif needs_text(config) and text_embeds is not None:
-        relevance = text_relevance(
-            inputs.hidden[:, 1:], text_embeds, text_mask, projector, space=config.text_space, pull_back=pull_back
-        )  # [n, N]
-    compressed = compress(
-        inputs.hidden, inputs.cls_attn, inputs.keys, config, text_relevance=relevance, image_keys=image_keys, groups=groups
-    )
+            relevance = seed_key_relevance(inputs.keys, text_embeds, text_mask)[:, 1:]  # [n, N]
+        elif needs_text(config) and text_embeds is not None:
+            relevance = text_relevance(
+                inputs.hidden[:, 1:], text_embeds, text_mask, projector, space=config.text_space, pull_back=pull_back
+            )  # [n, N]
+        compressed = compress(
+            inputs.hidden, inputs.cls_attn, inputs.keys, config, text_relevance=relevance, image_keys=image_keys,
+            groups=groups,
+        )  # fmt: skip
     features = projector(compressed.tokens)  # [n, T_max, D_llm]
     patches = projector(inputs.hidden[:, 1:]) if with_patches else None  # [n, N, D_llm]
     return ImageTokens(features, compressed.valid, compressed.index, patches, compressed.members)
@@ -105,6 +113,7 @@ def next_image_tokens(
     text_mask: torch.Tensor | None = None,  # [n_images, L_text]
     pull_back=None,
     image_keys: torch.Tensor | None = None,  # [C] compress.image_keys of every crop (random)
+    timer: MethodTimer | None = None,
 ) -> ImageTokens:
     """LLaVA-NeXT: every crop (base view and tiles) compressed as a LLaVA-1.5 image (a text-aware
     method scores each crop against its image's question), then laid out per image in VisionZip's
@@ -125,8 +134,9 @@ def next_image_tokens(
     if getattr(config, "next_budget", "per_crop") == "per_image":
         groups = crop_owners(counts, pixel_values.device)  # [C] image of each crop
     crops = image_tokens(
-        model, flat, config, text_embeds, text_mask, pull_back=pull_back, image_keys=image_keys, groups=groups
-    )  # [C, T, D]
+        model, flat, config, text_embeds, text_mask, pull_back=pull_back, image_keys=image_keys, groups=groups,
+        timer=timer,
+    )  # [C, T, D]  # fmt: skip
     side = llava_config.vision_config.image_size // llava_config.vision_config.patch_size
     return per_crop_layout(crops, counts, tile_grids(image_sizes, llava_config), side)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..efficiency.clock import MethodTimer, method_step
 from ..methods.registry import method_of
 from ..methods.spec import ProjectedInputs
 from .image_tokens import ImageTokens, check_feature_path, llava_parts
@@ -62,6 +63,7 @@ def projected_selection(
     clip_text=None,  # llava.clip_text.ClipText ("clip_text" methods)
     question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # CLIP text embeds [n, M, P], mask [n, M]
     with_patches: bool = False,
+    timer: MethodTimer | None = None,  # times the method's own inputs and selection
 ) -> ImageTokens:
     """LLaVA-1.5: the method picks among each image's N projected patches; the picks enter the LLM in
     ascending patch order (repeats stay, as DivPrune's official code keeps them)."""
@@ -72,8 +74,9 @@ def projected_selection(
     n_images, n_patches = patches.shape[:2]
     side = int(round(n_patches**0.5))
     valid = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)  # [n, N]
-    inputs = _inputs(spec, config, patches, valid, side, hidden, vision_tower, clip_text, question_embeds, None)
-    order = checked_picks(spec.select(inputs, config), n_images, n_patches, spec.name)  # [n, k]
+    with method_step(timer):
+        inputs = _inputs(spec, config, patches, valid, side, hidden, vision_tower, clip_text, question_embeds, None)
+        order = checked_picks(spec.select(inputs, config), n_images, n_patches, spec.name)  # [n, k]
     kept = _ascending(order, n_patches)  # [n, k] ascending patch index, unused slots last
     picked = kept < n_patches  # [n, k]
     features = patches.gather(1, kept.clamp(max=n_patches - 1)[..., None].expand(-1, -1, patches.shape[-1]))  # [n, k, D]
@@ -90,6 +93,7 @@ def next_projected_selection(
     clip_text=None,
     question_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # [n_images, M, P], [n_images, M]
     pinpoints: list | None = None,
+    timer: MethodTimer | None = None,
 ) -> ImageTokens:
     """LLaVA-NeXT, as the module docstring says. ``pinpoints``: the tile grid the processor used
     (CDPruner's fixed 2 x 2), None: the checkpoint's."""
@@ -110,7 +114,8 @@ def next_projected_selection(
 
     if spec.next_candidates == "packed":
         inputs = ProjectedInputs(packed, valid, (side, side))
-        order = checked_picks(spec.select(inputs, config), packed.shape[0], packed.shape[1], spec.name)  # [n, k_max]
+        with method_step(timer):
+            order = checked_picks(spec.select(inputs, config), packed.shape[0], packed.shape[1], spec.name)  # [n, k_max]
         positions = _ascending(order, packed.shape[1])
         selected = compact(packed, positions, (positions < packed.shape[1]).sum(dim=1))
         keep = positions_mask(positions, packed.shape[1])  # [n_images, L]
@@ -124,9 +129,10 @@ def next_projected_selection(
             text, text_mask = question_embeds
             question = (text.repeat_interleave(repeat, dim=0), text_mask.repeat_interleave(repeat, dim=0))  # per crop
         groups = crop_owners(counts, device)  # [C] image of each crop
-        inputs = _inputs(spec, config, patches, torch.ones(patches.shape[:2], dtype=torch.bool, device=device), side,
-                         hidden, vision_tower, clip_text, question, groups)  # fmt: skip
-        order = checked_picks(spec.select(inputs, config), patches.shape[0], n, spec.name)  # [C, k]
+        with method_step(timer):
+            inputs = _inputs(spec, config, patches, torch.ones(patches.shape[:2], dtype=torch.bool, device=device), side,
+                             hidden, vision_tower, clip_text, question, groups)  # fmt: skip
+            order = checked_picks(spec.select(inputs, config), patches.shape[0], n, spec.name)  # [C, k]
         crop_keep = torch.zeros((patches.shape[0], n + 1), dtype=torch.bool, device=device)  # [C, N + 1]: N = unused
         crop_keep = crop_keep.scatter_(1, _ascending(order, n), True)[:, :n]  # [C, N]
         at_source = crop_keep.flatten()[crop_patch_index(sources, counts, n).clamp(min=0)]  # [n_images, L]

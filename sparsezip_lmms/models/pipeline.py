@@ -18,7 +18,7 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 from ..budgets import family_of
-from ..efficiency.clock import TokenClock, now
+from ..efficiency.clock import MethodTimer, TokenClock, method_step, now
 from ..efficiency.records import peak_memory, reset_peak_memory
 from ..llava.features import deferred_span
 from ..methods.registry import method_of
@@ -80,12 +80,16 @@ def generate_batch(
     row_of_image = torch.repeat_interleave(torch.arange(len(texts), device=device), images_per_row)  # [n_images]
 
     t_vision = now(device)
+    timer = MethodTimer(device)  # the method's own steps, wherever they run (vision side or in the LLM)
     question_mask = family.question_mask(input_ids, attention_mask, n_images)  # [n_images, L]
     image_sizes = family.image_sizes(inputs)  # [n_images, 2] (H, W) on LLaVA-NeXT, else None
     crops, grids = family.crops(image_sizes, n_images, pinpoints)  # vision-tower passes, tile grids per image
     config = lmm.compression if (prune or not lmm._prunes_in_llm) else lmm._unpruned_config
     if n_images:
-        question = family.question_embeddings(input_ids, question_mask, row_of_image) if lmm._text_aware else None
+        question = None
+        if lmm._text_aware:
+            with method_step(timer):  # a text-aware method's question embeddings are its own step
+                question = family.question_embeddings(input_ids, question_mask, row_of_image)
         # random baseline: one key per image (NeXT: per crop) from the processor's float32 pixels
         keys = family.pixel_keys(inputs, crops) if method_of(lmm.compression).needs("image_keys", lmm.compression) else None
         clip_questions = None
@@ -94,7 +98,8 @@ def generate_batch(
 
             strip = getattr(lmm.compression, "strip_answer_format", True)
             per_image = [question_for_clip((questions or [""] * len(texts))[row], strip) for row in row_of_image.tolist()]
-            clip_questions = lmm._clip_text.embed(per_image)  # ([n_images, M, P], [n_images, M])
+            with method_step(timer):  # CDPruner's text tower is part of the method
+                clip_questions = lmm._clip_text.embed(per_image)  # ([n_images, M, P], [n_images, M])
         deferred = prune and getattr(config, "prune_layer", 0) > 0
         visual = family.visual_tokens(
             inputs,
@@ -107,6 +112,7 @@ def generate_batch(
             question_embeds=clip_questions,
             with_patches=deferred,
             grid_pinpoints=pinpoints,
+            timer=timer,
         )
         selected = visual  # what the method keeps (from layer prune_layer on, when deferred)
         visual_keep = None
@@ -139,7 +145,7 @@ def generate_batch(
     if prune:
         if not bool((images_per_row == 1).all()):
             raise ValueError(f"{lmm.model_id}: the pruning decoder needs exactly one image per prompt")
-        tokens, layer_stats, pruned = generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep, clock)
+        tokens, layer_stats, pruned = generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep, clock, timer)
     else:
         tokens = lmm.model.generate(
             inputs_embeds=inputs_embeds,
@@ -162,6 +168,7 @@ def generate_batch(
         "batch_size": len(texts),
         "preprocess_s": t_vision - t_start,
         "vision_s": t_vision_end - t_vision,
+        "method_s": timer.seconds,  # inside vision_s (before-LLM methods) or prefill_s (in-LLM rules); 0 without a method
         "prefill_s": (step_times[0] - t_generate) if step_times else None,
         "ttft_s": (step_times[0] - t_vision) if step_times else None,
         "tpot_s": ((step_times[-1] - step_times[0]) / decode_steps) if decode_steps > 0 else None,
@@ -209,9 +216,9 @@ def decode(lmm, tokens: torch.Tensor, args: dict[str, Any]) -> tuple[list[str], 
     return texts, counts
 
 
-def generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep, clock: TokenClock):
+def generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep, clock: TokenClock, timer: MethodTimer | None = None):
     """Generate with the pruning decoder (one image per prompt, ``counts`` [B] its visual tokens); ``clock``
-    ticks once per generated token."""
+    ticks once per generated token; ``timer`` times the rule's own steps."""
     from ..pruning import pruned_generate
 
     if args["num_beams"] != 1 or args["do_sample"]:
@@ -229,6 +236,7 @@ def generate_pruned(lmm, inputs_embeds, prompt, args, counts, visual_keep, clock
         eos_token_id=args["eos_token_id"],
         clock=clock,
         family=family_of(lmm.geometry),
+        method_timer=timer,
     )
     stats = {
         "visual_tokens_per_layer": out.visual_tokens_per_layer.tolist(),

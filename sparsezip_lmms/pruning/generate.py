@@ -19,6 +19,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from ..compress.in_llm import PruningRule, check_pruning_layers, rule_for_config
+from ..efficiency.clock import method_step
 from .attention import run_layers
 from .batch import pad_left, pad_stack, split_samples, validate_inputs, visual_counts
 from .decode import DecodeGroup, greedy_decode
@@ -125,6 +126,7 @@ def pruned_generate(
     family: str = "llava",
     position_ids: torch.Tensor | None = None,
     return_step_logits: bool = False,
+    method_timer: Any | None = None,
 ) -> PrunedOutput:
     """Greedy generation (``max_new_tokens`` tokens) with in-LLM pruning of the visual tokens.
 
@@ -153,6 +155,7 @@ def pruned_generate(
         0..n-1 per row. Original positions are sliced from them and decoding continues at each row's maximum
         + 1 (renumbering rules are refused with multi-row positions).
     return_step_logits: also return each decode step's logits (``step_logits``).
+    method_timer: optional ``efficiency.clock.MethodTimer``: times the rule's own scoring, decisions and merging.
     """
     rule = config if isinstance(config, PruningRule) else rule_for_config(config)
     rule = rule.for_family(family)
@@ -194,20 +197,21 @@ def pruned_generate(
             for b, sample in enumerate(samples):
                 sample.hidden = out[b, padded.pad[b] :]  # [n_b, d]
             continue
-        result = pruning_stage(decoder, cache, samples, padded, stage, rule)
-        stage_kept = [
-            apply_pruning(
-                sample,
-                b,
-                result.outputs[b],
-                result.rows[b],
-                result.decisions[b],
-                stage.prune,
-                recycle_noise,
-                rule.original_positions,
-            )
-            for b, sample in enumerate(samples)
-        ]  # per sample: [k_b]
+        result = pruning_stage(decoder, cache, samples, padded, stage, rule, method_timer)
+        with method_step(method_timer):  # the rule's own merging/recycling of the pruned tokens
+            stage_kept = [
+                apply_pruning(
+                    sample,
+                    b,
+                    result.outputs[b],
+                    result.rows[b],
+                    result.decisions[b],
+                    stage.prune,
+                    recycle_noise,
+                    rule.original_positions,
+                )
+                for b, sample in enumerate(samples)
+            ]  # per sample: [k_b]
         visual_per_layer[:, stage.last] = torch.tensor([s.v_num for s in samples])
         stats.kept.append(pad_stack(stage_kept, -1))
         stats.scores.append(pad_stack(result.scores, float("nan")))

@@ -7,7 +7,8 @@ attention of a few query rows (post-RoPE queries of those rows against the layer
 SparseVLM's raters, FastV's last prompt token) or takes its given selection (deferred), and the rule
 decides (:func:`pruning_stage`). The kept visual tokens stay in order, and the rule's recycled tokens
 (SparseVLM v1.5) are inserted right after them; positions are renumbered 0..n-1 (v1.5) or stay the
-original ids (v2.0, FastV) (:func:`apply_pruning`).
+original ids (v2.0, FastV; v1.5 on Qwen2.5-VL's M-RoPE, a recycled token at its density-peak centre's
+position) (:func:`apply_pruning`).
 
 Shapes: ``B`` samples, ``L`` padded length, ``d`` hidden size, ``R`` query rows, ``M`` rows the pruning
 layer computes (``n_needed`` for one sample), ``v_num`` visual tokens of a sample.
@@ -25,6 +26,7 @@ from transformers.cache_utils import DynamicCache
 from ..compress.dtypes import at_least_float32
 from ..compress.in_llm import Decision, PruningRule
 from ..compress.sparsevlm_recycle import density_peak_merge
+from ..efficiency.clock import MethodTimer, method_step
 from .attention import follow, keys_and_values, layer_device, layer_rows, query_attention, run_layers, span_scores, splits_rows
 from .batch import Padded, Sample, gather_rows, needed_padded_rows, query_rows
 
@@ -60,16 +62,18 @@ def stages(pruning_layers: Sequence[int], depth: int) -> list[Stage]:
 
 
 def pruning_stage(
-    decoder: nn.Module, cache: DynamicCache, samples: Sequence[Sample], padded: Padded, stage: Stage, rule: PruningRule
-) -> PruningStageResult:
-    """Run a pruning stage's layers and decide each sample's pruning.
+    decoder: nn.Module, cache: DynamicCache, samples: Sequence[Sample], padded: Padded, stage: Stage, rule: PruningRule,
+    timer: MethodTimer | None = None,
+) -> PruningStageResult:  # fmt: skip
+    """Run a pruning stage's layers and decide each sample's pruning (``timer``: times the rule's own
+    scoring and decisions).
 
     A LLaMA pruning layer computes its output only at the rows the pruning needs; any other layer type
     runs whole and its output is read at those rows.
     """
     pruning = decoder.layers[stage.last]
     if rule.queries == "states":
-        return _states_stage(decoder, cache, samples, padded, stage, rule)
+        return _states_stage(decoder, cache, samples, padded, stage, rule, timer)
     scoring = rule.queries != "none"
     rows_q = query_rows(samples, padded) if scoring else None  # [B, R]
     split = splits_rows(pruning)  # a LLaMA layer runs on the needed rows; any other type runs whole
@@ -94,11 +98,12 @@ def pruning_stage(
         )  # [B, L, d], [B, R, d], ([B, L, hd], [B, L, hd])
         keys = cache.layers[stage.last].keys  # [B, H_kv, L, hd]
     if scoring:
-        probs = query_attention(pruning, rows_in, cos_sin, keys, rows_q, padded.valid)  # [B, H, R, L]
-        scores, heads = span_scores(rule, pruning, probs, cos_sin, rows_q, samples, padded, decoder.rotary_emb)
-        scores = [follow(s.span_ids.device, sc) for s, sc in zip(samples, scores, strict=True)]  # to each sample's device
-        heads = [None if h is None else follow(s.span_ids.device, h) for s, h in zip(samples, heads, strict=True)]
-        decisions = [rule.decide(stage.prune, sc, h) for sc, h in zip(scores, heads, strict=True)]
+        with method_step(timer):
+            probs = query_attention(pruning, rows_in, cos_sin, keys, rows_q, padded.valid)  # [B, H, R, L]
+            scores, heads = span_scores(rule, pruning, probs, cos_sin, rows_q, samples, padded, decoder.rotary_emb)
+            scores = [follow(s.span_ids.device, sc) for s, sc in zip(samples, scores, strict=True)]  # to each sample's device
+            heads = [None if h is None else follow(s.span_ids.device, h) for s, h in zip(samples, heads, strict=True)]
+            decisions = [rule.decide(stage.prune, sc, h) for sc, h in zip(scores, heads, strict=True)]
     else:
         decisions = [_given_decision(s) for s in samples]
         scores = [torch.full((s.v_num,), float("nan"), device=s.hidden.device) for s in samples]
@@ -112,17 +117,19 @@ def pruning_stage(
 
 
 def _states_stage(
-    decoder: nn.Module, cache: DynamicCache, samples: Sequence[Sample], padded: Padded, stage: Stage, rule: PruningRule
-) -> PruningStageResult:
+    decoder: nn.Module, cache: DynamicCache, samples: Sequence[Sample], padded: Padded, stage: Stage, rule: PruningRule,
+    timer: MethodTimer | None = None,
+) -> PruningStageResult:  # fmt: skip
     """A rule that reads the pruning layer's keys and final-normed output at every row (DART): the stage's
     layers run whole, then the rule decides from the layer's cache and ``decoder.norm`` of its output."""
     out, _, _ = run_layers(
         decoder, cache, padded.hidden, padded.valid, padded.position_ids, stage.first, stage.last
     )  # [B, L, d]
     keys = cache.layers[stage.last].keys  # [B, H_kv, L, hd] post-RoPE
-    states = decoder.norm(follow(layer_device(decoder.norm), out))  # [B, L, d]
-    starts = [p + s.v_start for p, s in zip(padded.pad, samples, strict=True)]
-    decisions, scores = rule.decide_states(keys, states, starts, [s.v_num for s in samples], padded.pad)
+    with method_step(timer):
+        states = decoder.norm(follow(layer_device(decoder.norm), out))  # [B, L, d]
+        starts = [p + s.v_start for p, s in zip(padded.pad, samples, strict=True)]
+        decisions, scores = rule.decide_states(keys, states, starts, [s.v_num for s in samples], padded.pad)
     scores = [follow(s.span_ids.device, sc) for s, sc in zip(samples, scores, strict=True)]
     decisions = [
         Decision(*(follow(s.span_ids.device, d.kept, d.recycle_in)), d.clusters, d.heads, d.pivots)
@@ -187,19 +194,22 @@ def apply_pruning(
     kept_end = sample.v_start + k
     kept_ids = sample.span_ids[decision.kept]  # [k]
     parts, ids = [out_rows[:kept_end]], [kept_ids]
+    rows = needed  # [n'] the rows whose original positions the new sequence takes
     if decision.clusters > 0:
-        if original_positions:
-            raise ValueError("recycled tokens have no original position: recycling needs renumbered positions")
         x = out_rows[kept_end : kept_end + n_in]  # [n_in, d]
         work = x.to(at_least_float32(x.dtype))
         noise = _noise(sample, b, stage, n_in, recycle_noise, work)  # [n_in]
-        merged = density_peak_merge(work, decision.clusters, noise).merged.to(x.dtype)  # [clusters, d]
+        peaks = density_peak_merge(work, decision.clusters, noise)
+        merged = peaks.merged.to(x.dtype)  # [clusters, d]
         parts.append(merged)
         ids.append(sample.recycled_base * (stage + 1) + torch.arange(merged.shape[0], device=kept_ids.device))
+        # original positions: a recycled token takes its density-peak centre's position
+        centres = needed[kept_end + peaks.centers.to(needed.device)]  # [clusters]
+        rows = torch.cat([needed[:kept_end], centres, needed[kept_end + n_in :]])  # [n']
     parts.append(out_rows[kept_end + n_in :])
     sample.hidden = torch.cat(parts, dim=0)  # [n', d]
     if original_positions:
-        sample.positions = sample.positions.index_select(-1, needed.to(sample.positions.device))  # [(3,) n'] (no recycled rows)
+        sample.positions = sample.positions.index_select(-1, rows.to(sample.positions.device))  # [(3,) n']
     elif sample.positions.dim() > 1:
         raise ValueError("renumbered positions 0..n-1 are not defined for multi-row (M-RoPE) positions")
     else:
