@@ -234,3 +234,22 @@ def test_numbers_that_cannot_be_computed_are_errors(tmp_path, capsys, case, mess
     assert table_main([str(tmp_path), "--out", str(out), "--resamples", "200"]) == 2
     assert message.split(" (")[0] in capsys.readouterr().err
     assert not out.exists()  # nothing written
+
+
+@pytest.mark.parametrize("task, label", [("pope", "POPE F1"), ("pope", "POPE Acc"), ("mme", "MME-P"), ("mme", "MME-C"), ("gqa", "GQA")])
+def test_vectorised_bootstrap_equals_the_upstream_aggregation_loop(task, label):
+    """The draw-count statistics give exactly the intervals and p-values of re-running the upstream
+    aggregation on every resample (the same draws)."""
+    from sparsezip_lmms.paper.scores import _statistic, _units, _weighted
+
+    column = next(c for c in benchmark_of(task).columns if c.label == label)
+    samples = [_score(task, DOCS[task], _answers(task, DOCS[task], acc, seed))[1] for acc, seed in ((0.7, 1), (0.5, 2))]
+    units = [_units(column, [s for s in rows if column.metric in s]) for rows in samples]
+    statistic = _statistic(column)
+    loop = stats.bootstrap_interval(units[0], statistic, resamples=200, seed=5)
+    fast = stats.bootstrap_interval(units[0], statistic, resamples=200, seed=5, weighted=_weighted(column, units[0]))
+    assert fast == pytest.approx(loop, abs=1e-9)
+    if column.unit_of is None:  # documents pair one to one
+        p_loop = stats.paired_bootstrap_p(units[0], units[1], statistic, resamples=200, seed=5)
+        both = (_weighted(column, units[0]), _weighted(column, units[1]))
+        assert stats.paired_bootstrap_p(units[0], units[1], statistic, resamples=200, seed=5, weighted=both) == p_loop

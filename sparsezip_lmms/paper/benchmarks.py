@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 BINARY, MEAN, AGGREGATE = "binary", "mean", "aggregate"
 
 
@@ -39,6 +41,8 @@ class Column:
     unit_of: Callable[[Any], Any] | None = None  # AGGREGATE: resampling unit key (default: the document)
     relabel: Callable[[Any, int], Any] | None = None  # AGGREGATE: a value made distinct in its resampled unit
     denominator: int | None = None  # BINARY: count right / denominator (default: the documents scored)
+    # AGGREGATE: units -> the same score from draw counts W [R, U] -> [R] (vectorised bootstrap), or None
+    weighted: Callable[[list[list[Any]]], Callable[[np.ndarray], np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,36 @@ def _pope(name: str):
     from lmms_eval.tasks.pope import utils
 
     return getattr(utils, name)
+
+
+def _pope_f1_weighted(units: list[list[dict]]):
+    """POPE F1 as upstream computes it (precision, recall and F1 each 0 when undefined; an answer other than
+    yes/no is neither a positive nor a negative) from per-document (tp, fp, fn) indicators."""
+    rows = [(v["ground_truth"], v["prediction"]) for (v,) in units]
+    counts = np.array([(gt == "yes" and p == "yes", gt == "no" and p == "yes", gt == "yes" and p == "no") for gt, p in rows], dtype=np.float64)
+
+    def f1(w: np.ndarray) -> np.ndarray:
+        tp, fp, fn = (w @ counts).T  # [R] each
+        precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+        recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
+        total = precision + recall
+        return np.divide(2 * precision * recall, total, out=np.zeros_like(tp), where=total > 0)
+
+    return f1
+
+
+def _mme_weighted(units: list[list[dict]]):
+    """MME's sum over categories of the mean per-image acc + acc+ (each image: its two questions), from
+    draw counts; a category no drawn image has adds nothing (as upstream, which only sees categories present)."""
+    categories = sorted({u[0]["category"] for u in units})
+    per_image = np.array([100.0 * sum(v["score"] for v in u) / len(u) + 100.0 * (sum(v["score"] for v in u) == 2) for u in units])
+    member = np.array([[u[0]["category"] == c for c in categories] for u in units], dtype=np.float64)  # [U, K]
+
+    def total(w: np.ndarray) -> np.ndarray:
+        sums, counts = w @ (member * per_image[:, None]), w @ member  # [R, K]
+        return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0).sum(axis=1)
+
+    return total
 
 
 def _mme_aggregate(values: list) -> float:
@@ -99,14 +133,16 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("mme", "MME", (
             Column("MME-P", "mme_perception_score", AGGREGATE, scale=1.0, main=True,
                    convention="perception: sum over 10 categories of acc + acc+ (max 2000)",
-                   aggregate=_mme_aggregate, unit_of=lambda v: v["question_id"], relabel=_mme_relabel),
+                   aggregate=_mme_aggregate, unit_of=lambda v: v["question_id"], relabel=_mme_relabel,
+                   weighted=_mme_weighted),
             Column("MME-C", "mme_cognition_score", AGGREGATE, scale=1.0,
                    convention="cognition: sum over 4 categories of acc + acc+ (max 800)",
-                   aggregate=_mme_aggregate, unit_of=lambda v: v["question_id"], relabel=_mme_relabel),
+                   aggregate=_mme_aggregate, unit_of=lambda v: v["question_id"], relabel=_mme_relabel,
+                   weighted=_mme_weighted),
         )),  # fmt: skip
         Benchmark("pope", "POPE", (
             Column("POPE F1", "pope_f1_score", AGGREGATE, main=True, convention="F1 of 'yes' over the three splits, %",
-                   aggregate=lambda values: _pope("pope_aggregate_f1_score")(values)),
+                   aggregate=lambda values: _pope("pope_aggregate_f1_score")(values), weighted=_pope_f1_weighted),
             Column("POPE Acc", "pope_accuracy", BINARY, convention="accuracy, %", correct=_score_is_one),
         )),  # fmt: skip
         Benchmark("scienceqa_img", "SQA-IMG", (_exact("SQA-IMG", convention="option letter exact match, %"),)),

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .benchmarks import AGGREGATE, BINARY, MEAN, Column
 from .stats import (
     DEFAULT_RESAMPLES,
@@ -78,6 +80,20 @@ def _statistic(column: Column):
     return aggregate
 
 
+def _weighted(column: Column, units: list[list[Any]]):
+    """The column's statistic from draw counts W [R, U] (``stats.Weighted``), or None (then the loop)."""
+    sizes = np.array([len(u) for u in units], dtype=np.float64)  # [U]
+    if column.kind == BINARY:
+        right = np.array([sum(bool(column.correct(v)) for v in u) for u in units], dtype=np.float64)  # [U]
+        denominator = column.denominator
+        return lambda w: (w @ right) / (denominator if denominator else w @ sizes)
+    if column.kind == MEAN:
+        read = column.value or float
+        totals = np.array([sum(read(v) for v in u) for u in units], dtype=np.float64)  # [U]
+        return lambda w: (w @ totals) / (w @ sizes)
+    return None if column.weighted is None else column.weighted(units)
+
+
 def score_column(
     column: Column, samples: list[dict], reported: Any, where: str, *, strict: bool = True,
     resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
@@ -115,7 +131,7 @@ def score_column(
         low, high = clopper_pearson(int(k), n)
         factor = column.scale * n / (column.denominator or n)
         return ColumnScore(shown, low * factor, high * factor, n, "exact binomial (Clopper-Pearson)")
-    low, high = bootstrap_interval(units, statistic, resamples=resamples, seed=seed)
+    low, high = bootstrap_interval(units, statistic, resamples=resamples, seed=seed, weighted=_weighted(column, units))
     unit = "images" if column.unit_of is not None else "documents"
     return ColumnScore(shown, low * column.scale, high * column.scale, n=len(present),
                        method=f"percentile bootstrap over {unit} ({resamples} resamples, seed {seed})")  # fmt: skip
@@ -156,7 +172,9 @@ def paired_test(
         ub = {k: u for u in _units(column, [theirs[d] for d in docs]) for k in [column.unit_of(u[0])]}
         keys = sorted(ua, key=str)
         units_a, units_b = [ua[k] for k in keys], [ub[k] for k in keys]
-    p = paired_bootstrap_p(units_a, units_b, _statistic(column), resamples=resamples, seed=seed)
+    weighted_a, weighted_b = _weighted(column, units_a), _weighted(column, units_b)
+    both = None if weighted_a is None or weighted_b is None else (weighted_a, weighted_b)
+    p = paired_bootstrap_p(units_a, units_b, _statistic(column), resamples=resamples, seed=seed, weighted=both)
     return p, "paired bootstrap"
 
 

@@ -40,6 +40,24 @@ def _resample_indices(n_units: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n_units, size=(resamples, n_units))
 
 
+# a statistic of resampled units given as how often each unit was drawn: W [R, U] counts -> [R] scores
+Weighted = Callable[[np.ndarray], np.ndarray]
+_CHUNK = 256  # resamples per counts matrix (bounds its memory: 256 x units)
+
+
+def _weighted_values(draws: np.ndarray, statistics: Sequence[Weighted]) -> list[np.ndarray]:
+    """Each statistic on every resample of ``draws`` [R, U], through the draw counts, chunk by chunk."""
+    resamples, units = draws.shape
+    out: list[list[np.ndarray]] = [[] for _ in statistics]
+    for start in range(0, resamples, _CHUNK):
+        chunk = draws[start : start + _CHUNK]  # [r, U]
+        rows = np.repeat(np.arange(chunk.shape[0]), units)
+        counts = np.bincount(rows * units + chunk.ravel(), minlength=chunk.shape[0] * units).reshape(-1, units)
+        for values, statistic in zip(out, statistics):
+            values.append(np.asarray(statistic(counts.astype(np.float64)), dtype=np.float64))
+    return [np.concatenate(v) for v in out]
+
+
 def bootstrap_interval(
     units: Sequence,
     statistic: Callable[[list], float],
@@ -47,13 +65,18 @@ def bootstrap_interval(
     level: float = 0.95,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    weighted: Weighted | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic`` over ``units`` (each unit: whatever the statistic
-    reads for one document or one group of documents; the statistic gets a list of units)."""
+    reads for one document or one group of documents; the statistic gets a list of units). ``weighted``:
+    the same statistic computed from draw counts (vectorised; the same draws, so the same interval)."""
     if len(units) == 0:
         raise ValueError("no units to resample")
     draws = _resample_indices(len(units), resamples, seed)
-    values = np.array([statistic([units[i] for i in row]) for row in draws], dtype=np.float64)
+    if weighted is not None:
+        (values,) = _weighted_values(draws, [weighted])
+    else:
+        values = np.array([statistic([units[i] for i in row]) for row in draws], dtype=np.float64)
     alpha = 1.0 - level
     return float(np.quantile(values, alpha / 2)), float(np.quantile(values, 1 - alpha / 2))
 
@@ -87,8 +110,10 @@ def paired_bootstrap_p(
     *,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    weighted: tuple[Weighted, Weighted] | None = None,
 ) -> float:
-    """Two-sided paired bootstrap p-value of statistic(A) − statistic(B) ≠ 0.
+    """Two-sided paired bootstrap p-value of statistic(A) − statistic(B) ≠ 0 (``weighted``: the statistic of
+    A and of B from draw counts, as in :func:`bootstrap_interval`).
 
     Both runs are resampled with the same unit indices; the p-value is twice the smaller share of
     resampled differences on either side of 0 (ties count half), with the +1 correction so it is never 0:
@@ -98,9 +123,13 @@ def paired_bootstrap_p(
     if len(units_a) == 0:
         raise ValueError("no units to resample")
     draws = _resample_indices(len(units_a), resamples, seed)
-    diffs = np.array(
-        [statistic([units_a[i] for i in row]) - statistic([units_b[i] for i in row]) for row in draws], dtype=np.float64
-    )
+    if weighted is not None:
+        values_a, values_b = _weighted_values(draws, weighted)
+        diffs = values_a - values_b
+    else:
+        diffs = np.array(
+            [statistic([units_a[i] for i in row]) - statistic([units_b[i] for i in row]) for row in draws], dtype=np.float64
+        )
     below, above, ties = int((diffs < 0).sum()), int((diffs > 0).sum()), int((diffs == 0).sum())
     return min(1.0, 2.0 * (min(below, above) + ties / 2 + 1) / (resamples + 1))
 
