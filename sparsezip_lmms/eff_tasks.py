@@ -189,7 +189,7 @@ def check_wrappable(name: str, config: dict[str, Any]) -> None:
 
 def _python_literal(value: Any) -> str:
     if isinstance(value, FunctionRef):
-        return f"upstream_function({value.location()!r}, {value.name!r})"
+        return f"upstream_function({value.location()!r}, {value.name!r}, _loaded)"
     return repr(value)
 
 
@@ -203,6 +203,7 @@ def hooks_module(name: str, config: dict[str, Any]) -> str:
         "",
         "from sparsezip_lmms.efficiency.wrapping import upstream_function, wrapped_process_docs, wrapped_process_results",
         "",
+        "_loaded: dict = {}  # one fresh copy of each upstream module per load of this file, as lmms-eval loads them",
         f"process_docs = wrapped_process_docs({_python_literal(docs) if docs is not None else ''})",
     ]
     if results is not None:
@@ -234,12 +235,10 @@ _Dumper.add_representer(_Tagged, _function_tag)
 
 
 def _for_yaml(value: Any, hooks: str) -> Any:
-    """Config values with FunctionRefs as ``!function`` tags: an import path, or through the hooks module."""
+    """Config values with FunctionRefs as ``!function`` tags through the hooks module, which re-exports each
+    from a fresh copy of its module (as lmms-eval loads every reference)."""
     if isinstance(value, FunctionRef):
-        location = value.location()
-        if location.endswith(".py"):  # a user folder's module: re-exported by the hooks module
-            return _Tagged(f"{hooks}.{_alias(value)}")
-        return _Tagged(f"{location}.{value.name}")
+        return _Tagged(f"{hooks}.{_alias(value)}")
     if isinstance(value, dict):
         return {k: _for_yaml(v, hooks) for k, v in value.items()}
     if isinstance(value, list):
@@ -251,13 +250,13 @@ def _alias(ref: FunctionRef) -> str:
     return f"upstream__{ref.module.replace('.', '_')}__{ref.name}"
 
 
-def _file_refs(value: Any) -> list[FunctionRef]:
+def _refs(value: Any) -> list[FunctionRef]:
     if isinstance(value, FunctionRef):
-        return [value] if value.location().endswith(".py") else []
+        return [value]
     if isinstance(value, dict):
-        return [r for v in value.values() for r in _file_refs(v)]
+        return [r for v in value.values() for r in _refs(v)]
     if isinstance(value, list):
-        return [r for v in value for r in _file_refs(v)]
+        return [r for v in value for r in _refs(v)]
     return []
 
 
@@ -288,9 +287,9 @@ def write_wrapper(name: str, task_manager, out: Path) -> Path:
     config = load_task_yaml(source)
     check_wrappable(name, config)
     hooks = hooks_module(name, config)
-    extra = {_alias(r): r for r in _file_refs({k: v for k, v in config.items() if k not in ("process_docs", "process_results")})}
+    extra = {_alias(r): r for r in _refs({k: v for k, v in config.items() if k not in ("process_docs", "process_results")})}
     if extra:
-        hooks += "\n# the task's own functions the YAML references, re-exported from its folder\n"
+        hooks += "\n# the task's own functions the YAML references\n"
         hooks += "".join(f"{alias} = {_python_literal(ref)}\n" for alias, ref in sorted(extra.items()))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}{SUFFIX}_hooks.py").write_text(hooks)

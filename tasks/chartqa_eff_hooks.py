@@ -3,5 +3,10 @@ the eff_* metrics (written by ``python -m sparsezip_lmms eff-tasks``; see sparse
 
 from sparsezip_lmms.efficiency.wrapping import upstream_function, wrapped_process_docs, wrapped_process_results
 
+_loaded: dict = {}  # one fresh copy of each upstream module per load of this file, as lmms-eval loads them
 process_docs = wrapped_process_docs()
-process_results = wrapped_process_results(upstream_function('lmms_eval.tasks.chartqa.utils', 'chartqa_process_results'))
+process_results = wrapped_process_results(upstream_function('lmms_eval.tasks.chartqa.utils', 'chartqa_process_results', _loaded))
+
+# the task's own functions the YAML references
+upstream__utils__chartqa_doc_to_text = upstream_function('lmms_eval.tasks.chartqa.utils', 'chartqa_doc_to_text', _loaded)
+upstream__utils__chartqa_doc_to_visual = upstream_function('lmms_eval.tasks.chartqa.utils', 'chartqa_doc_to_visual', _loaded)

@@ -54,11 +54,24 @@ class HarnessRun:
     stdout: str
 
 
-def write_local_tasks(out_dir: str | Path, data_dirs: dict[str, str | Path], suffix: str = "_mini") -> list[str]:
+# Keys of a shipped task that a local task replaces because upstream reaches the hub with them: GQA's
+# process_docs joins images from a second hub config; the mini GQA release carries its ``image`` column.
+LOCAL_OVERRIDES: dict[str, dict[str, str]] = {
+    "gqa": {"process_docs": "!function sparsezip_lmms.efficiency.task_hooks.add_request_keys"},
+}
+
+
+def write_local_tasks(
+    out_dir: str | Path,
+    data_dirs: dict[str, str | Path],
+    suffix: str = "_mini",
+    overrides: dict[str, dict[str, str]] | None = None,
+) -> list[str]:
     """Task YAMLs that include the shipped ``<name>_eff`` tasks and read local DatasetDicts.
 
-    ``data_dirs`` maps an upstream task name (``pope``, ``mme``, ``docvqa_val``) to a folder saved by
-    ``DatasetDict.save_to_disk``. Returns the new task names (``pope_eff_mini``, ...).
+    ``data_dirs`` maps an upstream task name (``pope``, ``mme``, ``docvqa_val``, ``gqa``, ...) to a folder
+    saved by ``DatasetDict.save_to_disk``. ``overrides`` ({task: {key: YAML value}}, added to
+    :data:`LOCAL_OVERRIDES`) sets further keys of a task. Returns the new task names (``pope_eff_mini``, ...).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,12 +81,14 @@ def write_local_tasks(out_dir: str | Path, data_dirs: dict[str, str | Path], suf
         if not parent.is_file():
             raise FileNotFoundError(f"no shipped task {parent.name} for {base!r}")
         name = f"{base}_eff{suffix}"
+        extra = {**LOCAL_OVERRIDES.get(base, {}), **(overrides or {}).get(base, {})}
         (out / f"{name}.yaml").write_text(
             f"include: {parent}\n"
             f"task: {name}\n"
             f"dataset_path: {Path(data_dir).resolve()}\n"
             "dataset_kwargs:\n"
             "  load_from_disk: true\n"
+            + "".join(f"{key}: {value}\n" for key, value in extra.items())
         )
         names.append(name)
     return names

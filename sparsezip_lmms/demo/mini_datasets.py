@@ -203,3 +203,8 @@ def build_mini_docvqa(out_dir: str | Path, n: int = 6, seed: int = 0) -> Path:
 
 
 MINI_BUILDERS = {"pope": build_mini_pope, "mme": build_mini_mme, "docvqa_val": build_mini_docvqa}
+
+# GQA / ScienceQA-IMG / TextVQA / OCRBench / MMBench / SEED-Bench (sparsezip_lmms/demo/mini_benchmarks.py)
+from .mini_benchmarks import BENCHMARK_BUILDERS  # noqa: E402
+
+MINI_BUILDERS.update(BENCHMARK_BUILDERS)

@@ -18,7 +18,6 @@ with the upstream functions it found (:func:`upstream_function`).
 from __future__ import annotations
 
 import ast
-import importlib
 import importlib.util
 from pathlib import Path
 from typing import Any, Callable
@@ -62,19 +61,30 @@ def eff_metric_list() -> list[dict[str, Any]]:
     ]
 
 
-def upstream_function(module: str, name: str) -> Callable:
-    """A task's function: ``module`` is an importable dotted name or the path of a ``.py`` file (a task
-    defined in an ``--include_path`` folder), loaded as lmms-eval loads ``!function`` references."""
+def upstream_function(module: str, name: str, loaded: dict[str, Any] | None = None) -> Callable:
+    """A task's function from a fresh copy of its module, as lmms-eval loads each ``!function`` reference (so
+    module-level state, such as OCRBench's running tally, starts anew with every task load, as upstream's).
+
+    ``module``: an importable dotted name (found where Python would import it from) or the path of a ``.py``
+    file (a task in an ``--include_path`` folder). ``loaded``: modules already loaded for this wrapper, by
+    ``module`` (one fresh copy per hooks-module load, shared by its functions)."""
+    if loaded is not None and module in loaded:
+        return getattr(loaded[module], name)
     if module.endswith(".py"):
-        path = Path(module)
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        loaded = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(loaded)
+        path, spec_name = Path(module), Path(module).stem
     else:
-        loaded = importlib.import_module(module)
-    return getattr(loaded, name)
+        found = importlib.util.find_spec(module)
+        if found is None or not found.origin:
+            raise ImportError(f"no module {module}")
+        path, spec_name = Path(found.origin), module
+    spec = importlib.util.spec_from_file_location(spec_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    if loaded is not None:
+        loaded[module] = fresh
+    return getattr(fresh, name)
 
 
 def wrapped_process_docs(upstream: Callable | None = None) -> Callable:
