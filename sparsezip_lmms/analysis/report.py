@@ -431,6 +431,7 @@ def _gallery(task: str, runs: dict[str, Run], work: Path, count: int, columns: i
 def build_report(paths: list[str | Path], out_html: str | Path, title: str | None = None, gallery: int = 3) -> Path:
     """Write the HTML report of the results under ``paths`` to ``out_html``; returns its path. A task
     that cannot be analysed gets a section saying why; only a page with nothing at all raises."""
+    from ..paper.html import paper_table_section
     from .analyze import AnalysisError, analyze
     from .samples import load_runs
 
@@ -443,7 +444,7 @@ def build_report(paths: list[str | Path], out_html: str | Path, title: str | Non
     title = title or "sparsezip-lmms report"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        sections = [leaderboard_section(paths, work)]
+        sections = [paper_table_section(paths), leaderboard_section(paths, work)]
         galleries = []
         for task in tasks:
             try:
@@ -461,7 +462,7 @@ def build_report(paths: list[str | Path], out_html: str | Path, title: str | Non
             f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
             f"<h1>{_esc(title)}</h1><p class=\"note\">Written {stamp} from {len(paths)} path(s): "
             f"{_esc(', '.join(map(str, paths)))}</p>{notes}"
-            f"<ul>{contents}<li><a href=\"#gallery\">Gallery</a></li></ul>"
+            f"<ul><li><a href=\"#paper-table\">Paper table</a></li>{contents}<li><a href=\"#gallery\">Gallery</a></li></ul>"
             + "".join(sections)
             + '<h2 id="gallery">Gallery of overlays</h2>'
             + '<p class="note">What every run kept for a few requests (the image as the vision tower saw it: shortest side '

@@ -48,51 +48,65 @@ def _setting_line(section: Section) -> str:
     return "; ".join(f"{k}: {v}" for k, v in section.setting_items if v not in ("", None))
 
 
+def main_table(section: Section) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a section's table: method, efficiency, each column's score (retention, mark), Avg."""
+    columns = _columns(section)
+    head = ["Method", *EFFICIENCY, *[label for _, label in columns], "Avg. %"]
+    rows = [
+        [_method(row), *_efficiency_cells(row), *[_cell(row, b, label) for b, label in columns], _fmt(row.average)]
+        for row in section.rows
+    ]
+    return head, rows
+
+
 def markdown(sections: list[Section], *, title: str | None = None) -> str:
     out = [f"# {title}", ""] if title else []
     for number, section in enumerate(sections, 1):
-        columns = _columns(section)
         out.append(f"## Table {number}: {_setting_line(section)}")
         if section.differs:
             out.append(f"\nDiffers from the other tables in: {', '.join(section.differs)} (never averaged together).")
-        head = ["Method", *EFFICIENCY, *[label for _, label in columns], "Avg. %"]
+        head, rows = main_table(section)
         out += ["", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-        for row in section.rows:
-            cells = [_method(row), *_efficiency_cells(row), *[_cell(row, b, label) for b, label in columns], _fmt(row.average)]
-            out.append("| " + " | ".join(cells) + " |")
-        out += ["", _legend(section), "", _statistics_table(section), ""]
-    out.append(_notes(sections))
+        out += ["| " + " | ".join(cells) + " |" for cells in rows]
+        stat_head, stat_rows = statistics_table(section)
+        out += ["", legend(section), "", "| " + " | ".join(stat_head) + " |", "|" + "|".join(["---"] * len(stat_head)) + "|"]
+        out += ["| " + " | ".join(cells) + " |" for cells in stat_rows] + [""]
+    out.append(notes(sections))
     return "\n".join(out) + "\n"
 
 
-def _legend(section: Section) -> str:
+def legend(section: Section) -> str:
     averaged = ", ".join(section.averaged) or "none (no benchmark is in every row)"
+    base = next((r for r in section.rows if r.is_baseline), None)
+    zero = [b.label for b in section.benchmarks if base is not None and b.label not in base.retention]
+    unretained = f" No retention for {', '.join(zero)}: the baseline scores 0 there." if zero else ""
     return (
         f"Scores with their retention in parentheses (score / the baseline's score on the same task, %). "
         f"Avg. = mean retention over the benchmarks every row has: {averaged}. {MARK} = the difference to the "
         f"baseline is not significant at {ALPHA:.0%} (Holm-adjusted over the {sum(len(r.pvalues) for r in section.rows)} "
-        "tests of this table). TTFT and method time: seconds per request, mean over the row's tasks."
+        "tests of this table). TTFT and method time: seconds per request, mean over the row's tasks." + unretained
     )
 
 
-def _statistics_table(section: Section) -> str:
-    lines = ["| Method | Column | score | 95% interval | n | agreement % | p | p (Holm) | test |", "|---|---|---:|---|---:|---:|---:|---:|---|"]
+def statistics_table(section: Section) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): per row and column, the score, its interval, documents, agreement and the paired test."""
+    head = ["Method", "Column", "score", "95% interval", "n", "agreement %", "p", "p (Holm)", "test"]
+    rows = []
     for row in section.rows:
         for benchmark, label in _columns(section):
             score = row.scores.get(label)
             if score is None:
                 continue
             interval = f"[{score.low:.1f}, {score.high:.1f}]" if score.low is not None else f"— ({score.note})"
-            agreed = row.agreement.get(benchmark.label)
             p, adjusted = row.pvalues.get(label), row.adjusted.get(label)
-            lines.append(
-                f"| {_method(row)} | {label} | {_fmt(score.value)} | {interval} | {score.n} | {_fmt(agreed)} | "
-                f"{'—' if p is None else f'{p:.3g}'} | {'—' if adjusted is None else f'{adjusted:.3g}'} | {row.tests.get(label, '—')} |"
-            )
-    return "\n".join(lines)
+            rows.append([
+                _method(row), label, _fmt(score.value), interval, str(score.n), _fmt(row.agreement.get(benchmark.label)),
+                "—" if p is None else f"{p:.3g}", "—" if adjusted is None else f"{adjusted:.3g}", row.tests.get(label, "—"),
+            ])  # fmt: skip
+    return head, rows
 
 
-def _notes(sections: list[Section]) -> str:
+def notes(sections: list[Section]) -> str:
     columns = {c.label: c for s in sections for b in s.benchmarks for c in b.columns}
     intervals = sorted({score.method for s in sections for r in s.rows for score in r.scores.values() if score.method})
     lines = ["### How the numbers are defined", ""]

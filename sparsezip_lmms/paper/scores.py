@@ -4,6 +4,7 @@ test against the baseline run on the same documents (:mod:`.stats`, :mod:`.bench
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,18 @@ class ColumnScore:
     n: int = 0  # documents scored
     method: str = ""  # how the interval was computed ("exact binomial", "bootstrap (2000, seed 0)", "")
     note: str | None = None  # why an interval is missing
+
+
+@contextmanager
+def _upstream_quiet():
+    """lmms-eval's aggregations log each category's score: silent while the table recomputes them."""
+    from loguru import logger
+
+    logger.disable("lmms_eval")
+    try:
+        yield
+    finally:
+        logger.enable("lmms_eval")
 
 
 def _samples_with(column: Column, samples: list[dict]) -> list[dict]:
@@ -113,7 +126,8 @@ def score_column(
     units = _units(column, present)
     statistic = _statistic(column)
     try:
-        recomputed = statistic(units)
+        with _upstream_quiet():
+            recomputed = statistic(units)
     except (TypeError, ValueError, KeyError) as err:
         if strict:
             raise ScoreError(f"{where}: {column.metric} cannot be recomputed from the samples ({err})") from err
