@@ -1,7 +1,8 @@
 """The ``*_results.json`` files under the paths a command is given, found the same way by every
 command that reads runs (``leaderboard``, ``analyze``, ``report``).
 
-Folders are walked with symbolic links followed (a folder of links to run folders is a usual way to
+Folders are walked with symbolic links followed (lmms-eval's ``submissions/`` folders left out: tasks write
+their own files there, some named ``*_results.json``) (a folder of links to run folders is a usual way to
 gather runs), each real folder once (a link back up the tree is not walked again); files are
 de-duplicated by their real path. A path with nothing in it is a problem named in words, never an
 empty result that looks like a finished one.
@@ -33,7 +34,8 @@ def _walk(folder: Path) -> list[Path]:
             dirs[:] = []  # a link cycle, or a folder reached twice
             continue
         seen.add(real)
-        dirs.sort()
+        # lmms-eval's submissions/ folder holds tasks' own files (MMBench writes *_results.json there)
+        dirs[:] = sorted(d for d in dirs if d != "submissions")
         found += [Path(root) / name for name in sorted(files) if name.endswith(SUFFIX)]
     return found
 

@@ -130,6 +130,12 @@ BENCHMARKS: dict[str, Benchmark] = {
                    convention="MMBench-EN dev, circular evaluation as upstream scores it (answers GPT-matched "
                    "where no option letter is found), %; no interval: the upstream scorer cannot be rerun offline"),
         )),  # fmt: skip
+        Benchmark("mmbench_en_dev_static", "MMB-static", (
+            Column("MMB-static", "gpt_eval_score", AGGREGATE, scale=1.0, main=True,
+                   convention="MMBench-EN dev, circular evaluation with upstream's offline (regex/substring) answer "
+                   "matching, %; not comparable with the GPT-matched MMB; no interval: the circular scorer is not "
+                   "rerun per resample"),
+        )),  # fmt: skip
         Benchmark("mme", "MME", (
             Column("MME-P", "mme_perception_score", AGGREGATE, scale=1.0, main=True,
                    convention="perception: sum over 10 categories of acc + acc+ (max 2000)",

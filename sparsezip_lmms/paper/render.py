@@ -84,7 +84,8 @@ def legend(section: Section) -> str:
         f"Scores with their retention in parentheses (score / the baseline's score on the same task, %). "
         f"Avg. = mean retention over the benchmarks every row has: {averaged}. {MARK} = the difference to the "
         f"baseline is not significant at {ALPHA:.0%} (Holm-adjusted over the {sum(len(r.pvalues) for r in section.rows)} "
-        "tests of this table). TTFT and method time: seconds per request, mean over the row's tasks." + unretained
+        "tests of this table; a column without an interval has no test and no mark). TTFT and method time: seconds "
+        "per request, mean over the row's tasks." + unretained
     )
 
 
