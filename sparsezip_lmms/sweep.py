@@ -19,7 +19,7 @@ same model, model_args, task and extra arguments while its results file exists. 
 (lmms-eval exits 0 even then: it is judged by its results file and log) is listed at the end and in
 ``OUT/sweep_failures.json``, the sweep goes on with the next run and exits with code 1.
 ``OUT/sweep.json`` records the plan and each run's status. Finally the leaderboard of ``OUT/runs``
-is written to ``OUT/leaderboard/`` and the HTML report to ``OUT/report.html``.
+is written to ``OUT/leaderboard/``, the paper table to ``OUT/paper_table/`` and the HTML report to ``OUT/report.html``.
 """
 
 from __future__ import annotations
@@ -245,6 +245,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=1, help="lmms-eval --batch_size of every run (default: %(default)s)")
     parser.add_argument("--batch_size", dest="batch_size", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # lmms-eval's spelling
     parser.add_argument("--device", default=None, help="lmms-eval --device of every run (default: cuda when available, else cpu)")
+    parser.add_argument("--clip-text-tower", default=None, help="CLIP checkpoint for the configs that read one (CDPruner), e.g. "
+                        "openai/clip-vit-large-patch14-336; the other runs do not get it (default: none)")
     parser.add_argument("--model-args", default="", help="extra model_args appended to every run, e.g. dtype=float16,warmup=8 (default: none)")
     parser.add_argument("--model_args", dest="model_args", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # lmms-eval's spelling
     parser.add_argument("--include-path", default=None, help="lmms-eval --include_path (default: this package's task folder)")
@@ -336,6 +338,14 @@ def write_tables(out: Path, title: str, report: bool) -> list[str]:
         print(f"\nleaderboard: {out / 'leaderboard'}/leaderboard.{{md,csv}}, leaderboard_pareto.png")
     except Exception as err:  # noqa: BLE001 - reported, never hiding the runs' own failures
         problems.append(f"leaderboard: {type(err).__name__}: {err}")
+    try:  # the paper table is derived: a table that cannot be computed (e.g. --no-baseline) is a note
+        from .paper.render import write as write_paper_table
+        from .paper.table import TableError, build as build_paper_table
+
+        paths = write_paper_table(build_paper_table([out / "runs"]), out / "paper_table", title=title)
+        print(f"paper table: {paths['md']} (.csv, .tex)")
+    except TableError as err:
+        print("note: no paper table: " + "; ".join(err.problems), file=sys.stderr)
     if report:
         try:
             from .analysis.report import build_report
@@ -371,6 +381,18 @@ def baseline_runs(tasks: list[str], pretrained: str, extra_model_args: str, runs
 
     planned = plan_runs(baseline_of(model), [BASELINE_CONFIG], {}, tasks, pretrained, ",".join(f"{k}={v}" for k, v in shared.items()))
     return [r for r in planned if (r.model, r.config, r.task) not in have]
+
+
+def _reads_clip_text(config: str) -> bool:
+    """True when the config's method reads a CLIP text tower (CDPruner); False where it does not load."""
+    from .config import ConfigError, load_config
+    from .methods.registry import method_of
+
+    try:
+        loaded = load_config(config)
+    except (ConfigError, OSError):
+        return False  # the run itself reports the bad config
+    return method_of(loaded).needs("clip_text", loaded)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or _default_device()
 
     runs = plan_runs(args.model, configs, grid, tasks, args.pretrained, args.model_args.strip().strip(","))
+    if args.clip_text_tower:  # CDPruner's text tower, given to the runs whose config reads it
+        runs = [replace(r, model_args=f"{r.model_args},clip_text_tower={args.clip_text_tower}") if _reads_clip_text(r.config) else r
+                for r in runs]  # fmt: skip
     if args.baseline:
         runs = baseline_runs(tasks, args.pretrained, args.model_args.strip().strip(","), runs, args.model) + runs
     commands = [

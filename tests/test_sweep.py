@@ -182,6 +182,24 @@ def test_dry_run_prints_launcher_commands_and_runs_nothing(tmp_path, capsys, mon
     assert not out.exists()
 
 
+def test_the_clip_text_tower_goes_to_the_configs_that_read_one(tmp_path, capsys):
+    """The standard table in one sweep: llava_compressed runs every method; only CDPruner gets the tower."""
+    code = cli_main([
+        "sweep", "--model", "llava_compressed", "--configs", "visionzip_64,cdpruner_64,fastv_64", "--tasks", "gqa_eff",
+        "--pretrained", "llava-hf/llava-1.5-7b-hf", "--out", str(tmp_path / "s"), "--device", "cpu", "--dry-run",
+        "--clip-text-tower", "openai/clip-vit-large-patch14-336",
+    ])  # fmt: skip
+    assert code == 0
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    model_args = {cmd[cmd.index("--model") + 1] + ":" + cmd[cmd.index("--model_args") + 1] for cmd in commands}
+    assert model_args == {
+        "llava_hf_timed:pretrained=llava-hf/llava-1.5-7b-hf,config=keep_all",  # the baseline of the table
+        "llava_compressed:pretrained=llava-hf/llava-1.5-7b-hf,config=visionzip_64",
+        "llava_compressed:pretrained=llava-hf/llava-1.5-7b-hf,config=cdpruner_64,clip_text_tower=openai/clip-vit-large-patch14-336",
+        "llava_compressed:pretrained=llava-hf/llava-1.5-7b-hf,config=fastv_64",
+    }
+
+
 def test_arguments_the_sweep_sets_cannot_come_after_the_separator(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         sweep.main(["--model", "m", "--configs", "c", "--tasks", "t", "--pretrained", "p", "--out", str(tmp_path),
