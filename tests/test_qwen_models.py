@@ -20,9 +20,9 @@ LIMIT = 8
 DEFAULTS = {
     "qwen2_5_vl_hf_timed": "keep_all", "qwen2_5_vl_visionzip": "visionzip_qwen", "qwen2_5_vl_divprune": "divprune_official",
     "qwen2_5_vl_vispruner": "vispruner_qwen", "qwen2_5_vl_dart": "dart_qwen", "qwen2_5_vl_fastv": "fastv_default",
-    "qwen2_5_vl_sparsevlm": "sparsevlm2_64",
+    "qwen2_5_vl_sparsevlm": "sparsevlm2_64", "qwen2_5_vl_sparsezip": "sparsezip_qwen", "qwen2_5_vl_cdpruner": "cdpruner_qwen",
 }  # fmt: skip
-BEFORE_LLM = ("qwen2_5_vl_visionzip", "qwen2_5_vl_divprune", "qwen2_5_vl_vispruner")
+BEFORE_LLM = ("qwen2_5_vl_visionzip", "qwen2_5_vl_divprune", "qwen2_5_vl_vispruner", "qwen2_5_vl_sparsezip", "qwen2_5_vl_cdpruner")
 _RUNS: dict[tuple[str, int], object] = {}
 
 
@@ -173,12 +173,10 @@ def test_in_llm_prompts_without_one_image_run_unpruned(qwen_checkpoint):
     "model_id, args, fragment",
     [
         ("qwen2_5_vl_compressed", {}, "config= is required"),
-        ("qwen2_5_vl_compressed", {"config": "sparsezip_64"}, "'sparsezip' config"),
-        (
-            "qwen2_5_vl_sparsevlm",
-            {"config": "sparsevlm_64"},
-            "'sparsevlm' config",
-        ),  # v1.5 renumbers positions
+        ("qwen2_5_vl_compressed", {"config": "sparsezip_64"}, "reference_tokens"),  # LLaVA's counts
+        ("qwen2_5_vl_sparsezip", {"config": "sparsezip_qwen", "cross_beta": 0.3}, "cross_beta"),
+        ("qwen2_5_vl_sparsezip", {"config": "cdpruner_qwen"}, "'cdpruner' config"),
+        ("qwen2_5_vl_sparsevlm", {"config": "fastv_default"}, "'fastv' config"),
         ("qwen2_5_vl_visionzip", {"config": "visionzip_64"}, "dominant_ratio"),
         (
             "qwen2_5_vl_visionzip",
@@ -219,6 +217,11 @@ def test_in_llm_layers_checked_against_the_checkpoint(tmp_path):
         "dart_qwen",
         "fastv_default",
         "sparsevlm2_64",
+        "sparsevlm_64",
+        "sparsezip_qwen",
+        "cdpruner_qwen",
+        "random_qwen",
+        "pool_qwen",
     ],
 )
 def test_mixed_image_sizes_batch_like_single_prompts(config, qwen_checkpoint):

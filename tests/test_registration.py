@@ -16,7 +16,7 @@ def test_manifest_lists_every_method_family():
         "llava_sparsezip", "llava_visionzip", "llava_sparsevlm", "llava_fastv", "llava_divprune", "llava_cdpruner",
         "llava_dart", "llava_vispruner", "llava_hf_timed", "llava_compressed",
         "qwen2_5_vl_hf_timed", "qwen2_5_vl_visionzip", "qwen2_5_vl_divprune", "qwen2_5_vl_vispruner", "qwen2_5_vl_dart",
-        "qwen2_5_vl_fastv", "qwen2_5_vl_sparsevlm", "qwen2_5_vl_compressed",
+        "qwen2_5_vl_fastv", "qwen2_5_vl_sparsevlm", "qwen2_5_vl_sparsezip", "qwen2_5_vl_cdpruner", "qwen2_5_vl_compressed",
     } == set(MODEL_IDS)  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .types import Compressed, check_finite, check_hidden, check_int, score_dtype
 
-__all__ = ["image_keys", "keep_all", "pool", "pool_grid", "pool_members", "random_keep"]
+__all__ = ["image_keys", "keep_all", "keyed_uniform", "patch_image_keys", "pool", "pool_grid", "pool_members", "random_keep"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -47,6 +47,35 @@ def image_keys(pixel_values: Tensor) -> Tensor:
     weights = (((positions * 0x9E3779B1) >> 12) & 0xFFFFF).to(torch.float64)  # [P] integers < 2^20
     sums = (levels @ weights).to(torch.int64)  # [B], exact: |sum| < 2^19 * 2^33 = 2^52
     return _mix32(sums & _MASK32)
+
+
+def patch_image_keys(pixel_values: Tensor, patches: list[int]) -> Tensor:
+    """[I] int64 fingerprint of each image of a packed patch batch (Qwen2.5-VL's ``pixel_values``
+    ``[P, D]``, image i owning the next ``patches[i]`` rows), from its processed float32 pixels.
+
+    As :func:`image_keys`, per patch row: values quantised to 1/1024 (clamped to ±8), summed with fixed
+    integer weights below 2^20 (exact in float64 while D <= 2^19); each row's sum is hashed with its
+    position inside its image, and an image's key hashes the integer sum of its rows' hashes and its
+    patch count. Integer arithmetic only after the exact sums: one image gets one key in any batch.
+    """
+    if pixel_values.dim() != 2 or sum(patches) != pixel_values.shape[0]:
+        raise ValueError(f"pixel_values must be [P, D] with P = {sum(patches)} patch rows, got {tuple(pixel_values.shape)}")
+    if pixel_values.shape[1] > 2**19:
+        raise ValueError(f"patch_image_keys takes up to 2^19 values per patch row, got {pixel_values.shape[1]}")
+    flat = pixel_values.detach()
+    if not torch.isfinite(flat).all():
+        raise ValueError("pixel_values contain NaN or inf")
+    device = flat.device
+    levels = (flat.to(torch.float64) * 1024).round().clamp(-(2**13), 2**13)  # [P, D] integers
+    columns = torch.arange(flat.shape[1], device=device)  # [D]
+    weights = (((columns * 0x9E3779B1) >> 12) & 0xFFFFF).to(torch.float64)  # [D] integers < 2^20
+    rows = (levels @ weights).to(torch.int64)  # [P] exact: |sum| < 2^19 * 2^33 = 2^52
+    n = torch.tensor(patches, device=device)  # [I]
+    image = torch.repeat_interleave(torch.arange(len(patches), device=device), n)  # [P]
+    local = torch.arange(flat.shape[0], device=device) - (n.cumsum(0) - n)[image]  # [P] row inside its image
+    hashed = _mix32(_mix32(rows & _MASK32) ^ _mix32(local * 0x9E3779B1))  # [P] < 2^32
+    sums = torch.zeros(len(patches), dtype=torch.int64, device=device).index_add_(0, image, hashed)  # [I] < 2^63
+    return _mix32(_mix32(sums & _MASK32) ^ _mix32(n))
 
 
 def keyed_uniform(keys: Tensor, n: int, seed: int) -> Tensor:

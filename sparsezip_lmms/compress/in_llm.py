@@ -41,6 +41,7 @@ __all__ = [
     "FastVRule",
     "PruningRule",
     "SparseVLM2Rule",
+    "SparseVLMQwenRule",
     "SparseVLMRule",
     "check_pruning_layers",
     "fastv_keep_count",
@@ -159,6 +160,14 @@ class SparseVLMRule(PruningRule):
     cluster_divisor: int = 10
     name: ClassVar[str] = "sparsevlm"
 
+    def for_family(self, family: str) -> "SparseVLMRule":
+        """Qwen2.5-VL: :class:`SparseVLMQwenRule` (M-RoPE positions cannot be renumbered 0..n-1)."""
+        if family != "qwen2_5_vl":
+            return self
+        return SparseVLMQwenRule(
+            self.pruning_layers, self.schedule, self.recycle, self.recycle_ratio, self.cluster_divisor
+        )
+
     def keep_count(self, stage: int, n_visual: int) -> int:
         return keep_count(self.schedule[stage], n_visual)
 
@@ -168,6 +177,18 @@ class SparseVLMRule(PruningRule):
             return Decision(kept, deleted[:0], 0)
         n_in, clusters = recycle_sizes(deleted.numel(), self.recycle_ratio, self.cluster_divisor)
         return Decision(kept, deleted[torch.topk(scores[deleted], n_in).indices], clusters)
+
+
+@dataclass(frozen=True)
+class SparseVLMQwenRule(SparseVLMRule):
+    """SparseVLM v1.5 on Qwen2.5-VL: the same scores, counts and recycling, with **original** M-RoPE
+    positions (kept tokens keep theirs, a recycled token takes its density-peak centre's; decoding continues
+    at the unpruned maximum + 1) instead of the renumbering 0..n-1, which M-RoPE does not define."""
+
+    original_positions: ClassVar[bool] = True
+
+    def for_family(self, family: str) -> "SparseVLMQwenRule":
+        return self
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .errors import ConfigError
 
 __all__ = [
-    "CDPrunerConfig", "ConfigError", "DARTConfig", "VisPrunerConfig", "layer_order_problem", "DeferrableConfig", "DivPruneConfig", "FastVConfig", "KeepAllConfig", "MethodConfig",
+    "CDPrunerConfig", "ConfigError", "DARTConfig", "KeepOrRatioConfig", "VisPrunerConfig", "layer_order_problem", "DeferrableConfig", "DivPruneConfig", "FastVConfig", "KeepAllConfig", "MethodConfig",
     "PoolConfig", "RandomKeepConfig", "ScheduleConfig", "SparseVLM2Config", "SparseVLMConfig", "VisionZipConfig",
 ]  # fmt: skip
 
@@ -89,7 +89,33 @@ class VisionZipConfig(DeferrableConfig):
         return self.dominant_ratio is not None
 
 
-class RandomKeepConfig(DeferrableConfig):
+class KeepOrRatioConfig(DeferrableConfig):
+    """A per-image budget: ``keep`` tokens, or (Qwen2.5-VL, images of varying size) ``keep_ratio`` of each
+    image's N merged tokens, ``int(round(keep_ratio * N))`` (DivPrune's rule). LLaVA refuses ``keep_ratio``."""
+
+    keep_ratio: float | None = Field(
+        None, gt=0, le=1,
+        description="Qwen2.5-VL: int(round(keep_ratio * N)) of each image's N merged tokens instead of keep "
+        "(null on LLaVA, where keep counts tokens)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "KeepOrRatioConfig":
+        if self.keep_ratio is not None and "keep" in self.model_fields_set:
+            raise ValueError(f"keys 'keep' ({self.keep}) and 'keep_ratio' ({self.keep_ratio}) both set: give one budget")
+        return self
+
+    def budget(self, n: int) -> int:
+        """Tokens kept of an image with ``n`` candidate tokens."""
+        return self.keep if self.keep_ratio is None else int(round(self.keep_ratio * n))
+
+    @property
+    def by_ratio(self) -> bool:
+        """The budget is a ratio of each image's merged tokens (Qwen2.5-VL)."""
+        return self.keep_ratio is not None
+
+
+class RandomKeepConfig(KeepOrRatioConfig):
     """Sanity baseline: keep ``keep`` patches drawn uniformly at random (seeded)."""
 
     method: Literal["random"] = "random"
@@ -97,7 +123,7 @@ class RandomKeepConfig(DeferrableConfig):
     seed: int = 0
 
 
-class PoolConfig(DeferrableConfig):
+class PoolConfig(KeepOrRatioConfig):
     """Sanity baseline: 2-D average pooling of the patch grid down to ``keep`` tokens."""
 
     method: Literal["pool"] = "pool"
@@ -148,7 +174,7 @@ class DivPruneConfig(DeferrableConfig):
         return self.keep if self.keep_ratio is None else int(round(self.keep_ratio * n))
 
 
-class CDPrunerConfig(DeferrableConfig):
+class CDPrunerConfig(KeepOrRatioConfig):
     """CDPruner (Zhang et al., 2025): conditional DPP over the post-projector patch tokens, the kernel
     weighted by each patch's (negative-cosine) relevance to the question in CLIP space."""
 

@@ -136,6 +136,12 @@ class SparseZipConfig(DeferrableConfig):
         description="LLaVA-NeXT: every crop (base view, tiles) its own dynamic K, or one K per image from the "
         "scores pooled over its crops, its crops x K dominant tokens ranked jointly across them (LLaVA-1.5: the same)",
     )
+    reference_tokens: int | None = Field(
+        None, ge=1,
+        description="Qwen2.5-VL: the token counts (dominant, k_min, k_max, merging.contextual_num, dynk.c, dynk.scale) "
+        "are for an image of this many merged tokens; an image of N gets them scaled by N / reference_tokens "
+        "(null on LLaVA, where they count tokens of every image)",
+    )  # fmt: skip
     skip_hybrid_attn: bool = Field(False, description="score = CLS attention only")
     skip_dynamic_k: bool = Field(False, description="use the fixed `dominant` instead of dynamic-K")
     skip_ctx_merge: bool = Field(
@@ -150,3 +156,8 @@ class SparseZipConfig(DeferrableConfig):
         if self.k_min > self.k_max:
             raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
         return self
+
+    @property
+    def by_ratio(self) -> bool:
+        """The counts are per ``reference_tokens`` merged tokens, scaled to each image (Qwen2.5-VL)."""
+        return self.reference_tokens is not None

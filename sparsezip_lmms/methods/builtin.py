@@ -43,19 +43,28 @@ def _visionzip(inputs: VisionInputs, config: VisionZipConfig) -> Compressed:
     return visionzip(inputs.hidden, inputs.cls_attn, inputs.keys, config.dominant, config.contextual)
 
 
+def _llava_counts(config, key: str) -> None:
+    """Qwen2.5-VL's per-image budget keys are refused on LLaVA, where the counts are tokens of every image."""
+    if getattr(config, key, None) is not None:
+        raise ValueError(f"key {key!r} is Qwen2.5-VL's per-image budget; on LLaVA the config counts tokens")
+
+
 def _sparsezip(inputs: VisionInputs, config: SparseZipConfig) -> Compressed:
+    _llava_counts(config, "reference_tokens")
     return sparsezip(inputs.hidden, inputs.cls_attn, inputs.keys, config, inputs.text_relevance, groups=inputs.groups)
 
 
 def _random(inputs: VisionInputs, config: RandomKeepConfig) -> Compressed:
     """With image keys each image's draw depends only on the seed and its key (batch-invariant); without,
     one seeded draw for the whole batch."""
+    _llava_counts(config, "keep_ratio")
     if inputs.image_keys is not None:
         return random_keep(inputs.hidden, config.keep, keys=inputs.image_keys, seed=config.seed)
     return random_keep(inputs.hidden, config.keep, torch.Generator().manual_seed(config.seed))
 
 
 def _pool(inputs: VisionInputs, config: PoolConfig) -> Compressed:
+    _llava_counts(config, "keep_ratio")
     return pool(inputs.hidden, config.keep)
 
 
@@ -94,6 +103,7 @@ def _divprune(inputs: ProjectedInputs, config: DivPruneConfig) -> Tensor:
 def _cdpruner(inputs: ProjectedInputs, config: CDPrunerConfig) -> Tensor:
     """The DPP over each row's patches; with ``groups`` (LLaVA-NeXT crops) the relevance min–max is taken
     jointly over the crops of one image, as the official code does."""
+    _llava_counts(config, "keep_ratio")
     if inputs.clip_patches is None or inputs.clip_question is None:
         raise ValueError("cdpruner needs the CLIP patch embeds and the question's CLIP text embeds")
     embeds = inputs.clip_patches  # [B, N, P]
@@ -138,7 +148,7 @@ _DEDICATED = (
 )  # fmt: skip
 _QWEN_DEDICATED = (
     "qwen2_5_vl_hf_timed", "qwen2_5_vl_visionzip", "qwen2_5_vl_divprune", "qwen2_5_vl_vispruner", "qwen2_5_vl_dart",
-    "qwen2_5_vl_fastv", "qwen2_5_vl_sparsevlm",
+    "qwen2_5_vl_fastv", "qwen2_5_vl_sparsevlm", "qwen2_5_vl_sparsezip", "qwen2_5_vl_cdpruner",
 )  # fmt: skip
 _LLAVA_ONLY = ("llava", "llava_next")  # methods the Qwen2.5-VL path does not run
 
@@ -152,17 +162,17 @@ VISIONZIP = MethodSpec(
     description="VisionZip (Yang et al., CVPR 2025): dominant tokens by CLS attention + merged contextual tokens",
 )  # fmt: skip
 SPARSEZIP = MethodSpec(
-    "sparsezip", SparseZipConfig, "vision", select=_sparsezip, inputs=_sparsezip_inputs, families=_LLAVA_ONLY,
-    model_ids=("llava_sparsezip",), max_tokens=checks.sparsezip_max, check=checks.check_sparsezip, flops=sparsezip_flops,
+    "sparsezip", SparseZipConfig, "vision", select=_sparsezip, inputs=_sparsezip_inputs,
+    model_ids=("llava_sparsezip", "qwen2_5_vl_sparsezip"), max_tokens=checks.sparsezip_max, check=checks.check_sparsezip, flops=sparsezip_flops,
     description="SparseZip: hybrid (text-aware) scoring, dynamic K, hierarchical merging",
 )  # fmt: skip
 RANDOM = MethodSpec(
-    "random", RandomKeepConfig, "vision", select=_random, inputs=frozenset({"image_keys"}), families=_LLAVA_ONLY,
-    model_ids=("llava_sparsezip",), max_tokens=checks.keep_max, check=checks.check_keep,
+    "random", RandomKeepConfig, "vision", select=_random, inputs=frozenset({"image_keys"}),
+    model_ids=("llava_sparsezip", "qwen2_5_vl_sparsezip"), max_tokens=checks.keep_max, check=checks.check_keep,
     description="sanity baseline: keep patches drawn uniformly at random (seeded)",
 )  # fmt: skip
 POOL = MethodSpec(
-    "pool", PoolConfig, "vision", select=_pool, families=_LLAVA_ONLY, model_ids=("llava_sparsezip",), max_tokens=checks.keep_max,
+    "pool", PoolConfig, "vision", select=_pool, model_ids=("llava_sparsezip", "qwen2_5_vl_sparsezip"), max_tokens=checks.keep_max,
     check=checks.check_keep, description="sanity baseline: 2-D average pooling of the patch grid",
 )  # fmt: skip
 DIVPRUNE = MethodSpec(
@@ -171,12 +181,12 @@ DIVPRUNE = MethodSpec(
     description="DivPrune (Alvar et al., CVPR 2025): max–min diverse subset of the projected patch tokens",
 )  # fmt: skip
 CDPRUNER = MethodSpec(
-    "cdpruner", CDPrunerConfig, "projected", select=_cdpruner, inputs=frozenset({"clip_text"}), families=_LLAVA_ONLY,
-    model_ids=("llava_cdpruner",), max_tokens=checks.cdpruner_max, check=checks.check_keep, flops=cdpruner_flops,
-    description="CDPruner (Zhang et al., 2025): conditional DPP weighted by CLIP question relevance",
+    "cdpruner", CDPrunerConfig, "projected", select=_cdpruner, inputs=frozenset({"clip_text"}),
+    model_ids=("llava_cdpruner", "qwen2_5_vl_cdpruner"), max_tokens=checks.cdpruner_max, check=checks.check_keep, flops=cdpruner_flops,
+    description="CDPruner (Zhang et al., 2025): conditional DPP weighted by question relevance (LLaVA: CLIP; Qwen: LLM embeds)",
 )  # fmt: skip
 SPARSEVLM = MethodSpec(
-    "sparsevlm", SparseVLMConfig, "llm", rule=_sparsevlm_rule, families=_LLAVA_ONLY, model_ids=("llava_sparsevlm",),
+    "sparsevlm", SparseVLMConfig, "llm", rule=_sparsevlm_rule, model_ids=("llava_sparsevlm", "qwen2_5_vl_sparsevlm"),
     check=checks.check_schedule, description="SparseVLM v1.5: text-guided pruning in the LLM prefill with recycling",
 )  # fmt: skip
 SPARSEVLM2 = MethodSpec(

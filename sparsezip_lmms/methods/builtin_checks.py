@@ -57,7 +57,13 @@ def check_visionzip(config: Any, geometry: Any) -> None:
     at_most("dominant", config.dominant, n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)")
 
 
+def _qwen_only(config: Any, key: str, hint: str) -> None:
+    if getattr(config, key, None) is not None:
+        raise ConfigError(f"key {key!r} is Qwen2.5-VL's per-image budget; on a LLaVA checkpoint the config counts tokens ({hint})")
+
+
 def check_sparsezip(config: Any, geometry: Any) -> None:
+    _qwen_only(config, "reference_tokens", "sparsezip_64")
     n = geometry.patches
     limit, what = (n + 1, f"the {n + 1} tokens per image (CLS + {n} patches)") if config.k_counts_cls else (n, f"the {n} patches per image")
     if config.skip_dynamic_k:
@@ -67,6 +73,7 @@ def check_sparsezip(config: Any, geometry: Any) -> None:
 
 
 def check_keep(config: Any, geometry: Any) -> None:
+    _qwen_only(config, "keep_ratio", "use 'keep'")
     n = geometry.patches
     if config.keep >= n:
         raise ConfigError(

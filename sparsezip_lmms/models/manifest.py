@@ -24,6 +24,8 @@ MODEL_CLASSES = {
     "qwen2_5_vl_dart": "sparsezip_lmms.models.qwen.Qwen2_5_VLDART",
     "qwen2_5_vl_fastv": "sparsezip_lmms.models.qwen.Qwen2_5_VLFastV",
     "qwen2_5_vl_sparsevlm": "sparsezip_lmms.models.qwen.Qwen2_5_VLSparseVLM",
+    "qwen2_5_vl_sparsezip": "sparsezip_lmms.models.qwen.Qwen2_5_VLSparseZip",
+    "qwen2_5_vl_cdpruner": "sparsezip_lmms.models.qwen.Qwen2_5_VLCDPruner",
     "qwen2_5_vl_compressed": "sparsezip_lmms.models.qwen.Qwen2_5_VLCompressed",
 }
 

@@ -326,10 +326,26 @@ class Qwen2_5_VLFastV(CompressedQwen):
 
 
 class Qwen2_5_VLSparseVLM(CompressedQwen):
-    """SparseVLM v2.0 (``sparsevlm2_*``) in the LLM prefill; v1.5 renumbers positions and is refused."""
+    """SparseVLM v2.0 (``sparsevlm2_*``) or v1.5 (``sparsevlm_*``, with original M-RoPE positions) in the LLM
+    prefill."""
 
     model_id = "qwen2_5_vl_sparsevlm"
     default_config = "sparsevlm2_64"
+
+
+class Qwen2_5_VLSparseZip(CompressedQwen):
+    """SparseZip (text-agnostic) on each image's post-merger tokens, its counts scaled to each image's N; the
+    random and pool baselines run under this id too (``config=random_qwen`` / ``pool_qwen``), as on LLaVA."""
+
+    model_id = "qwen2_5_vl_sparsezip"
+    default_config = "sparsezip_qwen"
+
+
+class Qwen2_5_VLCDPruner(CompressedQwen):
+    """CDPruner on each image's post-merger tokens, the relevance from the LLM's own embeddings of the prompt."""
+
+    model_id = "qwen2_5_vl_cdpruner"
+    default_config = "cdpruner_qwen"
 
 
 class Qwen2_5_VLCompressed(CompressedQwen):
@@ -341,4 +357,5 @@ class Qwen2_5_VLCompressed(CompressedQwen):
 
 
 __all__ += [cls.__name__ for cls in (Qwen2_5_VLHfTimed, Qwen2_5_VLVisionZip, Qwen2_5_VLDivPrune, Qwen2_5_VLVisPruner,
-                                     Qwen2_5_VLDART, Qwen2_5_VLFastV, Qwen2_5_VLSparseVLM, Qwen2_5_VLCompressed)]  # fmt: skip
+                                     Qwen2_5_VLDART, Qwen2_5_VLFastV, Qwen2_5_VLSparseVLM, Qwen2_5_VLSparseZip,
+                                     Qwen2_5_VLCDPruner, Qwen2_5_VLCompressed)]  # fmt: skip

@@ -1,16 +1,19 @@
-"""Qwen2.5-VL with VisionZip (or no compression): one vision forward, splicing, one LLM prefill, greedy decode.
+"""Qwen2.5-VL with a selection before the LLM (or none): one vision forward, splicing, one LLM prefill, greedy decode.
 
 :func:`compressed_generate` runs the whole batch at once:
 
 1. the vision tower on every image of the batch (one forward; :mod:`.vision` adds the scores and keys);
-2. per image its own N, D, C and selection (:func:`sparsezip_lmms.compress.visionzip_qwen.visionzip_qwen_select`,
-   batched over images), contextual tokens at their targets' places, the other non-dominant tokens removed;
+2. per image its own N, budget and selection: VisionZip
+   (:func:`sparsezip_lmms.compress.visionzip_qwen.visionzip_qwen_select`, batched over images; contextual tokens
+   at their targets' places, the other non-dominant tokens removed), or a rule of :mod:`.select` (DivPrune,
+   VisPruner, random, pool, SparseZip, CDPruner; pooled / merged tokens at an anchor token's place);
 3. the unpruned prompt's M-RoPE positions sliced by the kept sequence positions, rows re-padded on the left;
 4. the language model (``model.model.language_model``) on ``inputs_embeds`` with the 2-D attention mask
    ``[B, L']`` and 3-row positions ``[3, B, L']`` passed explicitly, one ``DynamicCache``; then greedy decoding,
    the n-th fed-back token at ``max_position + n`` on all three rows of each row.
 
-With ``keep_all`` (method ``none``) nothing is pruned and the result is the stock model's greedy generation.
+In-LLM methods (DART, FastV, SparseVLM v2.0 and v1.5) run in :mod:`.in_llm`. With ``keep_all`` (method
+``none``) nothing is pruned and the result is the stock model's greedy generation.
 """
 
 from __future__ import annotations
@@ -21,9 +24,7 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
-from ..compress.divprune import divprune_select_ragged
 from ..compress.dtypes import at_least_float32
-from ..compress.vispruner import vispruner_select
 from ..compress.visionzip_qwen import (
     QwenZip,
     QwenZipImage,
@@ -33,7 +34,8 @@ from ..compress.visionzip_qwen import (
 from ..llava.compat import cache_kwargs
 from .inputs import check_batch, check_method
 from .positions import decode_position_ids, left_pack, prompt_positions
-from .vision import VisionOutput, check_grids, merged_counts, vision_forward
+from .select import RULES, SCORED, question_vectors, select_images
+from .vision import VisionOutput, check_grids, image_columns, merged_counts, split_images, vision_forward
 
 __all__ = ["QwenDebug", "QwenGeneration", "compressed_generate"]
 
@@ -55,7 +57,9 @@ class QwenDebug:
 class QwenGeneration:
     """``sequences`` [B, new] greedy ids; ``logits`` [B, new, V] (at least float32; row 0 is the prefill's
     last position, row n follows the n-th fed-back token); ``kept``: per image (batch order) the kept merged-token
-    indices, ascending (dominant and contextual targets; all of them for keep_all); ``position_ids``: per row
+    indices, ascending: the slots that enter the LLM (VisionZip: dominant and contextual targets; pool: each
+    cell's top-left anchor; SparseZip: dominant tokens and each contextual token's lowest member; all of
+    them for keep_all); ``position_ids``: per row
     the ``[3, L'_b]`` positions of its kept prompt tokens (no padding); ``keep_seq``: per row the kept
     sequence positions, counted over the row's attended tokens; ``decode_positions`` [B, new−1] the position
     of each fed-back token (all three rows); ``image_rows``: the row of each image. Lists hold CPU tensors."""
@@ -71,67 +75,14 @@ class QwenGeneration:
     pruned: object | None = None  # in-LLM methods: the pruning decoder's ``PrunedOutput`` (pivots, scores, ...)
 
 
-def _split_images(flat: Tensor, counts: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """flat [N_total, ...] -> (padded [I, Nmax, ...], image [N_total], column [N_total]) with host-known
-    counts; padding rows repeat the image's last token (masked by the selection)."""
-    n = torch.tensor(counts)  # [I] host
-    offsets = n.cumsum(0) - n  # [I]
-    cols = torch.arange(int(n.max()))  # [Nmax]
-    gather = (offsets.unsqueeze(1) + torch.minimum(cols.unsqueeze(0), n.unsqueeze(1) - 1)).to(flat.device)  # [I, Nmax]
-    image = torch.repeat_interleave(torch.arange(len(counts)), n).to(flat.device)  # [N_total]
-    column = (torch.arange(int(n.sum())) - offsets.repeat_interleave(n)).to(flat.device)  # [N_total]
-    return flat[gather], image, column
-
-
 def _select(vis: VisionOutput, config: object) -> tuple[QwenZip, Tensor, Tensor]:
     """VisionZip on every image: (selection [I, Nmax], keep [N_total] bool, embeds [N_total, E] with the
     contextual tokens at their targets' rows)."""
-    scores, image, column = _split_images(vis.scores, vis.counts)  # [I, Nmax]
-    keys, _, _ = _split_images(vis.keys, vis.counts)  # [I, Nmax, d]
-    embeds, _, _ = _split_images(vis.embeds, vis.counts)  # [I, Nmax, E]
+    scores, image, column = split_images(vis.scores, vis.counts)  # [I, Nmax]
+    keys, _, _ = split_images(vis.keys, vis.counts)  # [I, Nmax, d]
+    embeds, _, _ = split_images(vis.embeds, vis.counts)  # [I, Nmax, E]
     sel = visionzip_qwen_select(scores, keys, embeds, vis.counts, config.dominant_ratio, config.contextual_ratio)
     return sel, sel.keep[image, column], sel.embeds[image, column]
-
-
-def _divprune(vis: VisionOutput, config: object) -> tuple[Tensor, Tensor]:
-    """DivPrune on every image's post-merger tokens (the official LLaVA rule on the projected tokens):
-    ``config.budget(N)`` of each image's N, all images in one ragged call. Returns (keep [I, Nmax] bool,
-    keep [N_total] bool); a token picked twice (``mask_chosen: false``, only on exact ties) stays once."""
-    embeds, image, column = _split_images(vis.embeds, vis.counts)  # [I, Nmax, E]
-    n = torch.tensor(vis.counts, device=embeds.device)  # [I]
-    valid = torch.arange(embeds.shape[1], device=embeds.device)[None] < n[:, None]  # [I, Nmax]
-    budgets = [config.budget(count) for count in vis.counts]
-    if any(not 1 <= k <= count for k, count in zip(budgets, vis.counts)):
-        raise ValueError(f"divprune budgets {budgets} must be in [1, N] for images of {list(vis.counts)} merged tokens")
-    chosen = divprune_select_ragged(
-        embeds, valid, torch.tensor(budgets, device=embeds.device), mask_chosen=config.mask_chosen,
-        compute_dtype=config.compute_dtype(embeds.dtype),
-    )  # [I, k_max], -1 past an image's budget  # fmt: skip
-    slots = torch.where(chosen >= 0, chosen, torch.full_like(chosen, embeds.shape[1]))  # -1 -> a spare column
-    keep = torch.zeros(valid.shape[0], valid.shape[1] + 1, dtype=torch.bool, device=valid.device)
-    keep = keep.scatter(1, slots, True)[:, :-1]  # [I, Nmax]
-    return keep, keep[image, column]
-
-
-def _vispruner(vis: VisionOutput, config: object) -> tuple[Tensor, Tensor]:
-    """VisPruner on every image's post-merger tokens, as its author applies it to Qwen2.5-VL: the "global"
-    attention each merged token receives (VisionZip's score: no CLS token here) in place of the CLS
-    attention, the duplicates removed on the merged features; ``config.budget(N)`` per image. Images of one
-    size and budget run as one batch (the rounds need equal sizes). Returns (keep [I, Nmax], keep [N_total])."""
-    embeds, image, column = _split_images(vis.embeds, vis.counts)  # [I, Nmax, E]
-    scores, _, _ = _split_images(vis.scores, vis.counts)  # [I, Nmax]
-    keep = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)  # [I, Nmax]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, n in enumerate(vis.counts):
-        tokens = config.budget(n)
-        if not 1 <= tokens <= n:
-            raise ValueError(f"vispruner keeps {tokens} of image {i}'s {n} merged tokens: the budget must be in [1, N]")
-        groups.setdefault((n, tokens), []).append(i)
-    for (n, tokens), members in groups.items():
-        rows = torch.tensor(members, device=embeds.device)
-        kept = vispruner_select(embeds[rows, :n], scores[rows, None, :n], tokens, config.important_ratio)  # [g, T]
-        keep[rows[:, None], kept] = True
-    return keep, keep[image, column]
 
 
 def _language_model(model: nn.Module) -> nn.Module:
@@ -157,8 +108,9 @@ def compressed_generate(
     video_grid_thw: Tensor | None = None,
     debug: bool = False,
 ) -> QwenGeneration:
-    """Greedy generation of a Qwen2.5-VL batch with VisionZip applied per image (``config`` method
-    ``visionzip`` with ``dominant_ratio``/``contextual_ratio``) or without compression (``keep_all``).
+    """Greedy generation of a Qwen2.5-VL batch with ``config``'s method applied per image (VisionZip with
+    ``dominant_ratio``/``contextual_ratio``, a rule of :mod:`.select`, an in-LLM method) or without
+    compression (``keep_all``); :func:`.inputs.check_method` says which configs run.
 
     input_ids [B, L] (left padding expected; any padding works: rows are re-packed), attention_mask [B, L],
     pixel_values [P, C·T·p·p] of all images in order, image_grid_thw [n_images, 3]. Runs exactly
@@ -190,18 +142,27 @@ def compressed_generate(
     embed = lm.embed_tokens(input_ids)  # [B, L, E]
     batch, _, width = embed.shape
 
-    sel, vis, selected_keep = None, None, None  # selected_keep [I, Nmax]: DivPrune's / VisPruner's picks
+    sel, vis, selected_keep = None, None, None  # selected_keep [I, Nmax]: the picks of the rules in .select
     keep = attended  # [B, L]
     if counts:
-        vis = vision_forward(visual, pixel_values.to(device), image_grid_thw.to(device), score=method in ("visionzip", "vispruner"))
+        vis = vision_forward(visual, pixel_values.to(device), image_grid_thw.to(device), score=method in SCORED)
         flat = vis.embeds  # [N_total, E]
         if method == "visionzip":
             sel, keep_flat, flat = _select(vis, config)  # keep_flat [N_total] bool
-        elif method == "divprune":
-            selected_keep, keep_flat = _divprune(vis, config)  # [I, Nmax], [N_total] bool
-        elif method == "vispruner":
-            selected_keep, keep_flat = _vispruner(vis, config)  # [I, Nmax], [N_total] bool
-        if method in ("visionzip", "divprune", "vispruner"):
+        elif method in RULES:
+            question = None
+            if method == "cdpruner":
+                question = question_vectors(input_ids, attention_mask, embed, cfg.vision_start_token_id,
+                                            cfg.vision_end_token_id, image_token)  # ([B, E], [B])  # fmt: skip
+            selected_keep, replaced = select_images(
+                method, vis, config, pixel_values=pixel_values.to(device), grids=grids, merge=merge,
+                question=question, rows=rows,
+            )  # [I, Nmax] bool, [I, Nmax, E] or None  # fmt: skip
+            image, column = image_columns(counts, device)  # [N_total] each
+            keep_flat = selected_keep[image, column]  # [N_total] bool
+            if replaced is not None:
+                flat = replaced[image, column]  # [N_total, E] pooled / merged tokens at their anchors
+        if method != "none":
             keep_image = image_mask.masked_scatter(image_mask, keep_flat)  # [B, L] kept image tokens
             keep = attended & (~image_mask | keep_image)
         embed = embed.masked_scatter(image_mask.unsqueeze(-1), flat.to(embed.dtype))  # [B, L, E]

@@ -1,4 +1,4 @@
-"""Qwen2.5-VL with a method that prunes inside the LLM (DART, FastV, SparseVLM v2.0): the whole image
+"""Qwen2.5-VL with a method that prunes inside the LLM (DART, FastV, SparseVLM v2.0 and v1.5): the whole image
 enters the language model and the one pruning decoder (``sparsezip_lmms.pruning``) prunes it at the rule's
 layers, with the M-RoPE positions of the unpruned prompt.
 
@@ -9,7 +9,8 @@ layers, with the M-RoPE positions of the unpruned prompt.
   decoding at each row's ``max_position + n``;
 * the visual span of a row is its image tokens; the text after it starts at ``<|vision_end|>`` (DART's
   text pivots are searched from there, as its official Qwen port does);
-* the rule reads the family ``"qwen2_5_vl"`` (DART's budget ``T = int(N (1 - r) / (Pi + Pt))``).
+* the rule reads the family ``"qwen2_5_vl"`` (DART's budget ``T = int(N (1 - r) / (Pi + Pt))``; SparseVLM
+  v1.5 keeps original positions, a recycled token at its density-peak centre's position).
 
 One image per row (the in-LLM rules score one visual span per prompt).
 """
@@ -62,7 +63,9 @@ def in_llm_generate(
     )  # fmt: skip
     dtype = at_least_float32(out.prefill_logits.dtype)
     logits = torch.cat([out.prefill_logits[:, None], out.step_logits], dim=1).to(dtype)  # [B, T, V]
-    kept_rows = [k[k >= 0].cpu() for k in out.kept[-1]]  # per row: kept span positions at the last pruning layer
+    # per row: the kept image tokens at the last pruning layer (SparseVLM v1.5's recycled tokens, identities
+    # >= N, are not image tokens: they count in the per-layer numbers, not here)
+    kept_rows = [k[(k >= 0) & (k < n)].cpu() for k, n in zip(out.kept[-1], counts)]
     final = out.positions[-1].cpu()  # [3, B, n_max] positions the last layer used (-1 padded)
     position_ids = [final[:, b][:, final[0, b] >= 0] for b in range(batch)]  # per row [3, L']
     starts = (image_start - (~attention_mask.bool()).sum(dim=1)).tolist()  # [B] in the row's own tokens

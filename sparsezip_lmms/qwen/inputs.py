@@ -14,9 +14,14 @@ from torch import Tensor
 __all__ = ["check_batch", "check_method"]
 
 
+_SELECTION = ("divprune", "vispruner", "random", "pool", "cdpruner", "sparsezip")  # before the LLM, per image
+
+
 def check_method(config: object) -> str:
-    """``"none"`` (no compression), ``"visionzip"`` (by ratio, selection before the LLM) or ``"llm"`` (a
-    method that prunes inside the LLM, with original positions: DART, FastV, SparseVLM v2.0), else ValueError."""
+    """``"none"`` (no compression), ``"visionzip"`` (by ratio), one of the per-image selections before the
+    LLM (``divprune``, ``vispruner``, ``random``, ``pool``, ``cdpruner``, ``sparsezip``) or ``"llm"`` (a
+    method that prunes inside the LLM, with original positions: DART, FastV, SparseVLM v2.0 and v1.5), else a
+    ValueError naming the key. Budgets that depend on an image's N are checked per image when it runs."""
     from ..methods.registry import method_of
 
     method = getattr(config, "method", None)
@@ -24,24 +29,58 @@ def check_method(config: object) -> str:
         return "none"
     if method_of(config).stage == "llm":
         return "llm"
-    if method in ("divprune", "vispruner"):
-        if getattr(config, "prune_layer", 0) != 0:
-            raise ValueError(f"prune_layer={config.prune_layer} is not supported on Qwen2.5-VL (the selection enters the LLM: 0)")
-        return method
-    if method != "visionzip":
+    if method not in ("visionzip", *_SELECTION):
         raise ValueError(
             f"config method {method!r} is not supported on Qwen2.5-VL yet (supported: 'none', 'visionzip', "
-            "'divprune', 'vispruner' and the in-LLM methods)"
+            f"{', '.join(repr(m) for m in _SELECTION)} and the in-LLM methods)"
         )
-    if not getattr(config, "by_ratio", False):
-        raise ValueError("VisionZip on Qwen2.5-VL needs 'dominant_ratio' and 'contextual_ratio' (the official per-image budget)")
     if getattr(config, "prune_layer", 0) != 0:
         raise ValueError(f"prune_layer={config.prune_layer} is not supported on Qwen2.5-VL (the selection enters the LLM: 0)")
+    if method == "sparsezip":
+        _check_sparsezip(config)
+    elif method == "cdpruner" and config.strip_answer_format:
+        raise ValueError(
+            "key 'strip_answer_format': CDPruner on Qwen2.5-VL reads every instruction token of the prompt (OpenVINO "
+            "GenAI's Qwen-VL recipe, no CLIP question); set strip_answer_format: false (config cdpruner_qwen)"
+        )
+    if method != "visionzip":
+        return method
+    if not getattr(config, "by_ratio", False):
+        raise ValueError("VisionZip on Qwen2.5-VL needs 'dominant_ratio' and 'contextual_ratio' (the official per-image budget)")
     for key in ("dominant_ratio", "contextual_ratio"):
         value = getattr(config, key)
         if not 0 < value <= 1:
             raise ValueError(f"{key} must be in (0, 1], got {value}")
     return "visionzip"
+
+
+def _check_sparsezip(config: object) -> None:
+    """SparseZip's Qwen2.5-VL keys (``sparsezip.qwen``): counts per ``reference_tokens``, no CLS, no text term."""
+    if not config.by_ratio:
+        raise ValueError(
+            "SparseZip on Qwen2.5-VL needs 'reference_tokens': its counts are for an image of that many merged "
+            "tokens and scale to each image's N (config sparsezip_qwen)"
+        )
+    if config.cross_beta > 0:
+        raise ValueError(
+            f"key 'cross_beta' ({config.cross_beta}): SparseZip's text-aware score needs the LLaVA projector's question "
+            "relevance; Qwen2.5-VL runs the text-agnostic setting only (cross_beta: 0)"
+        )
+    if config.k_counts_cls:
+        raise ValueError("key 'k_counts_cls': Qwen2.5-VL's vision tower has no CLS token to count; set k_counts_cls: false")
+    if config.merging.empty_token != "drop":
+        raise ValueError("key 'merging.empty_token': an empty cluster has no member whose place it could take; use 'drop'")
+    ref = config.reference_tokens
+    limits = [("k_max", config.k_max)] if not config.skip_dynamic_k else [("dominant", config.dominant)]
+    for key, value in limits:
+        if value > ref:
+            raise ValueError(f"key {key!r} ({value}) exceeds reference_tokens ({ref}): more tokens than the image has")
+    merged = 0 if (config.merge == "none" and not config.skip_ctx_merge) else config.merging.contextual_num
+    if limits[0][1] + merged > ref:
+        raise ValueError(
+            f"key 'merging.contextual_num' ({merged}): {limits[0][0]} + contextual_num = {limits[0][1] + merged} "
+            f"exceeds reference_tokens ({ref})"
+        )
 
 
 def _image_runs(image_mask: Tensor) -> tuple[list[int], list[int]]:

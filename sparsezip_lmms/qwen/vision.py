@@ -12,6 +12,7 @@ The tower runs once, for the whole batch, with its own attention implementation 
 pre-hook on the last block's ``attn`` (always removed) captures its input, rotary tables and ``cu_seqlens``;
 q and k are recomputed from the module's own ``qkv`` with the RoPE applied in at least float32 (float64 stays
 float64), and the probabilities are computed in query-row chunks so that no ``[H, S, S]`` is materialised.
+:func:`split_images` pads the flat per-token outputs to ``[I, Nmax, ...]`` for the per-image selections.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from ..compress.dtypes import at_least_float32
 
-__all__ = ["VisionOutput", "check_grids", "merged_counts", "vision_forward"]
+__all__ = ["VisionOutput", "check_grids", "image_columns", "merged_counts", "split_images", "vision_forward"]
 
 # query rows x key columns x heads of one probability chunk (float32: 128 MiB), at most 1024 rows
 _CHUNK_ELEMENTS = 1 << 25
@@ -68,6 +69,24 @@ def check_grids(image_grid_thw: Tensor | None, merge: int, patches: int | None) 
 def merged_counts(grids: list[tuple[int, int, int]], merge: int) -> tuple[int, ...]:
     """N (merged tokens) per image: t * (h / merge) * (w / merge)."""
     return tuple(t * (h // merge) * (w // merge) for t, h, w in grids)
+
+
+def image_columns(counts: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(image [N_total], column [N_total]): the image and the column inside it of every merged token."""
+    n = torch.tensor(counts)  # [I] host
+    image = torch.repeat_interleave(torch.arange(len(counts)), n).to(device)  # [N_total]
+    column = (torch.arange(int(n.sum())) - (n.cumsum(0) - n).repeat_interleave(n)).to(device)  # [N_total]
+    return image, column
+
+
+def split_images(flat: Tensor, counts: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """flat [N_total, ...] -> (padded [I, Nmax, ...], image [N_total], column [N_total]) with host-known
+    counts; padding rows repeat the image's last token (masked by the selection)."""
+    n = torch.tensor(counts)  # [I] host
+    offsets = n.cumsum(0) - n  # [I]
+    cols = torch.arange(int(n.max()))  # [Nmax]
+    gather = (offsets.unsqueeze(1) + torch.minimum(cols.unsqueeze(0), n.unsqueeze(1) - 1)).to(flat.device)  # [I, Nmax]
+    return (flat[gather], *image_columns(counts, flat.device))
 
 
 def _window_index(visual: nn.Module, grid_thw: Tensor) -> Tensor:
