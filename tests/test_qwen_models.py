@@ -167,6 +167,8 @@ def test_in_llm_prompts_without_one_image_run_unpruned(qwen_checkpoint):
     assert "unpruned" not in records[0].extra and records[0].visual_tokens_per_layer is not None
     assert "unpruned" in records[1].extra and records[1].visual_tokens == 0
     assert "unpruned" in records[2].extra and records[2].extra["images"] == 2
+    # the rule's own time: DART's pivots and picks in the pruned row; nothing of a method's in the others
+    assert records[0].method_s > 0 and records[1].method_s == records[2].method_s == 0.0
 
 
 @pytest.mark.parametrize(

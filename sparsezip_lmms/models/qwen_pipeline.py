@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..efficiency.clock import TokenClock, now
+from ..efficiency.clock import MethodTimer, TokenClock, now
 from ..efficiency.qwen_flops import qwen_compression_flops, qwen_kv_cache_bytes, qwen_llm_flops, qwen_vision_flops
 from ..efficiency.records import EfficiencyRecord, peak_memory, reset_peak_memory
 from ..qwen import compressed_generate
@@ -106,10 +106,11 @@ def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], 
     clock = TokenClock(device)
     hook = lmm.model.lm_head.register_forward_hook(lambda *_: clock.tick())  # one call per generated token
     try:
+        timer = MethodTimer(device)  # the method's own steps (selection, merging; an in-LLM rule's decisions)
         t_generate = clock.start()
         out = compressed_generate(
             lmm.model, inputs["input_ids"], inputs["attention_mask"], inputs.get("pixel_values"),
-            inputs.get("image_grid_thw"), config, max_new, eos_token_id=lmm.eot_token_id,
+            inputs.get("image_grid_thw"), config, max_new, eos_token_id=lmm.eot_token_id, method_timer=timer,
         )  # fmt: skip
     finally:
         hook.remove()
@@ -155,6 +156,7 @@ def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], 
         "batch_size": batch,
         "preprocess_s": t_generate - t_start,
         "vision_s": None,  # the vision tower runs inside compressed_generate: counted in ttft_s
+        "method_s": timer.seconds,  # inside ttft_s; 0 without a method
         "prefill_s": None,
         "ttft_s": (step_times[0] - t_generate) if step_times else None,  # vision + method + prefill
         "tpot_s": ((step_times[-1] - step_times[0]) / decode_steps) if decode_steps > 0 else None,

@@ -31,6 +31,7 @@ from ..compress.visionzip_qwen import (
     unpack_image,
     visionzip_qwen_select,
 )
+from ..efficiency.clock import MethodTimer, method_step
 from ..llava.compat import cache_kwargs
 from .inputs import check_batch, check_method
 from .positions import decode_position_ids, left_pack, prompt_positions
@@ -107,6 +108,7 @@ def compressed_generate(
     pixel_values_videos: Tensor | None = None,
     video_grid_thw: Tensor | None = None,
     debug: bool = False,
+    method_timer: MethodTimer | None = None,
 ) -> QwenGeneration:
     """Greedy generation of a Qwen2.5-VL batch with ``config``'s method applied per image (VisionZip with
     ``dominant_ratio``/``contextual_ratio``, a rule of :mod:`.select`, an in-LLM method) or without
@@ -134,7 +136,7 @@ def compressed_generate(
 
         return QwenGeneration(**in_llm_generate(
             model, input_ids, attention_mask, pixel_values, image_grid_thw, config, max_new_tokens, counts, rows,
-            eos_token_id,
+            eos_token_id, method_timer,
         ))  # fmt: skip
     device = input_ids.device
     attended = attention_mask.bool()  # [B, L]
@@ -148,20 +150,22 @@ def compressed_generate(
         vis = vision_forward(visual, pixel_values.to(device), image_grid_thw.to(device), score=method in SCORED)
         flat = vis.embeds  # [N_total, E]
         if method == "visionzip":
-            sel, keep_flat, flat = _select(vis, config)  # keep_flat [N_total] bool
+            with method_step(method_timer):
+                sel, keep_flat, flat = _select(vis, config)  # keep_flat [N_total] bool
         elif method in RULES:
-            question = None
-            if method == "cdpruner":
-                question = question_vectors(input_ids, attention_mask, embed, cfg.vision_start_token_id,
-                                            cfg.vision_end_token_id, image_token)  # ([B, E], [B])  # fmt: skip
-            selected_keep, replaced = select_images(
-                method, vis, config, pixel_values=pixel_values.to(device), grids=grids, merge=merge,
-                question=question, rows=rows,
-            )  # [I, Nmax] bool, [I, Nmax, E] or None  # fmt: skip
-            image, column = image_columns(counts, device)  # [N_total] each
-            keep_flat = selected_keep[image, column]  # [N_total] bool
-            if replaced is not None:
-                flat = replaced[image, column]  # [N_total, E] pooled / merged tokens at their anchors
+            with method_step(method_timer):
+                question = None
+                if method == "cdpruner":
+                    question = question_vectors(input_ids, attention_mask, embed, cfg.vision_start_token_id,
+                                                cfg.vision_end_token_id, image_token)  # ([B, E], [B])  # fmt: skip
+                selected_keep, replaced = select_images(
+                    method, vis, config, pixel_values=pixel_values.to(device), grids=grids, merge=merge,
+                    question=question, rows=rows,
+                )  # [I, Nmax] bool, [I, Nmax, E] or None  # fmt: skip
+                image, column = image_columns(counts, device)  # [N_total] each
+                keep_flat = selected_keep[image, column]  # [N_total] bool
+                if replaced is not None:
+                    flat = replaced[image, column]  # [N_total, E] pooled / merged tokens at their anchors
         if method != "none":
             keep_image = image_mask.masked_scatter(image_mask, keep_flat)  # [B, L] kept image tokens
             keep = attended & (~image_mask | keep_image)

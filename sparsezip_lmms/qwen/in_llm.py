@@ -38,6 +38,7 @@ def in_llm_generate(
     counts: tuple[int, ...],  # N of every image
     rows: list[int],  # the row of every image
     eos_token_id: int | None,
+    method_timer: object | None = None,  # efficiency.clock.MethodTimer: the rule's own steps
 ) -> dict:
     """The pruned generation; returns the fields of ``QwenGeneration`` (see ``generate``)."""
     from ..pruning import pruned_generate
@@ -60,6 +61,7 @@ def in_llm_generate(
     out = pruned_generate(
         model, embeds, attention_mask, image_start, config, max_new_tokens, num_visual_tokens=row_counts,
         eos_token_id=eos_token_id, family="qwen2_5_vl", position_ids=positions, return_step_logits=True,
+        method_timer=method_timer,
     )  # fmt: skip
     dtype = at_least_float32(out.prefill_logits.dtype)
     logits = torch.cat([out.prefill_logits[:, None], out.step_logits], dim=1).to(dtype)  # [B, T, V]
