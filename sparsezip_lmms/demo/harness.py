@@ -137,7 +137,10 @@ def read_run(cmd: list[str], output_path: str | Path, returncode: int, log: str,
     ``time.time()``), judged by its files and its log ``log``; raises :class:`HarnessError` when the run
     exited non-zero, wrote no results, logged an error, left a task without results or failed requests."""
     output_path = Path(output_path)
-    candidates = [p for p in output_path.rglob("*_results.json") if p.stat().st_mtime >= started - 1]
+    candidates = [
+        p for p in output_path.rglob("*_results.json")
+        if p.stat().st_mtime >= started - 1 and "submissions" not in p.relative_to(output_path).parts
+    ]  # lmms-eval's submissions/ folder holds tasks' own files (MMBench writes *_results.json there)
     errors = error_lines(log)
     if returncode != 0 or not candidates or errors:
         if returncode != 0:

@@ -367,10 +367,11 @@ def seedbench_rows(n: int = 12, seed: int = 0, videos: int = 2) -> list[dict]:
     return rows
 
 
-def build_mini_seedbench(out_dir: str | Path, n: int = 12, seed: int = 0) -> Path:
+def build_mini_seedbench(out_dir: str | Path, n: int = 12, seed: int = 0, videos: int = 2) -> Path:
+    """``videos``: how many rows are video questions (4 frames each; 0: image questions only)."""
     text = ("answer", "choice_a", "choice_b", "choice_c", "choice_d", "data_id", "data_type", "question", "question_id")
     spec = {**dict.fromkeys(text, "string"), "question_type_id": "int16", "image": ["image"], "segment": ["int64"]}
-    return _save(seedbench_rows(n, seed), "test", out_dir, spec)
+    return _save(seedbench_rows(n, seed, videos), "test", out_dir, spec)
 
 
 # ----------------------------------------------------------------------------- VQAv2, ChartQA, MMMU

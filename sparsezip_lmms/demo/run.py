@@ -27,7 +27,7 @@ def demo_runs() -> list[tuple[str, str]]:
     return [(model_id, class_default_config(model_id)) for model_id in ids] + EXTRA_RUNS
 
 
-# beyond the defaults: SparseVLM v2.0, FastV at a budget, and the four cells of the confound study
+# beyond the defaults: SparseVLM v2.0, FastV at a budget, the four cells of the confound study, the random baseline
 EXTRA_RUNS = [
     ("llava_sparsevlm", "sparsevlm2_64"),
     ("llava_fastv", "fastv_64"),
@@ -35,14 +35,21 @@ EXTRA_RUNS = [
     ("llava_sparsezip", "confound/agnostic_inside"),
     ("llava_sparsezip", "confound/aware_before"),
     ("llava_sparsezip", "confound/aware_inside"),
+    ("llava_compressed", "random_64"),  # the generic id: any registered method from config=
 ]
 
 
 # on the tiny LLaVA-NeXT checkpoint (any-resolution tiles): the stock model and VisionZip crop by crop
 NEXT_RUNS = [("llava_hf_timed", "keep_all"), ("llava_visionzip", "visionzip_next_320")]
 
-# on the tiny Qwen2.5-VL checkpoint: the stock model, VisionZip by the official ratios, DART by its Qwen port
-QWEN_RUNS = [("qwen2_5_vl_hf_timed", "keep_all"), ("qwen2_5_vl_visionzip", "visionzip_qwen"), ("qwen2_5_vl_dart", "dart_qwen")]
+def qwen_runs() -> list[tuple[str, str]]:
+    """On the tiny Qwen2.5-VL checkpoint: every Qwen2.5-VL model id with its default config, the stock model
+    first, and the generic id with the random baseline."""
+    from ..models.base import class_default_config
+    from ..models.manifest import GENERIC_IDS, QWEN_IDS
+
+    ids = sorted((m for m in QWEN_IDS if m not in GENERIC_IDS), key=lambda m: (m != "qwen2_5_vl_hf_timed", m))
+    return [(m, class_default_config(m)) for m in ids] + [("qwen2_5_vl_compressed", "random_qwen")]
 QWEN_PIXELS = ",min_pixels=3136,max_pixels=200704"  # 56² .. 448² pixels: at most 256 merged tokens per image
 
 
@@ -54,6 +61,9 @@ def tiny_model_args(model: str, root: Path) -> str:
 # the benchmarks of the demo's paper table (MMBench scored offline: upstream's static answer matching)
 DEMO_TASKS = ("pope", "mme", "docvqa_val", "gqa", "scienceqa_img", "textvqa_val", "ocrbench", "seedbench", "mmbench_en_dev_static")
 _DATA_OF = {"mmbench_en_dev_static": "mmbench_en_dev"}  # a task that reads another task's mini data
+# builder arguments: POPE/MME/DocVQA at their full mini size; SEED-Bench's image questions only (its video
+# questions' frames would exceed the tiny LLaVA-NeXT's 4096 positions)
+_DEMO_SIZES = {"pope": {}, "mme": {}, "docvqa_val": {}, "seedbench": {"n": 8, "videos": 0}}
 
 
 def prepare(out_dir: Path, tasks: tuple[str, ...] = DEMO_TASKS) -> tuple[Path, Path, list[str]]:
@@ -61,7 +71,10 @@ def prepare(out_dir: Path, tasks: tuple[str, ...] = DEMO_TASKS) -> tuple[Path, P
     the mini datasets and their task YAMLs under ``out_dir``."""
     checkpoint = build_tiny_llava(out_dir / "tiny-llava")
     build_tiny_clip(out_dir / "tiny-clip")
-    data_dirs = {name: MINI_BUILDERS[_DATA_OF.get(name, name)](out_dir / "data" / name) for name in tasks}
+    data_dirs = {
+        name: MINI_BUILDERS[_DATA_OF.get(name, name)](out_dir / "data" / name, **_DEMO_SIZES.get(name, {"n": 8}))
+        for name in tasks
+    }  # the six later benchmarks at 8 documents each: the demo's runs stay short
     task_dir = out_dir / "tasks"
     names = write_local_tasks(task_dir, data_dirs)
     return checkpoint, task_dir, names
@@ -91,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         next_checkpoint = build_tiny_llava(out / "tiny-llava-next", next_grid=True)
         plan += [(model, config, next_checkpoint, "next__") for model, config in NEXT_RUNS]
         qwen_checkpoint = build_tiny_qwen2_5_vl(out / "tiny-qwen2_5_vl")
-        plan += [(model, config, qwen_checkpoint, "qwen__") for model, config in QWEN_RUNS]
+        plan += [(model, config, qwen_checkpoint, "qwen__") for model, config in qwen_runs()]
     for model, config, weights, prefix in plan:
         result_dir = out / "results" / f"{prefix}{model}__{config.replace('/', '_')}"
         cmd = lmms_eval_command(
