@@ -279,6 +279,21 @@ def test_qwen_ids_resolve_to_the_upstream_chat_class():
         assert issubclass(cls, Qwen2_5_VL) and cls.default_config == DEFAULTS.get(model_id)
 
 
+def test_qwen_method_flops_count_each_methods_own_work():
+    from sparsezip_lmms.config import load_config
+    from sparsezip_lmms.efficiency.qwen_flops import QwenDims, qwen_compression_flops
+
+    dims = QwenDims(1280, 3420, 16, 32, 4, 112, 2, 3584, 28, 3584, 18944, 28, 4, 128)
+    grid, s, n, c, d = [(1, 32, 32)], 1024, 256, 1280, 3584
+    capture = 2 * s * c * c + s * s * c
+    flops = {name: qwen_compression_flops(load_config(name), grid, dims) for name in
+             ("random_qwen", "pool_qwen", "cdpruner_qwen", "sparsezip_qwen")}  # fmt: skip
+    k = load_config("cdpruner_qwen").budget(n)
+    assert flops["random_qwen"] == 0 and flops["pool_qwen"] == n * d
+    assert flops["cdpruner_qwen"] == n * n * d + n * d + n * n + n * k * (k + 1) // 2
+    assert flops["sparsezip_qwen"] > capture + n * n * (c // 16)  # the capture and the hybrid score's term
+
+
 def test_qwen_flops_count_window_and_full_blocks_the_merger_and_the_llm():
     """The analytic count on a hand-checkable geometry: an 8 x 12 patch image (4 x 6 merged tokens)."""
     from types import SimpleNamespace

@@ -117,7 +117,28 @@ def qwen_compression_flops(config: Any, grids: Sequence[Sequence[int]], dims: Qw
 
             rounds = vispruner_schedule(config.budget(n), config.important_ratio, n)
             total += capture + n * d + sum(((r + 1) // 2) * (r // 2) * d for r, _ in rounds)
+        elif method == "sparsezip":  # the LLaVA count of an image of n tokens with its scaled config
+            total += capture + _sparsezip_selection_flops(config, n, dims)
+        elif method == "cdpruner":  # similarity of the merged tokens, relevance, kernel, greedy MAP
+            k = config.budget(n)
+            total += n * n * d + n * d + n * n + n * k * (k + 1) // 2
+        elif method == "pool":  # one pass over the merged tokens
+            total += n * d
     return total
+
+
+def _sparsezip_selection_flops(config: Any, n: int, dims: QwenDims) -> int:
+    """SparseZip's scoring and merging on one image of ``n`` merged tokens (keys averaged per head, as
+    captured): ``methods.builtin_flops.sparsezip_flops`` on those sizes, its CLS-row capture left out."""
+    from types import SimpleNamespace
+
+    from ..methods.builtin_flops import _capture, sparsezip_flops
+    from ..qwen.sparsezip import scaled_config
+
+    sizes = SimpleNamespace(vision_tokens=n + 1, vision_width=dims.vision_width, vision_heads=dims.vision_heads,
+                            llm_width=dims.out_width)  # fmt: skip
+    work = SimpleNamespace(dims=sizes, n_images=1, text_tokens=0)
+    return sparsezip_flops(scaled_config(config, n), work) - _capture(work)
 
 
 def qwen_kv_cache_bytes(cache_len_per_layer: Sequence[int], dims: QwenDims, bytes_per_value: int) -> int:
