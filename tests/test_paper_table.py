@@ -181,6 +181,7 @@ def test_table_retention_average_tests_and_formats(tmp_path):
     assert divprune.agreement["POPE"] < visionzip.agreement["POPE"]
     text = markdown([section])
     assert "Avg. %" in text and "Holm-adjusted" in text and "McNemar" in text
+    assert "| Method | POPE agr. % | MME agr. % | GQA agr. % |" in text  # one agreement column per benchmark
     assert "POPE F1: F1 of 'yes'" in text.replace("**", "")
     rows = csv_text([section]).splitlines()
     assert rows[0].startswith("table,setting,model,config")

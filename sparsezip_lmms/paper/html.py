@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .render import csv_text, legend, main_table, notes, statistics_table
+from .render import agreement_table, csv_text, legend, main_table, notes, statistics_table
 from .stats import DEFAULT_RESAMPLES
 from .table import TableError, build
 
@@ -34,6 +34,10 @@ def paper_table_section(paths: list[str | Path], *, resamples: int = DEFAULT_RES
         head, rows = main_table(section)
         parts.append(html_table(head, rows, css_id=f"paper-table-{number}"))
         parts.append(f'<p class="note">{html.escape(legend(section))}</p>')
+        agree_head, agree_rows = agreement_table(section)
+        if agree_rows:
+            parts.append('<p class="note">Agreement with the baseline: % of documents whose answer equals the '
+                         "uncompressed model's.</p>" + html_table(agree_head, agree_rows, css_id=f"paper-agreement-{number}"))  # fmt: skip
         stat_head, stat_rows = statistics_table(section)
         parts.append(
             f"<details><summary>Intervals, agreement and paired tests ({len(stat_rows)} cells)</summary>"

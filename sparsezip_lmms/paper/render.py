@@ -59,6 +59,13 @@ def main_table(section: Section) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def agreement_table(section: Section) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): per row and benchmark, the share of documents answered as the baseline answered them."""
+    labels = [b.label for b in section.benchmarks]
+    rows = [[_method(row), *[_fmt(row.agreement.get(label)) for label in labels]] for row in section.rows if not row.is_baseline]
+    return ["Method", *[f"{label} agr. %" for label in labels]], rows
+
+
 def markdown(sections: list[Section], *, title: str | None = None) -> str:
     out = [f"# {title}", ""] if title else []
     for number, section in enumerate(sections, 1):
@@ -68,8 +75,14 @@ def markdown(sections: list[Section], *, title: str | None = None) -> str:
         head, rows = main_table(section)
         out += ["", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         out += ["| " + " | ".join(cells) + " |" for cells in rows]
+        out += ["", legend(section)]
+        agree_head, agree_rows = agreement_table(section)
+        if agree_rows:
+            out += ["", "Agreement with the baseline: % of documents whose answer equals the uncompressed model's.", ""]
+            out += ["| " + " | ".join(agree_head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(agree_head) - 1)) + "|"]
+            out += ["| " + " | ".join(cells) + " |" for cells in agree_rows]
         stat_head, stat_rows = statistics_table(section)
-        out += ["", legend(section), "", "| " + " | ".join(stat_head) + " |", "|" + "|".join(["---"] * len(stat_head)) + "|"]
+        out += ["", "| " + " | ".join(stat_head) + " |", "|" + "|".join(["---"] * len(stat_head)) + "|"]
         out += ["| " + " | ".join(cells) + " |" for cells in stat_rows] + [""]
     out.append(notes(sections))
     return "\n".join(out) + "\n"
