@@ -273,7 +273,7 @@ def analyze(paths: Iterable[str | Path], task: str | None = None) -> Analysis:
     matrix = overlap(views, mismatches)
     kinds = {kind: sorted({v.run for v in views if v.kind == kind}) for kind in {v.kind for v in views}}
     if len(kinds) > 1:
-        names = {"llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT (base view)"}
+        names = {"llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT (base view)", "qwen2_5_vl": "Qwen2.5-VL (each image its own grid)"}
         parts = "; ".join(f"{names.get(k, k)}: {', '.join(runs)}" for k, runs in sorted(kinds.items()))
         notes.append(
             f"kept patches are not compared across model families, whose grid positions index different views "

@@ -350,7 +350,7 @@ def explained_panels(results: list[Explained]) -> list[Panel]:
     for result in results:
         if result.error is not None:
             continue
-        grid = tuple(result.selection["grid"])
+        grid = tuple(result.selection.get("grid") or (0, 0))  # Qwen2.5-VL images carry their own grid
         label = result.choice.label
         for entry in result.selection["images"]:
             panels += panels_of(entry, grid, label, result.answer)
@@ -360,13 +360,16 @@ def explained_panels(results: list[Explained]) -> list[Panel]:
 def explain_figure(image, results: list[Explained], lmm, path: str | Path, title: str | None = None, columns: int = 4, dpi: int = 110) -> Path:
     """The overlay PNG of ``results`` on ``image`` as ``lmm``'s processor feeds it to the vision tower:
     LLaVA-1.5 the centre crop; LLaVA-NeXT the base view, and for records with tiles the base view next
-    to the tile mosaic of each record's own tile grid. Returns its path."""
+    to the tile mosaic of each record's own tile grid; Qwen2.5-VL records the image as Qwen resized it.
+    Returns its path."""
     resize, crop = crop_of(lmm)
     next_model = lmm.geometry.any_resolution
     view = model_view(image, resize, crop, squash=next_model)
+    panels = explained_panels(results)
+    resized = any(panel.pixels is not None for panel in panels)  # Qwen2.5-VL panels draw on the resized image
     return overlay_figure(
-        view, explained_panels(results), path, title=title, columns=columns, dpi=dpi,
-        image=image if next_model else None, tile_crop=tile_crop_of(lmm) if next_model else TILE_CROP,
+        view, panels, path, title=title, columns=columns, dpi=dpi,
+        image=image if next_model or resized else None, tile_crop=tile_crop_of(lmm) if next_model else TILE_CROP,
     )  # fmt: skip
 
 

@@ -10,12 +10,16 @@ A LLaVA-NeXT image selected crop by crop (its record has ``tiles``) is drawn as 
 the base view (the whole image squashed to one crop) with the base view's selection, then the tile
 mosaic (the image resized into the tile grid and padded, as llava-hf's ``LlavaNextImageProcessor``
 does) with each tile's selection on its own patch grid.
+
+A Qwen2.5-VL record gives each image its own merged grid (``qwen.selection``): its panels show the
+image as Qwen's processor resized it (``smart_resize``: rows·28 × cols·28 pixels), a cell of
+28 × 28 pixels per merged token.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ TILE_CROP = 336  # LLaVA-NeXT: side of one tile (the vision tower's input size)
 TILE_GAP = 4  # white pixels between the tiles of a drawn mosaic
 BASE_GAP = 16  # white pixels between a NeXT panel's base view and its tile mosaic
 BACKGROUND = (255, 255, 255)  # around the pictures of a NeXT panel (the figure's colour)
+MERGED_TOKEN_PIXELS = 28  # Qwen2.5-VL: side of one merged token in the resized image (qwen.selection)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Panel:
     merged: tuple[tuple[int, ...], ...] = ()  # member patches of each merged token
     tiles: tuple[Panel, ...] = ()  # NeXT: one untitled panel per tile, rows·cols of them
     tile_grid: tuple[int, int] | None = None  # NeXT: (rows, cols) of the tiles
+    pixels: tuple[int, int] | None = None  # Qwen2.5-VL: (height, width) of the resized image the grid covers
 
 
 def model_view(image: Image.Image, resize: int = 336, crop: tuple[int, int] = (336, 336), squash: bool = False) -> Image.Image:
@@ -61,6 +67,14 @@ def model_view(image: Image.Image, resize: int = 336, crop: tuple[int, int] = (3
     crop_h, crop_w = crop
     left, top = (size[0] - crop_w) // 2, (size[1] - crop_h) // 2
     return resized.crop((left, top, left + crop_w, top + crop_h))
+
+
+def qwen_view(image: Image.Image, grid: tuple[int, int]) -> Image.Image:
+    """``image`` as Qwen2.5-VL's processor saw it: RGB, resized (bicubic) to its merged ``grid`` (rows,
+    cols) × 28 pixels, the size ``smart_resize`` gave it (``models.qwen_pipeline.resize_image``)."""
+    rows, cols = grid
+    size = (cols * MERGED_TOKEN_PIXELS, rows * MERGED_TOKEN_PIXELS)  # (width, height)
+    return image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
 
 
 def patch_output_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
@@ -144,7 +158,25 @@ def _tile_panels(entry: dict[str, Any], grid: tuple[int, int]) -> tuple[tuple[Pa
     return panels, (rows, cols)
 
 
+def _own_grid(entry: dict[str, Any]) -> tuple[int, int] | None:
+    """A Qwen2.5-VL record's (rows, cols) of the image's own merged grid, or None (no valid ``grid``)."""
+    grid = entry.get("grid")
+    if not isinstance(grid, list) or len(grid) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in grid):
+        return None
+    return grid[0], grid[1]
+
+
 def panels_of(entry: dict[str, Any], grid: tuple[int, int], label: str, answer: str | None = None) -> list[Panel]:
+    """The panels of one image's selection record: :func:`_panels` on ``grid``, or, for a Qwen2.5-VL
+    record, on the image's own merged grid, the panels then holding the resized image's ``pixels``."""
+    own = _own_grid(entry)
+    if own is None:
+        return _panels(entry, grid, label, answer)
+    pixels = (own[0] * MERGED_TOKEN_PIXELS, own[1] * MERGED_TOKEN_PIXELS)
+    return [replace(panel, pixels=pixels) for panel in _panels(entry, own, label, answer)]
+
+
+def _panels(entry: dict[str, Any], grid: tuple[int, int], label: str, answer: str | None = None) -> list[Panel]:
     """The panels of one image's selection record (``llava.selection`` format): one for a vision-side
     method, one per pruning layer for an in-LLM method. Titles name the method, the tokens it kept and
     (when given) the answer it generated. A LLaVA-NeXT record with ``tiles`` gives one panel holding
@@ -242,7 +274,11 @@ def draw_panel(view: Image.Image, panel: Panel) -> Image.Image:
 def panel_picture(panel: Panel, view: Image.Image, image: Image.Image | None = None, crop: int = TILE_CROP) -> Image.Image:
     """What one panel shows: ``view`` with the panel's selection, and for a LLaVA-NeXT panel with
     tiles (given the original ``image``) the base view ``view`` next to ``image``'s tile mosaic for
-    the panel's own tile grid (:func:`draw_next_panel`)."""
+    the panel's own tile grid (:func:`draw_next_panel`). A Qwen2.5-VL panel (``pixels``) is drawn on
+    ``image`` resized as Qwen's processor resized it (:func:`qwen_view`; without ``image``, on ``view``
+    stretched to that size)."""
+    if panel.pixels is not None:
+        return draw_panel(qwen_view(image if image is not None else view, panel.grid), panel)
     if panel.tile_grid is None or image is None:
         return draw_panel(view, panel)
     return draw_next_panel(view, tile_view(image, panel.tile_grid, crop), panel, crop)
@@ -278,12 +314,15 @@ def overlay_figure(
 ) -> Path:
     """Write a PNG with the image once (left) and every panel; returns its path. ``image``: the
     original image, from which LLaVA-NeXT panels with tiles draw their tile mosaic (``view`` being
-    the base view); such panels are wider and take several columns. Without it they show ``view``."""
+    the base view); such panels are wider and take several columns. Without it they show ``view``.
+    Qwen2.5-VL panels draw on ``image`` as Qwen resized it; when every panel is one, so does the first cell."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if image is not None and panels and all(panel.pixels is not None for panel in panels):
+        view = qwen_view(image, panels[0].grid)
     cells = [("image", view)] + [(p.title, panel_picture(p, view, image, tile_crop)) for p in panels]
     spans = [_span(picture) for _, picture in cells]
     columns = max(1, min(columns, sum(spans)))

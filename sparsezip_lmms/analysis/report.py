@@ -414,7 +414,8 @@ def _gallery(task: str, runs: dict[str, Run], work: Path, count: int, columns: i
                 if image_fingerprint(image) != fingerprint:
                     caption_note += " (the dataset's image differs from the one the runs logged)"
             # NeXT panels with tiles draw their tile mosaic (each for its own tile grid) from the image
-            original = (image if image is not None else picture) if squash else None
+            qwen = any("grid" in r.selection["images"][0] for r in entries.values())  # each image its own grid
+            original = (image if image is not None else picture) if squash or qwen else None
             name = f"gallery_{task}_{doc_id}_{'next' if squash else 'crop'}{tag}.png"
             path = overlay_figure(picture, panels, work / name, columns=columns, dpi=90, image=original)
             alt = f"overlays, {task} doc {doc_id}: {', '.join(entries)}"

@@ -31,7 +31,8 @@ class ImageSelection:
     image: str  # fingerprint of the image's pixels (same image -> same string)
     kept: frozenset[int]  # patches kept as their own token
     layers: dict[int, frozenset[int]]  # in-LLM methods: decoder layer -> patches still in the sequence
-    view: str = "llava"  # what the grid positions index: "llava" (LLaVA-1.5's image) or "llava_next" (NeXT's base view)
+    view: str = "llava"  # what the grid positions index: "llava" (LLaVA-1.5's image), "llava_next" (NeXT's base
+    # view) or "qwen2_5_vl" (the merged tokens of the image as Qwen2.5-VL resized it: records with a grid per image)
 
 
 @dataclass(frozen=True)
@@ -90,21 +91,30 @@ def _selection_positions(text: Any, size: int | None, what: str) -> frozenset[in
         raise ValueError(f"{what}: {err}") from None
 
 
+def _grid_size(grid: Any) -> int | None:
+    """rows·cols of a ``[rows, cols]`` grid, None when it is not one."""
+    if isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and not isinstance(g, bool) for g in grid):
+        return grid[0] * grid[1]
+    return None
+
+
 def read_selection(selection: Any) -> tuple[ImageSelection, ...] | None:
     """An ``eff_selection`` object as :class:`ImageSelection` per image; None when none was logged.
-    ValueError or TypeError describing the first problem when it is malformed."""
+    An image's own ``grid`` (Qwen2.5-VL records) wins over the record's. ValueError or TypeError
+    describing the first problem when it is malformed."""
     if selection is None:
         return None
     if not isinstance(selection, dict) or not isinstance(selection.get("images"), list):
         raise TypeError("eff_selection is not an object with an 'images' list")
-    grid = selection.get("grid")
-    size = None
-    if isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and not isinstance(g, bool) for g in grid):
-        size = grid[0] * grid[1]
+    record_size = _grid_size(selection.get("grid"))
     images = []
     for i, entry in enumerate(selection["images"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             raise TypeError(f"image {i} is not an object with an 'image' fingerprint")
+        own = "grid" in entry  # Qwen2.5-VL: each image its own merged grid
+        size = _grid_size(entry["grid"]) if own else record_size
+        if own and size is None:
+            raise ValueError(f"image {i} 'grid' is not [rows, cols]")
         kept = _selection_positions(entry.get("kept", ""), size, f"image {i} 'kept'")
         layers_in = entry.get("layers") or {}
         if not isinstance(layers_in, dict):
@@ -119,7 +129,8 @@ def read_selection(selection: Any) -> tuple[ImageSelection, ...] | None:
                 layers[int(layer)] = frozenset(p for p in positions if size is None or p < size)
             else:
                 layers[int(layer)] = _selection_positions(text, size, f"image {i} layer {layer}")
-        images.append(ImageSelection(entry["image"], kept, dict(sorted(layers.items())), "llava_next" if packed else "llava"))
+        view = "qwen2_5_vl" if own else "llava_next" if packed else "llava"
+        images.append(ImageSelection(entry["image"], kept, dict(sorted(layers.items())), view))
     return tuple(images)
 
 

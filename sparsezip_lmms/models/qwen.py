@@ -35,7 +35,8 @@ from ..config import (
 from ..efficiency.qwen_flops import QwenDims
 from ..efficiency.records import EfficiencyRecord
 from ..efficiency.task_hooks import UID_COLUMN
-from .arguments import count_arg, load_accepted_config, placement
+from ..llava.selection import image_fingerprint
+from .arguments import count_arg, flag_arg, load_accepted_config, placement
 from .base import CompressedLlava, _Prepared
 from .pipeline import apply_until
 from .qwen_pipeline import qwen_batch, qwen_record, resize_image
@@ -67,7 +68,7 @@ PARENT_ARGS = frozenset({
     "device", "device_map", "batch_size", "use_cache", "attn_implementation", "min_pixels", "max_pixels", "dtype",
     "revision", "trust_remote_code", "system_prompt", "max_num_frames", "fps", "interleave_visuals", "reasoning_prompt",
 })  # fmt: skip
-OWN_ARGS = frozenset({"config", "warmup"})
+OWN_ARGS = frozenset({"config", "warmup", "log_selection"})
 
 
 class CompressedQwen(_Qwen2_5_VLChat):
@@ -154,7 +155,7 @@ class CompressedQwen(_Qwen2_5_VLChat):
         layers = int(checkpoint.text_config.num_hidden_layers)
         self.compression: CompressionConfig = self.resolve_config(own.get("config"), overrides, layers)
         self.warmup = count_arg(self.model_id, "warmup", own.get("warmup", 0))
-        self.log_selection = False  # selection records are LLaVA-only for now
+        self.log_selection = flag_arg(self.model_id, "log_selection", own.get("log_selection", True))
         lmms.__init__(self)  # not Qwen2_5_VL.__init__: it builds the video processor (torchvision)
         self._load(pretrained, placement(parent))
         self._requests_seen = 0
@@ -245,17 +246,21 @@ class CompressedQwen(_Qwen2_5_VLChat):
         key = json.dumps(gen_kwargs, sort_keys=True, default=str)
         uid = doc.get(UID_COLUMN) if isinstance(doc, dict) else None
         cost = sum(image.width * image.height // (28 * 28) for image in images)  # merged tokens of its images
-        return _Prepared(key, index, text, images, gen_kwargs, task, split, doc_id, uid, cost=cost)
+        # the pictures as the document holds them (before the resize), as the LLaVA adapter fingerprints them
+        fingerprints = [image_fingerprint(image) for image in messages.extract_media()[0]] if self.log_selection else None
+        return _Prepared(key, index, text, images, gen_kwargs, task, split, doc_id, uid, fingerprints=fingerprints, cost=cost)
 
     # ------------------------------------------------------------------ generation
 
     def _run_group(self, batch: list[_Prepared], prune: bool) -> list[tuple[GenerationResult, EfficiencyRecord]]:
         texts = [item.text for item in batch]
         images = [image for item in batch for image in item.images]
+        logged = self.log_selection and all(item.fingerprints is not None for item in batch)
+        fingerprints = [f for item in batch for f in item.fingerprints] if logged else None
         gen_kwargs = batch[0].gen_kwargs
         config = self.compression if (prune or not self._prunes_in_llm) else self._unpruned_config
         try:
-            out = qwen_batch(self, texts, images, gen_kwargs, config)
+            out = qwen_batch(self, texts, images, gen_kwargs, config, fingerprints)
         except Exception as err:  # noqa: BLE001 - one bad sample must not take the run down
             if len(batch) > 1:
                 eval_logger.warning(

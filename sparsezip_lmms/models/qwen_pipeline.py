@@ -19,6 +19,7 @@ from ..efficiency.clock import MethodTimer, TokenClock, now
 from ..efficiency.qwen_flops import qwen_compression_flops, qwen_kv_cache_bytes, qwen_llm_flops, qwen_vision_flops
 from ..efficiency.records import EfficiencyRecord, peak_memory, reset_peak_memory
 from ..qwen import compressed_generate
+from ..qwen.selection import qwen_selections
 from .pipeline import decode
 
 __all__ = [
@@ -91,11 +92,15 @@ class QwenBatch:
     grids: list[list[list[int]]]  # per row: [t, h, w] of each of its images
     image_budgets: list[list[list[int]]]  # per row: [merged tokens N, kept] of each of its images
     tokens_per_layer: list[list[int]]  # per row: the tokens each LLM layer processes in the prefill
+    selections: list[dict] | None = None  # per row: qwen.selection record (log_selection)
 
 
 @torch.no_grad()
-def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], config) -> QwenBatch:
-    """Generate for one batch (``images``: every row's images, resized, in prompt order) under ``config``."""
+def qwen_batch(
+    lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], config, fingerprints: list[str] | None = None
+) -> QwenBatch:
+    """Generate for one batch (``images``: every row's images, resized, in prompt order) under ``config``;
+    ``fingerprints`` (one per image, given when the selection is logged): each row's selection record too."""
     device = lmm.device
     reset_peak_memory(device)
     t_start = now(device)
@@ -116,6 +121,12 @@ def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], 
         hook.remove()
     step_times = clock.step_times
     t_end = now(device)
+    merge = lmm.model.config.vision_config.spatial_merge_size
+    selections = None
+    if fingerprints is not None:  # after the timed span: one host pass over what was kept
+        grids_thw = inputs["image_grid_thw"].tolist() if out.image_rows else []
+        selections = qwen_selections(config.method, grids_thw, merge, out.image_rows, out.kept, fingerprints,
+                                     len(texts), out.pruned)  # fmt: skip
     pad = lmm.tokenizer.pad_token_id if lmm.tokenizer.pad_token_id is not None else lmm.eot_token_id
     out_texts, out_counts = decode(lmm, out.sequences, {"eos_token_id": lmm.eot_token_id, "pad_token_id": pad})
     batch = len(texts)
@@ -136,7 +147,6 @@ def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], 
         input_tokens = [int(p.shape[1]) for p in out.position_ids]  # L': the kept prompt tokens
     grids: list[list[list[int]]] = [[] for _ in range(batch)]
     budgets: list[list[list[int]]] = [[] for _ in range(batch)]
-    merge = lmm.model.config.vision_config.spatial_merge_size
     if out.image_rows:
         for image, (grid, row) in enumerate(zip(inputs["image_grid_thw"].tolist(), out.image_rows)):
             grids[row].append(grid)
@@ -175,6 +185,7 @@ def qwen_batch(lmm, texts: list[str], images: list, gen_kwargs: dict[str, Any], 
         grids=grids,
         image_budgets=budgets,
         tokens_per_layer=tokens_per_layer,
+        selections=selections,
     )
 
 
@@ -203,6 +214,7 @@ def qwen_record(lmm, out: QwenBatch, row: int, config=None) -> EfficiencyRecord:
         compression_flops=compression,
         kv_cache_bytes=qwen_kv_cache_bytes(cache, dims, lmm.model.dtype.itemsize),
         warmup=lmm._requests_seen <= lmm.warmup,
+        selection=out.selections[row] if out.selections is not None else None,
         extra={
             "effective_config": lmm._effective_config,
             "images": out.images[row],
