@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands below")
-    sub.add_parser("demo", help="offline demo: tiny random LLaVA/NeXT/Qwen2.5-VL on nine mini benchmarks through lmms-eval, leaderboard, paper table, report", add_help=False)
+    sub.add_parser("demo", help="offline demo: tiny random LLaVA/NeXT/Qwen2.5-VL on eight mini benchmarks through lmms-eval, leaderboard, paper table, report", add_help=False)
     sub.add_parser("doctor", help="environment check: versions against the lock, torch build, lmms-eval, model ids, tasks", add_help=False)
     sub.add_parser("tasks-path", help="print the folder to pass to lmms-eval --include_path")
     sub.add_parser("configs", help="list the named compression configs")
