@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="speed benchmark of every part (table + JSON)", add_help=False)
     sub.add_parser("calibrate", help="fit SparseZip's dynamic K on a task's images and write a config", add_help=False)
     sub.add_parser("eff-tasks", help="write TASK_eff wrappers of any lmms-eval task: its own metrics plus the eff_* efficiency metrics", add_help=False)
-    sub.add_parser("table", help="the paper table: benchmarks in canonical metrics, retention, 95% intervals, paired tests (Markdown, CSV, LaTeX)", add_help=False)
+    sub.add_parser("table", help="the paper table: benchmarks in canonical metrics, retention, 95%% intervals, paired tests (Markdown, CSV, LaTeX)", add_help=False)
     sub.add_parser("import-config", help="convert a seed SparseZip YAML into this package's config", add_help=False)
     if argv and argv[0] in _WITH_OWN_OPTIONS:
         return _run_with_own_options(argv[0], argv[1:])

@@ -313,7 +313,12 @@ def task_manager(include_path: str | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparsezip_lmms eff-tasks", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sparsezip_lmms eff-tasks",
+        description="Write a wrapper task TASK_eff of each task lmms-eval knows (upstream, or your own from "
+        "--include-path): the same data, prompts, metrics and aggregations plus the eff_* efficiency metrics, and "
+        "a group of the wrappers. A task whose score a wrapper could not keep identical is refused by name.",
+    )
     parser.add_argument("tasks", help="comma-separated lmms-eval task names, e.g. gqa,textvqa_val")
     parser.add_argument("--out", required=True, help="folder for the wrappers (pass it to lmms-eval --include_path)")
     parser.add_argument("--include-path", help="a folder of task YAMLs of your own (as lmms-eval's --include_path)")
