@@ -278,3 +278,55 @@ def test_pruned_generate_v15_is_the_eager_v15_prefill(tiny_models):
     ours = pruned_generate(llm, embeds, None, torch.tensor([35]), cfg, max_new_tokens=1)
     ref = eager_sparsevlm_prefill(llm, embeds, 35, cfg)
     assert all(torch.equal(a[0], b) for a, b in zip(ours.kept, ref.kept, strict=True))
+
+
+def test_qwen_scoring_capture_matches_the_eager_block_and_the_section_rows():
+    """Section 7 on a tiny Qwen2.5-VL tower: our chunked capture and the official-style eager last block
+    give the same scores, keys and embeds (images of different sizes in one forward); the section's rows
+    carry every time, ratio, size and check; the table renders."""
+    from sparsezip_lmms.bench.qwen_section import (
+        SMOKE_QWEN_VISION,
+        build_qwen_vision,
+        capture_tensor_bytes,
+        eager_scoring_forward,
+        qwen_section,
+    )
+    from sparsezip_lmms.qwen.vision import vision_forward
+
+    visual = build_qwen_vision(2, torch.device("cpu"), torch.float32, qk_scale=8.0, **SMOKE_QWEN_VISION)
+    attn_class = type(visual.blocks[-1].attn)
+    grid = torch.tensor([[1, 8, 8], [1, 4, 6], [1, 6, 4]])
+    pixels = torch.randn(64 + 24 + 24, 1176, generator=torch.Generator().manual_seed(5))
+    ours = vision_forward(visual, pixels, grid, score=True)
+    ref = eager_scoring_forward(visual, pixels, grid)
+    assert type(visual.blocks[-1].attn) is attn_class  # the eager module is swapped back
+    assert ours.counts == ref.counts == (16, 6, 6)
+    assert float(ref.scores.std()) > 0.05  # distinct scores, not a uniform attention
+    torch.testing.assert_close(ours.scores, ref.scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.keys, ref.keys, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.embeds, ref.embeds, rtol=1e-4, atol=1e-5)
+    sums = [float(s.sum()) for s in ref.scores.split(list(ref.counts))]
+    assert sums == pytest.approx([16, 6, 6], rel=1e-5)  # per-image block mask: each image's scores sum to N
+
+    # largest attention tensor: ours one chunk of 2^25 elements at most, eager [H, S, S] float32
+    assert capture_tensor_bytes(1024, 16) == (16 * 1024 * 1024 * 4, 16 * 1024 * 1024 * 4)
+    assert capture_tensor_bytes(4096, 16) == (16 * 512 * 4096 * 4, 16 * 4096 * 4096 * 4)
+
+    out = qwen_section("cpu", torch.float32, [1, 2], repeats=1, warmup=0, timer=DeviceTimer("cpu"), smoke=True)
+    assert out["model"]["fullatt_block_indexes"] == [out["model"]["depth"] - 1] and out["dtype"] == "float32"
+    assert [(r["image_px"], r["batch"]) for r in out["rows"]] == [(112, 1), (112, 2)]
+    for r in out["rows"]:
+        assert r["patches_per_image"] == 64 and r["merged_per_image"] == 16
+        assert set(r["times"]) == {"plain", "ours", "eager", "block_sdpa", "block_ours", "block_eager"}
+        assert all(t["n"] == 1 for t in r["times"].values())
+        assert set(r["ratios"]) == {"ours_vs_plain", "eager_vs_plain", "eager_vs_ours", "block_ours_vs_sdpa", "block_eager_vs_ours"}
+        assert r["check"]["scores_allclose"] and r["check"]["scores_max_abs_diff"] < 1e-4
+        big = r["memory"]["largest_attention_bytes"]
+        assert big == {"ours": 4 * 64 * 64 * 4, "eager": 4 * 64 * 64 * 4} and r["memory"]["cuda_peak_bytes"] is None
+    assert [a["image_px"] for a in out["analytic_memory"]] == [448, 896, 1344, 1792]
+    assert not _finite_positive(_ratios(out))
+    json.dumps(out)
+
+    assert "qwen" in SECTIONS
+    text = render({"meta": _meta(), "qwen": out})
+    assert "### 7. Qwen2.5-VL scoring capture" in text and "| 112×112 (64) | 2 |" in text

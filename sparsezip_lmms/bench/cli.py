@@ -13,7 +13,10 @@ Sections (``--sections``, default all):
 5. ``harness``   the lmms-eval CLI on the tiny checkpoint, samples/s at batch 1 vs batch 8;
 6. ``next``      LLaVA-NeXT-shaped inputs (5 crops per image): every method's NeXT vision side (VisionZip,
                  SparseZip per crop and per image, DivPrune, CDPruner) vs the stock features, and the
-                 prefill of the packed 2928 visual tokens vs each method's output length.
+                 prefill of the packed 2928 visual tokens vs each method's output length;
+7. ``qwen``      Qwen2.5-VL vision tower (7B geometry; 4 blocks on a CPU, 32 on a GPU): VisionZip's scoring
+                 capture (chunked) vs an official-style eager last block ([H, S, S]) vs no scores, the last
+                 block alone, and the largest attention tensor of each, batch 1 and 8.
 
 Prints Markdown tables to stdout and writes everything (every sample time) to ``--json``.
 """
@@ -38,7 +41,7 @@ from .report import evaluate_targets, render
 
 __all__ = ["Settings", "main", "run"]
 
-SECTIONS = ("vision", "ops", "prefill", "pruning", "harness", "next")
+SECTIONS = ("vision", "ops", "prefill", "pruning", "harness", "next", "qwen")
 SECTION_ALIASES = {"sparsevlm": "pruning"}  # the name section 4 had when it timed SparseVLM v1.5 alone
 PRUNING_METHODS = ("sparsevlm", "sparsevlm2", "fastv", "dart", "deferred")
 # --quick times the prefill at these configs only (one per budget); the full run does every config.
@@ -58,9 +61,9 @@ class Settings:
     dtype: str
     quick: bool
     sections: list[str]
-    batches: list[int]  # sections 1-2
+    batches: list[int]  # sections 1-2 and 7
     prefill_batches: list[int]  # section 3
-    repeats: int  # vision (section 1)
+    repeats: int  # vision (sections 1 and 7)
     warmup: int
     ops_repeats: int
     ops_warmup: int
@@ -103,10 +106,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of " + ",".join(SECTIONS) + " (sparsevlm = pruning) (default: all)")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="model dtype (default: float32 on CPU, float16 on CUDA)")  # fmt: skip
-    p.add_argument("--batches", default=None, help="batch sizes of sections 1-2 (default: 1,8; quick: 1)")
+    p.add_argument("--batches", default=None, help="batch sizes of sections 1-2 and 7 (default: 1,8; quick: 1)")
     p.add_argument("--prefill-batches", default=None, help="batch sizes of section 3 (default: 1,8 on GPU; 1 on CPU)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats of sections 1, 3, 4 (default: 3 CPU, 20 GPU; quick: 1 CPU, 3 GPU)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds of sections 1, 3, 4 (default: 1 CPU, 3 GPU; quick: 0 CPU, 1 GPU)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats of sections 1, 3, 4, 7 (default: 3 CPU, 20 GPU; quick: 1 CPU, 3 GPU)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds of sections 1, 3, 4, 7 (default: 1 CPU, 3 GPU; quick: 0 CPU, 1 GPU)")
     p.add_argument("--llm-layers", type=int, default=None, help="LLaMA layers in section 3 (default: 32 GPU, 2 CPU, 1 quick)")
     p.add_argument("--pruning-llm-layers", dest="pruning_llm_layers", type=int, default=None,
                    help="LLaMA layers in section 4 (default 16 CPU, 32 GPU)")  # fmt: skip
@@ -340,6 +343,12 @@ def run(s: Settings, argv: list[str]) -> dict:
             report["next"] = next_section(vb, llm, llm_dims, s.prefill_batches[0], s.llm_repeats, s.llm_warmup, timer)
             del llm
         del vb, compressed, captured
+        gc.collect()
+
+    if "qwen" in s.sections:
+        from .qwen_section import qwen_section
+
+        report["qwen"] = qwen_section(device, dtype, s.batches, s.repeats, s.warmup, timer, smoke=s.smoke, log=_log)
         gc.collect()
 
     if "pruning" in s.sections:

@@ -117,6 +117,38 @@ def _render_pruning(s: dict) -> str:
     )
 
 
+def _mib(n: int | None) -> str:
+    return "—" if n is None else f"{n / 2**20:.1f}"
+
+
+def _render_qwen(q: dict) -> str:
+    m = q["model"]
+    rows = []
+    for e in q["rows"]:
+        t, r, mem = e["times"], e["ratios"], e["memory"]
+        big, peak = mem["largest_attention_bytes"], mem.get("cuda_peak_bytes") or {}
+        rows.append(
+            [f"{e['image_px']}×{e['image_px']} ({e['patches_per_image']})", str(e["batch"]), _ms(t["plain"]["median_s"]),
+             _ms(t["ours"]["median_s"]), _ms(t["eager"]["median_s"]), _x(r["ours_vs_plain"]), _x(r["eager_vs_ours"]),
+             _ms(t["block_sdpa"]["median_s"]), _ms(t["block_ours"]["median_s"]), _ms(t["block_eager"]["median_s"]),
+             _x(r["block_eager_vs_ours"]), f"{_mib(big['ours'])} / {_mib(big['eager'])}",
+             f"{_mib(peak.get('ours'))} / {_mib(peak.get('eager'))}", f"{e['check']['scores_max_abs_diff']:.1e}"]
+        )  # fmt: skip
+    sizes = "; ".join(
+        f"{a['image_px']} px ({a['patches']} patches): {_mib(a['ours_bytes'])} vs {_mib(a['eager_bytes'])} MiB"
+        for a in q.get("analytic_memory", [])
+    )
+    skipped = "".join(f" Skipped {s['image_px']} px: {s['why']}." for s in q.get("skipped", []))
+    return (
+        f"### 7. Qwen2.5-VL scoring capture (VisionZip), vision tower of {m['depth']} blocks (hidden "
+        f"{m['hidden_size']}, {m['num_heads']} heads, full attention at {m['fullatt_block_indexes']}), {q['dtype']}\n\n"
+        + _table(["image (patches)", "batch", "no scores ms", "ours ms", "eager ms", "ours / no scores", "eager / ours",
+                  "last block SDPA ms", "SDPA + our capture ms", "eager block ms", "block eager / ours",
+                  "largest attention MiB ours / eager", "CUDA peak MiB ours / eager", "max |Δ score|"], rows)
+        + f"\n\nLargest attention tensor per image (analytic, ours / eager): {sizes}.{skipped}"
+    )  # fmt: skip
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -194,6 +226,8 @@ def render(report: dict) -> str:
     pruning = pruning_section(report)
     if pruning:
         parts.append(_render_pruning(pruning))
+    if "qwen" in report:
+        parts.append(_render_qwen(report["qwen"]))
     if "harness" in report:
         h = report["harness"]
         if h.get("skipped"):
