@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.runs:  # and LLaVA-NeXT: its own checkpoint, so its rows compare among themselves
         next_checkpoint = build_tiny_llava(out / "tiny-llava-next", next_grid=True)
         plan += [(model, config, next_checkpoint, "next__") for model, config in NEXT_RUNS]
-        qwen_checkpoint = build_tiny_qwen2_5_vl(out / "tiny-qwen2_5_vl")
+        qwen_checkpoint = build_tiny_qwen2_5_vl(out / "tiny-qwen2_5_vl", text_layers=16)  # deep enough for every in-LLM default
         plan += [(model, config, qwen_checkpoint, "qwen__") for model, config in qwen_runs()]
     for model, config, weights, prefix in plan:
         result_dir = out / "results" / f"{prefix}{model}__{config.replace('/', '_')}"
