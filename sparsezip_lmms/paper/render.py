@@ -40,8 +40,12 @@ def _cell(row: TableRow, benchmark: Benchmark, label: str) -> str:
 
 
 def _efficiency_cells(row: TableRow) -> list[str]:
-    digits = {"visual tokens": 1, "prefill TFLOPs": 3, "TTFT s": 3, "method s": 4}
-    return [_fmt(row.efficiency.get(name), digits[name]) for name in EFFICIENCY]
+    """Visual tokens to one decimal; the others to 3 significant digits (tiny models' TFLOPs are small)."""
+    cells = []
+    for name in EFFICIENCY:
+        value = row.efficiency.get(name)
+        cells.append(_fmt(value) if name == "visual tokens" or value is None else f"{value:.3g}")
+    return cells
 
 
 def _setting_line(section: Section) -> str:
