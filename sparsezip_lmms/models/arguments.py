@@ -18,8 +18,8 @@ from ..config import CompressionConfig, ConfigError
 from ..methods.registry import method_of
 
 __all__ = [
-    "check_checkpoint", "check_clip_text_tower", "class_default_config", "count_arg", "flag_arg", "load_accepted_config",
-    "placement", "split_model_args",
+    "check_checkpoint", "check_clip_text_tower", "class_default_config", "count_arg", "flag_arg", "from_arg_string",
+    "load_accepted_config", "placement", "split_model_args",
 ]  # fmt: skip
 
 # Constructor arguments of the upstream adapter; everything else is ours or a config override.
@@ -34,6 +34,24 @@ def class_default_config(model_id: str) -> str | None:
     from lmms_eval.models import get_model
 
     return get_model(model_id).default_config
+
+
+def from_arg_string(cls, arg_string: str, additional_config: dict | None, parent_args: frozenset[str]):
+    """``cls`` built from the raw ``--model_args`` string: the upstream adapter's own arguments
+    (``parent_args``) read as lmms-eval reads them; ours and the config overrides stay strings until
+    :mod:`..config` parses them, exactly as ``show-config`` does (lmms-eval would turn ``054`` into 54 but
+    ``-3`` into -3.0)."""
+    from lmms_eval.utils import handle_arg_string
+
+    from ..config import split_args_string
+
+    try:
+        raw = split_args_string(arg_string)
+    except ConfigError as err:
+        raise ConfigError(f"{cls.model_id} --model_args: {err}") from None
+    args = {k: (handle_arg_string(v) if k in parent_args else v) for k, v in raw.items()}
+    extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+    return cls(**args, **extra)
 
 
 def split_model_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -35,7 +35,7 @@ from ..llava.features import text_pull_back
 from ..llava.selection import image_fingerprint
 from .accounting import request_record
 from .arguments import (
-    PARENT_ARGS, check_checkpoint, check_clip_text_tower, class_default_config, count_arg, flag_arg,
+    PARENT_ARGS, check_checkpoint, check_clip_text_tower, class_default_config, count_arg, flag_arg, from_arg_string,
     load_accepted_config, placement, split_model_args,
 )  # fmt: skip
 from .pipeline import BatchOutput, apply_until, generate_batch
@@ -63,20 +63,8 @@ class CompressedLlava(_LlavaHfChat):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "CompressedLlava":
-        """Build from the raw ``--model_args`` string. The upstream adapter's own arguments are read as
-        lmms-eval reads them; ours and the config overrides stay strings until :mod:`..config` parses
-        them, exactly as ``show-config`` does (lmms-eval would turn ``054`` into 54 but ``-3`` into -3.0)."""
-        from lmms_eval.utils import handle_arg_string
-
-        from ..config import split_args_string
-
-        try:
-            raw = split_args_string(arg_string)
-        except ConfigError as err:
-            raise ConfigError(f"{cls.model_id} --model_args: {err}") from None
-        args = {k: (handle_arg_string(v) if k in PARENT_ARGS else v) for k, v in raw.items()}
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
-        return cls(**args, **extra)
+        """Build from the raw ``--model_args`` string (``arguments.from_arg_string``)."""
+        return from_arg_string(cls, arg_string, additional_config, PARENT_ARGS)
 
     def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", **kwargs: Any) -> None:
         parent_args, own_args, overrides = split_model_args(kwargs)

@@ -36,7 +36,7 @@ from ..efficiency.qwen_flops import QwenDims
 from ..efficiency.records import EfficiencyRecord
 from ..efficiency.task_hooks import UID_COLUMN
 from ..llava.selection import image_fingerprint
-from .arguments import count_arg, flag_arg, load_accepted_config, placement
+from .arguments import count_arg, flag_arg, from_arg_string, load_accepted_config, placement
 from .base import CompressedLlava, _Prepared
 from .pipeline import apply_until
 from .qwen_pipeline import qwen_batch, qwen_record, resize_image
@@ -97,17 +97,7 @@ class CompressedQwen(_Qwen2_5_VLChat):
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "CompressedQwen":
         """Build from the raw ``--model_args`` string (ours and the overrides stay strings for the config)."""
-        from lmms_eval.utils import handle_arg_string
-
-        from ..config import split_args_string
-
-        try:
-            raw = split_args_string(arg_string)
-        except ConfigError as err:
-            raise ConfigError(f"{cls.model_id} --model_args: {err}") from None
-        args = {k: (handle_arg_string(v) if k in PARENT_ARGS else v) for k, v in raw.items()}
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
-        return cls(**args, **extra)
+        return from_arg_string(cls, arg_string, additional_config, PARENT_ARGS)
 
     @classmethod
     def resolve_config(
