@@ -52,6 +52,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .pictures import draw_shape
+
 _SIZES = ((320, 240), (240, 320), (336, 336), (448, 224), (224, 224), (512, 384))
 _RGB = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 205, 35), "purple": (130, 40, 160)}
 _SHAPES = ("square", "circle", "triangle")
@@ -69,13 +71,7 @@ def shape_picture(color: str, shape: str, size: tuple[int, int], background=(235
     w, h = size
     s = min(w, h) // 2
     x, y = (w - s) // 2, (h - s) // 2
-    fill = _RGB[color]
-    if shape == "square":
-        draw.rectangle([x, y, x + s, y + s], fill=fill)
-    elif shape == "circle":
-        draw.ellipse([x, y, x + s, y + s], fill=fill)
-    else:
-        draw.polygon([(x, y + s), (x + s // 2, y), (x + s, y + s)], fill=fill)
+    draw_shape(draw, shape, x, y, s, _RGB[color])
     return img
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .pictures import draw_shape
+
 _SHAPES = ("square", "circle", "triangle")
 _COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (240, 210, 40)}
 _OBJECTS = ("cat", "dog", "car", "chair", "person", "bottle", "bicycle", "umbrella")
@@ -28,13 +30,7 @@ def _scene(rng: random.Random, size: tuple[int, int], n_shapes: int = 3) -> Imag
         color = rng.choice(list(_COLORS.values()))
         w = rng.randint(width // 8, width // 3)
         x, y = rng.randint(0, width - w), rng.randint(0, max(0, height - w))
-        shape = rng.choice(_SHAPES)
-        if shape == "square":
-            draw.rectangle([x, y, x + w, y + w], fill=color)
-        elif shape == "circle":
-            draw.ellipse([x, y, x + w, y + w], fill=color)
-        else:
-            draw.polygon([(x, y + w), (x + w // 2, y), (x + w, y + w)], fill=color)
+        draw_shape(draw, rng.choice(_SHAPES), x, y, w, color)
     return img
 
 
