@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .render import agreement_table, csv_text, legend, main_table, notes, statistics_table
+from .render import CSV_FIELDS, agreement_table, csv_records, legend, main_table, notes, statistics_table
 from .stats import DEFAULT_RESAMPLES
 from .table import TableError, build
 
@@ -26,8 +26,7 @@ def paper_table_section(paths: list[str | Path], *, resamples: int = DEFAULT_RES
              "and scale, with retention against the same setting's uncompressed run. The same numbers as "
              "<code>python -m sparsezip_lmms table</code>.</p>"]  # fmt: skip
     for number, section in enumerate(sections, 1):
-        setting = "; ".join(f"{k}: {v}" for k, v in section.setting_items if v not in ("", None))
-        parts.append(f"<h3>Table {number}</h3><p class=\"note\">{html.escape(setting)}</p>")
+        parts.append(f"<h3>Table {number}</h3><p class=\"note\">{html.escape(section.setting)}</p>")
         if section.differs:
             parts.append(f'<p class="note">Differs from the other tables in: {html.escape(", ".join(section.differs))} '
                          "(never averaged together).</p>")  # fmt: skip
@@ -43,15 +42,8 @@ def paper_table_section(paths: list[str | Path], *, resamples: int = DEFAULT_RES
             f"<details><summary>Intervals, agreement and paired tests ({len(stat_rows)} cells)</summary>"
             + html_table(stat_head, stat_rows, text_columns=2) + "</details>"
         )
-    download = csv_link("paper_table.csv", *_csv_parts(csv_text(sections)), text="every figure as CSV")
+    records = csv_records(sections)
+    download = csv_link("paper_table.csv", CSV_FIELDS, ([r[f] for f in CSV_FIELDS] for r in records), text="every figure as CSV")
     definitions = "".join(f"<li>{html.escape(line[2:].replace('**', ''))}</li>" for line in notes(sections).splitlines() if line.startswith("- "))
     parts.append(f"<details><summary>How the numbers are defined ({download})</summary><ul>{definitions}</ul></details>")
     return "".join(parts)
-
-
-def _csv_parts(text: str) -> tuple[list[str], list[list[str]]]:
-    import csv
-    import io
-
-    rows = list(csv.reader(io.StringIO(text)))
-    return rows[0], rows[1:]

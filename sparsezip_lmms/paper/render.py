@@ -48,10 +48,6 @@ def _efficiency_cells(row: TableRow) -> list[str]:
     return cells
 
 
-def _setting_line(section: Section) -> str:
-    return "; ".join(f"{k}: {v}" for k, v in section.setting_items if v not in ("", None))
-
-
 def main_table(section: Section) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of a section's table: method, efficiency, each column's score (retention, mark), Avg."""
     columns = _columns(section)
@@ -73,7 +69,7 @@ def agreement_table(section: Section) -> tuple[list[str], list[list[str]]]:
 def markdown(sections: list[Section], *, title: str | None = None) -> str:
     out = [f"# {title}", ""] if title else []
     for number, section in enumerate(sections, 1):
-        out.append(f"## Table {number}: {_setting_line(section)}")
+        out.append(f"## Table {number}: {section.setting}")
         if section.differs:
             out.append(f"\nDiffers from the other tables in: {', '.join(section.differs)} (never averaged together).")
         head, rows = main_table(section)
@@ -146,10 +142,9 @@ CSV_FIELDS = [
 ]  # fmt: skip
 
 
-def csv_text(sections: list[Section]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
-    writer.writeheader()
+def csv_records(sections: list[Section]) -> list[dict]:
+    """One record per row × column, every figure (the keys are :data:`CSV_FIELDS`)."""
+    records = []
     for number, section in enumerate(sections, 1):
         for row in section.rows:
             for benchmark, label in _columns(section):
@@ -157,8 +152,8 @@ def csv_text(sections: list[Section]) -> str:
                 if score is None:
                     continue
                 main = next((c for c in benchmark.columns if c.main), None)
-                writer.writerow({
-                    "table": number, "setting": _setting_line(section), "model": row.model, "config": row.config,
+                records.append({
+                    "table": number, "setting": section.setting, "model": row.model, "config": row.config,
                     "baseline": row.is_baseline, "column": label, "score": score.value, "ci_low": score.low,
                     "ci_high": score.high, "n": score.n, "interval": score.method or score.note,
                     "retention_pct": row.retention.get(benchmark.label) if main is not None and main.label == label else None,
@@ -167,6 +162,14 @@ def csv_text(sections: list[Section]) -> str:
                     "significant": None if label not in row.adjusted else not not_significant(row, label),
                     **{name: row.efficiency.get(name) for name in EFFICIENCY},
                 })  # fmt: skip
+    return records
+
+
+def csv_text(sections: list[Section]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(csv_records(sections))
     return buffer.getvalue()
 
 
@@ -182,7 +185,7 @@ def latex(sections: list[Section]) -> str:
         columns = _columns(section)
         head = ["Method", "Tokens", "TFLOPs", *[label for _, label in columns], "Avg."]
         out += [
-            f"% {_tex(_setting_line(section))}",
+            f"% {_tex(section.setting)}",
             r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
             r"\toprule",
             " & ".join(_tex(h) for h in head) + r" \\",

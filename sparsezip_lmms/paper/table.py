@@ -85,6 +85,15 @@ class Section:
     averaged: list[str]  # benchmark labels every row has (the Avg.)
     differs: list[str] = field(default_factory=list)  # what sets this section apart from the others
 
+    @property
+    def setting(self) -> str:
+        return setting_text(self.setting_items)
+
+
+def setting_text(items: list[tuple[str, str]]) -> str:
+    """A run setting in one line ("checkpoint: X; dtype: Y; ..."), parts without a value left out."""
+    return "; ".join(f"{k}: {v}" for k, v in items if v not in ("", None))
+
 
 def _samples(results_path: Path, task: str) -> list[dict] | None:
     stamp = results_path.name[: -len("_results.json")]
@@ -175,7 +184,7 @@ def _section(group: list[TableRow], differs: list[str], resamples: int, seed: in
     baselines = [r for r in group if r.is_baseline]
     names = list(dict.fromkeys(b for r in group for b in r.tasks))
     benchmarks = [next(r.tasks[n].benchmark for r in group if n in r.tasks) for n in names]
-    setting = "; ".join(f"{k} {v}" for k, v in group[0].setting_items if v not in ("", None))
+    setting = setting_text(group[0].setting_items)
     if len(baselines) != 1:
         what = "no" if not baselines else f"{len(baselines)}"
         problems.append(
@@ -207,10 +216,9 @@ def _section(group: list[TableRow], differs: list[str], resamples: int, seed: in
                     p, test = paired_test(column, run.samples, base.samples, where, resamples=resamples, seed=seed)
                     if p is not None:
                         row.pvalues[column.label], row.tests[column.label] = p, test
-            main = next((c for c in run.benchmark.columns if c.main and c.label in row.scores), None)
-            base_score = _main_score(baseline, name)
-            if main is not None and base_score:
-                row.retention[run.benchmark.label] = 100.0 * row.scores[main.label].value / base_score
+            score, base_score = _main_score(row, name), _main_score(baseline, name)
+            if score is not None and base_score:
+                row.retention[run.benchmark.label] = 100.0 * score / base_score
             agreed = agreement(run.samples, base.samples) if base is not None else None
             if agreed is not None:
                 row.agreement[run.benchmark.label] = agreed
