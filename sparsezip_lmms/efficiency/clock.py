@@ -110,7 +110,6 @@ class MethodTimer:
     def __init__(self, device: torch.device | str):
         self.device = device
         self.seconds = 0.0
-        self.steps = 0
 
     @contextmanager
     def step(self) -> Iterator[None]:
@@ -119,7 +118,6 @@ class MethodTimer:
             yield
         finally:
             self.seconds += now(self.device) - start
-            self.steps += 1
 
 
 def method_step(timer: MethodTimer | None):
