@@ -8,6 +8,9 @@
 # build of torch is left alone). On machines without one, torch is pinned to its CPU build and a
 # torchvision that cannot load next to it is removed (transformers' image processors break when it
 # is present).
+# SPARSEZIP_TORCHVISION=1 (make test-upstream) on a machine without one installs instead torch 2.14.1 with the
+# torchvision built for it (constraints/torchvision.txt; a CUDA build of several GB, which runs on the CPU), the
+# rest pinned to the lock: an environment where lmms-eval's own qwen2_5_vl loads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -19,7 +22,7 @@ GPU_FREE='^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$'
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 CONSTRAINTS=()
-if command -v nvidia-smi >/dev/null 2>&1; then
+if command -v nvidia-smi >/dev/null 2>&1 || [ "${SPARSEZIP_TORCHVISION:-0}" = 1 ]; then
   if [ "$LOCK" != none ]; then
     mkdir -p "$VENV"
     # drop the lines whose package name matches GPU_FREE
@@ -28,6 +31,10 @@ if command -v nvidia-smi >/dev/null 2>&1; then
       [[ "$name" =~ $GPU_FREE ]] || printf '%s\n' "$line"
     done <"$LOCK" >"$VENV/lock-gpu.txt"
     CONSTRAINTS=(-c "$VENV/lock-gpu.txt")
+  fi
+  if [ "${SPARSEZIP_TORCHVISION:-0}" = 1 ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    CONSTRAINTS+=(-c constraints/torchvision.txt)
+    "${PIP[@]}" install -q "${CONSTRAINTS[@]}" torch torchvision
   fi
 else
   CONSTRAINTS=(-c constraints/cpu.txt)
