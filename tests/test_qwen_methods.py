@@ -52,6 +52,7 @@ CONFIGS = {
     "random": {"method": "random", "keep_ratio": 0.3, "seed": 5},
     "pool": {"method": "pool", "keep_ratio": 0.3},
     "sparsezip": "sparsezip_qwen",
+    "sparsezip_text": "sparsezip_qwen_text",
     "sparsezip_visionzip_merge": ("sparsezip_qwen", {"merge": "visionzip", "reference_tokens": 256}),
     "cdpruner": "cdpruner_qwen",
 }
@@ -143,7 +144,8 @@ def test_ratios_outside_0_1_refused_at_load(name, overrides, fragment):
     "name, overrides, fragment",
     [
         ("sparsezip_64", {}, "reference_tokens"),
-        ("sparsezip_qwen", {"cross_beta": 0.3}, "cross_beta"),
+        ("sparsezip_qwen", {"cross_beta": 0.3}, "text_space"),
+        ("sparsezip_qwen_text", {"text_source": "seed_keys"}, "text_source"),
         ("sparsezip_qwen", {"k_counts_cls": True}, "k_counts_cls"),
         ("sparsezip_qwen", {"k_max": 600}, "k_max"),
         ("sparsezip_qwen", {"merging.contextual_num": 530}, "contextual_num"),
@@ -227,6 +229,47 @@ def test_sparsezip_contextual_tokens_sit_at_their_lowest_member(model):
         for anchor in anchors.tolist():
             members = (labels == labels[anchor]).nonzero().squeeze(1)
             assert anchor == int(members.min())
+
+
+def test_sparsezip_text_relevance_is_the_question_cosine_in_the_llm_space(model):
+    """sparsezip_qwen_text by hand: each image's question is the text after its image run up to the next run
+    (the vision markers left out; the first of two adjacent images has none), a merged token's relevance its
+    mean cosine with those tokens' input embeddings; the trace with that relevance gives the kept tokens. A
+    heavier text term changes what is kept when the question does."""
+    from sparsezip_lmms.qwen.sparsezip import sparsezip_qwen
+
+    net, processor = model
+    cfg = net.config
+    ids, mask, pv, grid = _inputs(processor, [0, 2])  # one image; then two adjacent images and a question
+    vis = _vision(net, pv, grid)
+    embed = net.model.language_model.embed_tokens
+    questions, images = [[], [], []], 0
+    markers = (cfg.image_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id)
+    for row in range(2):
+        current, previous = None, None
+        for t in ids[row][mask[row].bool()].tolist():
+            if t == cfg.image_token_id and previous != t:
+                current, images = images, images + 1
+            elif t not in markers and current is not None:
+                questions[current].append(t)
+            previous = t
+    assert questions[1] == [] and questions[0] and questions[2]
+    config = load_config("sparsezip_qwen_text", {"reference_tokens": 128})
+    out = compressed_generate(net, ids, mask, pv, grid, config, 1)
+    for image, (start, n) in enumerate(((0, 64), (64, 12), (76, 8))):
+        e = vis.embeds[start : start + n]
+        q = embed(torch.tensor(questions[image], dtype=torch.long)) if questions[image] else e.new_zeros(0, e.shape[1])
+        r = torch.nn.functional.cosine_similarity(e[:, None], q[None], dim=-1).mean(1) if len(q) else e.new_zeros(n)
+        single = type(vis)(e, vis.scores[start : start + n], vis.keys[start : start + n], (n,))
+        mean_unit = torch.nn.functional.normalize(q, dim=-1).mean(0) if len(q) else e.new_zeros(e.shape[1])  # [E]
+        keep, _ = sparsezip_qwen(single, config, mean_unit[None])
+        assert torch.equal(out.kept[image], keep[0].nonzero().squeeze(1)), image
+        assert torch.allclose(torch.nn.functional.normalize(e, dim=-1) @ mean_unit, r, atol=1e-12)
+    heavy = load_config("sparsezip_qwen_text", {"reference_tokens": 128, "cross_beta": 3.0})
+    agnostic = compressed_generate(net, ids, mask, pv, grid, load_config("sparsezip_qwen", {"reference_tokens": 128}), 1)
+    aware = compressed_generate(net, ids, mask, pv, grid, heavy, 1)
+    assert torch.equal(aware.kept[1], agnostic.kept[1])  # no question: the text term is 0
+    assert not torch.equal(aware.kept[0], agnostic.kept[0])
 
 
 def test_cdpruner_relevance_is_the_prompt_embedding_cosine(model):

@@ -20,7 +20,7 @@ LIMIT = 8
 DEFAULTS = {
     "qwen2_5_vl_hf_timed": "keep_all", "qwen2_5_vl_visionzip": "visionzip_qwen", "qwen2_5_vl_divprune": "divprune_official",
     "qwen2_5_vl_vispruner": "vispruner_qwen", "qwen2_5_vl_dart": "dart_qwen", "qwen2_5_vl_fastv": "fastv_default",
-    "qwen2_5_vl_sparsevlm": "sparsevlm2_64", "qwen2_5_vl_sparsezip": "sparsezip_qwen", "qwen2_5_vl_cdpruner": "cdpruner_qwen",
+    "qwen2_5_vl_sparsevlm": "sparsevlm2_64", "qwen2_5_vl_sparsezip": "sparsezip_qwen_text", "qwen2_5_vl_cdpruner": "cdpruner_qwen",
 }  # fmt: skip
 BEFORE_LLM = ("qwen2_5_vl_visionzip", "qwen2_5_vl_divprune", "qwen2_5_vl_vispruner", "qwen2_5_vl_sparsezip", "qwen2_5_vl_cdpruner")
 _RUNS: dict[tuple[str, int], object] = {}
@@ -176,7 +176,7 @@ def test_in_llm_prompts_without_one_image_run_unpruned(qwen_checkpoint):
     [
         ("qwen2_5_vl_compressed", {}, "config= is required"),
         ("qwen2_5_vl_compressed", {"config": "sparsezip_64"}, "reference_tokens"),  # LLaVA's counts
-        ("qwen2_5_vl_sparsezip", {"config": "sparsezip_qwen", "cross_beta": 0.3}, "cross_beta"),
+        ("qwen2_5_vl_sparsezip", {"config": "sparsezip_qwen", "cross_beta": 0.3}, "text_space"),
         ("qwen2_5_vl_sparsezip", {"config": "cdpruner_qwen"}, "'cdpruner' config"),
         ("qwen2_5_vl_sparsevlm", {"config": "fastv_default"}, "'fastv' config"),
         ("qwen2_5_vl_visionzip", {"config": "visionzip_64"}, "dominant_ratio"),
@@ -287,11 +287,12 @@ def test_qwen_method_flops_count_each_methods_own_work():
     grid, s, n, c, d = [(1, 32, 32)], 1024, 256, 1280, 3584
     capture = 2 * s * c * c + s * s * c
     flops = {name: qwen_compression_flops(load_config(name), grid, dims) for name in
-             ("random_qwen", "pool_qwen", "cdpruner_qwen", "sparsezip_qwen")}  # fmt: skip
+             ("random_qwen", "pool_qwen", "cdpruner_qwen", "sparsezip_qwen", "sparsezip_qwen_text")}  # fmt: skip
     k = load_config("cdpruner_qwen").budget(n)
     assert flops["random_qwen"] == 0 and flops["pool_qwen"] == n * d
     assert flops["cdpruner_qwen"] == n * n * d + n * d + n * n + n * k * (k + 1) // 2
     assert flops["sparsezip_qwen"] > capture + n * n * (c // 16)  # the capture and the hybrid score's term
+    assert flops["sparsezip_qwen_text"] == flops["sparsezip_qwen"] + n * d  # the question relevance
 
 
 def test_qwen_flops_count_window_and_full_blocks_the_merger_and_the_llm():

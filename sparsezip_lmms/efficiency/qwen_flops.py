@@ -13,7 +13,9 @@ The LLM layers count the grouped-query projections exactly: ``2·n·d·(H·hd) +
 + 3·n·d·m`` (Qwen2's K/V heads are few: LLaVA's convention of full-width K/V would overcount them).
 The methods' own work: VisionZip's and VisPruner's scoring of the last block (its q, k recomputed and
 the scores, ``2·S·c² + S²·c``), VisionZip's merge (the others against the contextual targets), DivPrune's
-``N²·D`` distances, VisPruner's rounds; the in-LLM rules' selections are negligible (0).
+``N²·D`` distances, VisPruner's rounds, SparseZip's scoring and merging (LLaVA's count on the image's N with its
+scaled config), CDPruner's similarity, kernel and greedy MAP, the pool's one pass; CDPruner and text-aware
+SparseZip add ``N·D`` for the product with the question. The in-LLM rules' selections are negligible (0).
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ def qwen_compression_flops(config: Any, grids: Sequence[Sequence[int]], dims: Qw
             rounds = vispruner_schedule(config.budget(n), config.important_ratio, n)
             total += capture + n * d + sum(((r + 1) // 2) * (r // 2) * d for r, _ in rounds)
         elif method == "sparsezip":  # the LLaVA count of an image of n tokens with its scaled config
-            total += capture + _sparsezip_selection_flops(config, n, dims)
+            relevance = n * d if config.cross_beta > 0 else 0  # text-aware: each merged token against the question
+            total += capture + _sparsezip_selection_flops(config, n, dims) + relevance
         elif method == "cdpruner":  # similarity of the merged tokens, relevance, kernel, greedy MAP
             k = config.budget(n)
             total += n * n * d + n * d + n * n + n * k * (k + 1) // 2

@@ -329,11 +329,12 @@ class Qwen2_5_VLSparseVLM(CompressedQwen):
 
 
 class Qwen2_5_VLSparseZip(CompressedQwen):
-    """SparseZip (text-agnostic) on each image's post-merger tokens, its counts scaled to each image's N; the
-    random and pool baselines run under this id too (``config=random_qwen`` / ``pool_qwen``), as on LLaVA."""
+    """SparseZip on each image's post-merger tokens, its counts scaled to each image's N, text-aware by default
+    (``sparsezip_qwen_text``; ``sparsezip_qwen`` is the text-agnostic setting); the random and pool baselines
+    run under this id too (``config=random_qwen`` / ``pool_qwen``), as on LLaVA."""
 
     model_id = "qwen2_5_vl_sparsezip"
-    default_config = "sparsezip_qwen"
+    default_config = "sparsezip_qwen_text"
 
 
 class Qwen2_5_VLCDPruner(CompressedQwen):

@@ -8,7 +8,7 @@ random, pool, SparseZip, CDPruner, the in-LLM methods, or none).
 ``model`` is a transformers ``Qwen2_5_VLForConditionalGeneration``; ``config`` comes from
 ``load_config("visionzip_qwen", {...})`` (method ``visionzip`` with ``dominant_ratio``/``contextual_ratio``),
 a DivPrune, VisPruner, random, pool or CDPruner config (``keep`` / ``keep_ratio`` of each image's post-merger
-tokens; ``random_qwen``, ``pool_qwen``, ``cdpruner_qwen``), ``sparsezip_qwen``, an in-LLM config
+tokens; ``random_qwen``, ``pool_qwen``, ``cdpruner_qwen``), ``sparsezip_qwen`` / ``sparsezip_qwen_text``, an in-LLM config
 (``dart_qwen``, ``fastv_64``, ``sparsevlm2_64``: :mod:`.in_llm`) or ``load_config("keep_all")``. VisionZip
 follows the official Qwen2.5-VL code (rules 1–8 of ``tests/data/visionzip_qwen/README.md``), per image and
 batched:

@@ -35,7 +35,7 @@ from ..efficiency.clock import MethodTimer, method_step
 from ..llava.compat import cache_kwargs
 from .inputs import check_batch, check_method
 from .positions import decode_position_ids, left_pack, prompt_positions
-from .select import RULES, SCORED, question_vectors, select_images
+from .select import RULES, SCORED, image_questions, question_vectors, select_images
 from .vision import VisionOutput, check_grids, image_columns, merged_counts, split_images, vision_forward
 
 __all__ = ["QwenDebug", "QwenGeneration", "compressed_generate"]
@@ -154,13 +154,16 @@ def compressed_generate(
                 sel, keep_flat, flat = _select(vis, config)  # keep_flat [N_total] bool
         elif method in RULES:
             with method_step(method_timer):
-                question = None
+                question, image_question = None, None
                 if method == "cdpruner":
                     question = question_vectors(input_ids, attention_mask, embed, cfg.vision_start_token_id,
                                                 cfg.vision_end_token_id, image_token)  # ([B, E], [B])  # fmt: skip
+                elif method == "sparsezip" and config.cross_beta > 0:
+                    image_question = image_questions(input_ids, attention_mask, embed, image_token,
+                                                     cfg.vision_start_token_id, cfg.vision_end_token_id, len(counts))  # [I, E]  # fmt: skip
                 selected_keep, replaced = select_images(
                     method, vis, config, pixel_values=pixel_values.to(device), grids=grids, merge=merge,
-                    question=question, rows=rows,
+                    question=question, image_question=image_question, rows=rows,
                 )  # [I, Nmax] bool, [I, Nmax, E] or None  # fmt: skip
                 image, column = image_columns(counts, device)  # [N_total] each
                 keep_flat = selected_keep[image, column]  # [N_total] bool

@@ -55,16 +55,22 @@ def check_method(config: object) -> str:
 
 
 def _check_sparsezip(config: object) -> None:
-    """SparseZip's Qwen2.5-VL keys (``sparsezip.qwen``): counts per ``reference_tokens``, no CLS, no text term."""
+    """SparseZip's Qwen2.5-VL keys (``sparsezip.qwen``): counts per ``reference_tokens``, no CLS, the text
+    term (if any) in the LLM's space."""
     if not config.by_ratio:
         raise ValueError(
             "SparseZip on Qwen2.5-VL needs 'reference_tokens': its counts are for an image of that many merged "
             "tokens and scale to each image's N (config sparsezip_qwen)"
         )
-    if config.cross_beta > 0:
+    if config.cross_beta > 0 and config.text_space != "llm":
         raise ValueError(
-            f"key 'cross_beta' ({config.cross_beta}): SparseZip's text-aware score needs the LLaVA projector's question "
-            "relevance; Qwen2.5-VL runs the text-agnostic setting only (cross_beta: 0)"
+            f"key 'text_space' ({config.text_space!r}): on Qwen2.5-VL the question is compared with the post-merger "
+            "tokens, which are in the LLM's space already; set text_space: llm (config sparsezip_qwen_text)"
+        )
+    if config.cross_beta > 0 and config.text_source != "projector":
+        raise ValueError(
+            f"key 'text_source' ({config.text_source!r}): the seed's key relevance is LLaVA-only; on Qwen2.5-VL use "
+            "text_source: projector with text_space: llm"
         )
     if config.k_counts_cls:
         raise ValueError("key 'k_counts_cls': Qwen2.5-VL's vision tower has no CLS token to count; set k_counts_cls: false")

@@ -157,6 +157,28 @@ def question_vectors(input_ids: Tensor, attention_mask: Tensor, embeds: Tensor, 
     return (embeds.to(weight.dtype) * weight).sum(1) / count.clamp_min(1), count[:, 0] > 0
 
 
+def image_questions(input_ids: Tensor, attention_mask: Tensor, embeds: Tensor, image_id: int, start_id: int,
+                    end_id: int, images: int) -> Tensor:  # fmt: skip
+    """[I, E] at least float32: per image, the mean of the unit LLM input embeddings of its question, i.e. the
+    attended tokens after its run of image tokens up to the next image's run (LLaVA's question rule), the
+    ``<|vision_start|>`` / ``<|vision_end|>`` markers left out; a zero row for an image without such tokens.
+    ``unit(token) . row`` is then the token's mean cosine with its image's question tokens (SparseZip's
+    relevance in the LLM's space)."""
+    attended = attention_mask.bool()  # [B, L]
+    is_image = (input_ids == image_id) & attended  # [B, L]
+    starts = is_image & ~F.pad(is_image[:, :-1], (1, 0))  # [B, L] first token of each image run
+    runs_so_far = starts.long().cumsum(1)  # [B, L]
+    first = starts.long().sum(1).cumsum(0) - starts.long().sum(1)  # [B] global index of each row's first image
+    text = attended & ~is_image & (runs_so_far > 0) & (input_ids != start_id) & (input_ids != end_id)  # [B, L]
+    owner = (first[:, None] + runs_so_far - 1).clamp_min(0).flatten()  # [B*L] the image a token follows
+    work = at_least_float32(embeds.dtype)
+    weight = text.flatten().to(work)  # [B*L]
+    unit = F.normalize(embeds.flatten(0, 1).to(work), dim=-1) * weight[:, None]  # [B*L, E]
+    total = unit.new_zeros(images, unit.shape[-1]).index_add_(0, owner, unit)  # [I, E]
+    count = weight.new_zeros(images).index_add_(0, owner, weight)  # [I]
+    return total / count.clamp_min(1)[:, None]
+
+
 def _cdpruner(vis: VisionOutput, config: object, *, question: tuple[Tensor, Tensor], rows: list[int], **_: object) -> Selection:
     """CDPruner's conditional DPP on each image's post-merger tokens. Relevance (no CLIP text tower in
     Qwen2.5-VL; OpenVINO GenAI's Qwen-VL recipe): the cosine of each merged token with its row's mean
@@ -184,8 +206,8 @@ def _cdpruner(vis: VisionOutput, config: object, *, question: tuple[Tensor, Tens
     return keep, None
 
 
-def _sparsezip(vis: VisionOutput, config: object, **_: object) -> Selection:
-    return sparsezip_qwen(vis, config)
+def _sparsezip(vis: VisionOutput, config: object, *, image_question: Tensor | None = None, **_: object) -> Selection:
+    return sparsezip_qwen(vis, config, image_question)
 
 
 _RULES = {"divprune": _divprune, "vispruner": _vispruner, "random": _random, "pool": _pool, "cdpruner": _cdpruner,
@@ -195,7 +217,7 @@ SCORED = ("visionzip", "vispruner", "sparsezip")  # the rules that read the visi
 
 def select_images(method: str, vis: VisionOutput, config: object, **inputs: object) -> Selection:
     """``method``'s (keep [I, Nmax], embeds [I, Nmax, E] or None) on every image of ``vis``; ``inputs``:
-    ``pixel_values``, ``grids``, ``merge``, ``question`` and ``rows`` (what the rules read)."""
+    ``pixel_values``, ``grids``, ``merge``, ``question``, ``image_question`` and ``rows`` (what the rules read)."""
     return _RULES[method](vis, config, **inputs)
 
 

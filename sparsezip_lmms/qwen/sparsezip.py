@@ -1,4 +1,4 @@
-"""SparseZip on Qwen2.5-VL's post-merger tokens (text-agnostic setting only).
+"""SparseZip on Qwen2.5-VL's post-merger tokens.
 
 Inputs per image of N merged tokens (no CLS token in Qwen2.5-VL's tower): the hybrid score reads the
 "global" attention each merged token receives (``VisionOutput.scores``, VisionZip-Qwen's score) in place of
@@ -13,6 +13,11 @@ log(Var + eps)), lo, hi) with lo = max(1, round(s k_min)), hi = max(lo, round(s 
 likewise with ``skip_dynamic_k``), and max(1, round(s contextual_num)) contextual tokens (0 stays 0).
 With N = reference_tokens this is exactly the LLaVA rule.
 
+Text-aware setting (``cross_beta > 0``, ``text_space: llm``): the post-merger tokens are in the LLM's space
+already, so a token's relevance is its mean cosine with its image's question tokens' LLM input embeddings
+(LLaVA's ``text_space: llm`` rule with the merger in the projector's place); the text term then enters the
+score as on LLaVA.
+
 Placement: a dominant token stays at its own slot; a contextual (merged) token takes the slot and the
 M-RoPE position of its lowest-index member (raster order), as VisionZip-Qwen places its contextual tokens at
 their targets. Images of one N run as one batch (one scaled config).
@@ -21,6 +26,7 @@ their targets. Images of one N run as one batch (one scaled config).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..compress.sparsezip import sparsezip_trace
@@ -50,10 +56,18 @@ def scaled_config(config, n: int):
     })  # fmt: skip
 
 
-def sparsezip_qwen(vis: VisionOutput, config) -> tuple[Tensor, Tensor]:
+def sparsezip_qwen(vis: VisionOutput, config, question: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(keep [I, Nmax] bool, embeds [I, Nmax, E] at least float32): the dominant tokens' slots and each
-    contextual token at its lowest member's slot (its embedding there), per image."""
+    contextual token at its lowest member's slot (its embedding there), per image. ``question`` [I, E]
+    (``select.image_questions``), read when ``cross_beta > 0``: relevance of a merged token = its cosine with
+    each of its image's question tokens, averaged (``text_space: llm``)."""
     embeds, _, _ = split_images(vis.embeds, vis.counts)  # [I, Nmax, E]
+    relevance = None  # [I, Nmax]
+    if config.cross_beta > 0:
+        if question is None:
+            raise ValueError("SparseZip's text-aware setting (cross_beta > 0) needs each image's question")
+        work = torch.promote_types(at_least_float32(embeds.dtype), question.dtype)
+        relevance = (F.normalize(embeds.to(work), dim=-1) @ question.to(work).unsqueeze(-1)).squeeze(-1)
     scores, _, _ = split_images(vis.scores, vis.counts)  # [I, Nmax]
     keys, _, _ = split_images(vis.keys, vis.counts)  # [I, Nmax, d]
     images, n_max, width = embeds.shape
@@ -71,7 +85,8 @@ def sparsezip_qwen(vis: VisionOutput, config) -> tuple[Tensor, Tensor]:
         hidden = torch.cat([hidden.mean(1, keepdim=True), hidden], dim=1)  # [g, 1+n, E] placeholder CLS
         key = torch.cat([key.mean(1, keepdim=True), key], dim=1)  # [g, 1+n, d]
         attn = torch.cat([scores.new_zeros(g, 1), scores[rows, :n]], dim=1).unsqueeze(1)  # [g, 1, 1+n]
-        trace = sparsezip_trace(hidden, attn, key, scaled_config(config, n))
+        text = None if relevance is None else relevance[rows, :n]  # [g, n]
+        trace = sparsezip_trace(hidden, attn, key, scaled_config(config, n), text_relevance=text)
         comp = trace.compressed  # tokens [g, T, E], valid / index [g, T], members [g, T, 1+n] or None
         slot = comp.index - 1  # [g, T] a dominant token's merged index; -2 for merged tokens and padding
         if comp.members is not None:
