@@ -170,13 +170,12 @@ def image_questions(input_ids: Tensor, attention_mask: Tensor, embeds: Tensor, i
     runs_so_far = starts.long().cumsum(1)  # [B, L]
     first = starts.long().sum(1).cumsum(0) - starts.long().sum(1)  # [B] global index of each row's first image
     text = attended & ~is_image & (runs_so_far > 0) & (input_ids != start_id) & (input_ids != end_id)  # [B, L]
-    owner = (first[:, None] + runs_so_far - 1).clamp_min(0).flatten()  # [B*L] the image a token follows
+    owner = (first[:, None] + runs_so_far - 1).flatten()  # [B*L] the image a token follows
     work = at_least_float32(embeds.dtype)
-    weight = text.flatten().to(work)  # [B*L]
-    unit = F.normalize(embeds.flatten(0, 1).to(work), dim=-1) * weight[:, None]  # [B*L, E]
-    total = unit.new_zeros(images, unit.shape[-1]).index_add_(0, owner, unit)  # [I, E]
-    count = weight.new_zeros(images).index_add_(0, owner, weight)  # [I]
-    return total / count.clamp_min(1)[:, None]
+    image_ids = torch.arange(images, device=input_ids.device)  # [I]
+    weight = ((owner[None] == image_ids[:, None]) & text.flatten()[None]).to(work)  # [I, B*L] (a matmul: deterministic)
+    unit = F.normalize(embeds.flatten(0, 1).to(work), dim=-1)  # [B*L, E]
+    return (weight @ unit) / weight.sum(1, keepdim=True).clamp_min(1)  # [I, E]
 
 
 def _cdpruner(vis: VisionOutput, config: object, *, question: tuple[Tensor, Tensor], rows: list[int], **_: object) -> Selection:
