@@ -2,7 +2,8 @@
 bfloat16/float16 stand in for the GPU's), CUDA when torch sees one (``scripts/gpu_check.sh``).
 
 For every model id and config family (LLaVA-1.5 and LLaVA-NeXT, SparseVLM v1.5 and v2.0, FastV, deferred
-pruning, the vision-side and projected methods) in float16 and bfloat16, at batch 1 and 3: no request
+pruning, the vision-side and projected methods; every Qwen2.5-VL config family on a tiny Qwen2.5-VL) in
+float16 and bfloat16, at batch 1 and 3: no request
 fails (non-finite visual tokens are refused, so none reached the LLM), the visual tokens sent are distinct
 source patches or declared merges, and the token counts (LLM input, visual tokens, the in-LLM layer
 average) equal float32's, where the method's decision is integer-valued (SparseZip's dynamic K: within
@@ -125,3 +126,65 @@ def test_half_precision_keeps_float32_token_counts(case, dtype, device, checkpoi
             if device == "cuda":
                 assert record.peak_memory_bytes and record.peak_memory_bytes > 0
                 assert record.ttft_s is not None and record.ttft_s > 0
+
+
+# ----------------------------------------------------------------------------- Qwen2.5-VL
+
+QWEN_CONFIGS = [
+    "keep_all", "visionzip_qwen", "divprune_official", "vispruner_qwen", "sparsezip_qwen", "sparsezip_qwen_text",
+    "cdpruner_qwen", "random_qwen", "pool_qwen", "dart_qwen", "fastv_default", "sparsevlm2_64", "sparsevlm_64",
+]  # fmt: skip
+QWEN_DYNAMIC_K = {"sparsezip_qwen", "sparsezip_qwen_text"}
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoint(tmp_path_factory):
+    """A tiny Qwen2.5-VL with 16 LLM layers (SparseVLM v2.0 prunes at layers 2, 6 and 15)."""
+    from sparsezip_lmms.demo.tiny_qwen import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("half_qwen") / "tiny-qwen2.5-vl", text_layers=16)
+
+
+def _qwen_counts(checkpoint, device, dtype):
+    """{(config, batch): [(input tokens, visual tokens, layer average) per prompt]} for three prompts of
+    different image sizes, as one left-padded batch (batch 3) and each alone (batch 1)."""
+    from lmms_eval.models import get_model
+    from lmms_eval.protocol import ChatMessages
+
+    from sparsezip_lmms.models.qwen_pipeline import qwen_batch
+
+    lmm = get_model("qwen2_5_vl_compressed")(pretrained=str(checkpoint), config="keep_all", device=device, dtype=dtype,
+                                             min_pixels=3136, max_pixels=50176)  # fmt: skip
+    prompts = [
+        lmm.chat_prompt(ChatMessages(messages=[{"role": "user", "content": [
+            {"type": "image", "url": image}, {"type": "text", "text": question}]}]))
+        for (image,), question in _docs()
+    ]  # fmt: skip
+    counts = {}
+    for name in QWEN_CONFIGS:
+        config = type(lmm).resolve_config(name, {}, 16)
+        for rows in ([0, 1, 2], [0], [1], [2]):
+            out = qwen_batch(lmm, [prompts[r][0] for r in rows], [i for r in rows for i in prompts[r][1]], GEN, config)
+            assert all(isinstance(t, str) for t in out.texts)
+            got = list(zip(out.input_tokens, out.visual_tokens, [round(a, 6) for a in out.layer_avg]))
+            counts.setdefault((name, 1 if len(rows) == 1 else 3), []).extend(got)
+    return counts
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("device", DEVICES)
+def test_qwen_half_precision_keeps_float32_token_counts(dtype, device, qwen_checkpoint):
+    """Every Qwen2.5-VL config family in float16 and bfloat16, at batch 1 and 3 over mixed image sizes: no
+    refusal (non-finite visual tokens are refused before the LLM), the token counts of float32 (SparseZip's
+    dynamic K within one token)."""
+    key = ("qwen", device)
+    if key not in _REFERENCE:
+        _REFERENCE[key] = _qwen_counts(qwen_checkpoint, device, "float32")
+    reference = _REFERENCE[key]
+    got = _qwen_counts(qwen_checkpoint, device, dtype)
+    for (name, batch), counts in got.items():
+        expected = reference[(name, 3)]  # float32 as one batch
+        if name in QWEN_DYNAMIC_K:
+            assert all(abs(g[1] - e[1]) <= 1 and abs(g[0] - e[0]) <= 1 for g, e in zip(counts, expected)), (name, batch)
+        else:
+            assert counts == expected, (name, batch, counts, expected)

@@ -327,3 +327,22 @@ def test_sparsevlm_v15_with_original_positions(model):
         assert set(used) <= unpruned and len(set(used)) == len(used)
         assert batched.decode_positions[r].tolist() == [int(max_position[r]) + n for n in range(1, NEW)]
         assert len(batched.kept[r]) <= 8 and bool((batched.kept[r] < n).all())
+
+
+@pytest.mark.parametrize("name", ["keep_all", "fastv_default", "divprune_official"])
+def test_non_finite_visual_tokens_are_refused_before_the_llm(model, name):
+    """A NaN in a merged token (as a float16 overflow makes it) is a ValueError that says so, for the
+    uncompressed path, an in-LLM rule and a selection alike, never a silent answer."""
+    net, processor = model
+    inputs = _inputs(processor, [0])
+
+    def poison(_module, _args, output):  # [N_total, E]: every token of the image NaN
+        return torch.full_like(output, float("nan"))
+
+    handle = net.model.visual.merger.register_forward_hook(poison)
+    try:
+        with pytest.raises(ValueError, match="NaN or inf"):
+            compressed_generate(net, *inputs, load_config(name), 1)
+    finally:
+        handle.remove()
+    assert torch.isfinite(compressed_generate(net, *inputs, load_config(name), 1).logits).all()

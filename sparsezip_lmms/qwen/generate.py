@@ -36,7 +36,7 @@ from ..llava.compat import cache_kwargs
 from .inputs import check_batch, check_method
 from .positions import decode_position_ids, left_pack, prompt_positions
 from .select import RULES, SCORED, image_questions, question_vectors, select_images
-from .vision import VisionOutput, check_grids, image_columns, merged_counts, split_images, vision_forward
+from .vision import VisionOutput, check_grids, image_columns, merged_counts, refuse_non_finite, split_images, vision_forward
 
 __all__ = ["QwenDebug", "QwenGeneration", "compressed_generate"]
 
@@ -172,6 +172,7 @@ def compressed_generate(
         if method != "none":
             keep_image = image_mask.masked_scatter(image_mask, keep_flat)  # [B, L] kept image tokens
             keep = attended & (~image_mask | keep_image)
+        refuse_non_finite(flat, keep_flat if method != "none" else None)
         embed = embed.masked_scatter(image_mask.unsqueeze(-1), flat.to(embed.dtype))  # [B, L, E]
     positions, max_position = prompt_positions(model, input_ids, attention_mask, image_grid_thw, image_token)  # [3, B, L], [B]
 

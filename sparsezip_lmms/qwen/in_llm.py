@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..compress.dtypes import at_least_float32
 from .positions import prompt_positions
-from .vision import vision_forward
+from .vision import refuse_non_finite, vision_forward
 
 __all__ = ["in_llm_generate"]
 
@@ -54,6 +54,7 @@ def in_llm_generate(
     image_mask = input_ids == image_token  # [B, L]
     embeds = lm.embed_tokens(input_ids)  # [B, L, E]
     vis = vision_forward(model.model.visual, pixel_values.to(input_ids.device), image_grid_thw.to(input_ids.device), score=False)
+    refuse_non_finite(vis.embeds)
     embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), vis.embeds.to(embeds.dtype))  # [B, L, E]
     positions, _ = prompt_positions(model, input_ids, attention_mask, image_grid_thw, image_token)  # [3, B, L]
     image_start = image_mask.int().argmax(dim=1)  # [B] first image token of each row

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..compress.dtypes import at_least_float32
 
-__all__ = ["VisionOutput", "check_grids", "image_columns", "merged_counts", "split_images", "vision_forward"]
+__all__ = ["VisionOutput", "check_grids", "image_columns", "merged_counts", "refuse_non_finite", "split_images", "vision_forward"]
 
 # query rows x key columns x heads of one probability chunk (float32: 128 MiB), at most 1024 rows
 _CHUNK_ELEMENTS = 1 << 25
@@ -77,6 +77,19 @@ def image_columns(counts: tuple[int, ...], device: torch.device) -> tuple[Tensor
     image = torch.repeat_interleave(torch.arange(len(counts)), n).to(device)  # [N_total]
     column = (torch.arange(int(n.sum())) - (n.cumsum(0) - n).repeat_interleave(n)).to(device)  # [N_total]
     return image, column
+
+
+def refuse_non_finite(embeds: Tensor, keep: Tensor | None = None) -> None:
+    """ValueError when a visual token that would enter the LLM (``embeds`` [N_total, E]; ``keep`` [N_total] bool,
+    None: all of them) holds NaN or inf, as a half-precision overflow can make it (one host sync)."""
+    finite = torch.isfinite(embeds).all(-1)  # [N_total]
+    if keep is not None:
+        finite = finite | ~keep
+    if not bool(finite.all()):
+        raise ValueError(
+            f"non-finite visual tokens (NaN or inf, {embeds.dtype}) from the vision tower or the method: refusing to "
+            "feed them to the LLM"
+        )
 
 
 def split_images(flat: Tensor, counts: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
