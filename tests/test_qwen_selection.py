@@ -163,20 +163,35 @@ def test_overlay_draws_each_kept_token_as_a_cell_of_the_resized_image(runs, tmp_
     assert path.is_file() and Image.open(path).format == "PNG"
 
 
-def test_explain_figure_draws_a_qwen_record(runs, tmp_path):
-    """``explain``'s figure of Qwen records: the panels on each image's own grid, the image passed along."""
-    from types import SimpleNamespace
+def test_explain_on_a_qwen_checkpoint(runs, qwen_checkpoint, tmp_path):
+    """``explain --pretrained <Qwen2.5-VL>``: CONFIG entries pick the Qwen ids, every entry runs on the one
+    loaded checkpoint through the batched path of an lmms-eval run (the same selection as the request's
+    record), the figure draws each panel on the image as Qwen resized it."""
+    import json
 
     from PIL import Image
 
-    from sparsezip_lmms.analysis.explain import Choice, Explained, explain_figure, explained_panels
+    from sparsezip_lmms.analysis.explain import main
 
     docs, records, _, _ = runs["visionzip_qwen"]
     (image,), question = docs[1]
-    results = [Explained(Choice("qwen2_5_vl_visionzip", "visionzip_qwen", {}), "yes", records[1].visual_tokens, records[1].selection)]
-    (panel,) = explained_panels(results)
-    assert panel.grid == tuple(records[1].selection["images"][0]["grid"]) and panel.pixels is not None
-    processor = SimpleNamespace(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True)
-    lmm = SimpleNamespace(geometry=SimpleNamespace(any_resolution=False), _image_processor=SimpleNamespace(image_processor=processor))
-    path = explain_figure(image, results, lmm, tmp_path / "explain.png", title=question)
-    assert Image.open(path).format == "PNG"
+    image.save(tmp_path / "image.png")
+    argv = [
+        "--pretrained", str(qwen_checkpoint), "--image", str(tmp_path / "image.png"), "--question", question,
+        "--configs", "visionzip_qwen,qwen2_5_vl_dart,cdpruner_qwen", "--device", "cpu", "--max-new-tokens", "2",
+        "--model-args", f"dtype=float32,min_pixels={MIN_PIXELS},max_pixels={MAX_PIXELS}",
+        "--out", str(tmp_path / "explain.png"), "--json", str(tmp_path / "explain.json"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "explain.json").read_text())
+    assert [r["label"].split(":")[0] for r in rows] == ["qwen2_5_vl_visionzip", "qwen2_5_vl_dart", "qwen2_5_vl_cdpruner"]
+    assert all(r["error"] is None for r in rows)
+    assert rows[0]["selection"]["images"] == records[1].selection["images"]  # as the lmms-eval request kept it
+    assert rows[0]["visual_tokens"] == records[1].visual_tokens
+    assert rows[1]["visual_tokens_per_layer"] and "after layer 1" in rows[1]["kept"]
+    assert Image.open(tmp_path / "explain.png").format == "PNG"
+    # a LLaVA model id cannot run on the Qwen checkpoint: that entry fails by name, the others are drawn
+    argv[argv.index("--configs") + 1] = "visionzip_qwen,llava_fastv"
+    assert main(argv) == 1
+    rows = json.loads((tmp_path / "explain.json").read_text())
+    assert rows[0]["error"] is None and "does not run Qwen2.5-VL checkpoints" in rows[1]["error"]

@@ -1,12 +1,13 @@
 """Which patches each method keeps for one image and one question, drawn on the image (one PNG).
 
-The checkpoint is loaded once; every entry of --configs runs on those weights through the same
+The checkpoint (LLaVA-1.5, LLaVA-NeXT or Qwen2.5-VL) is loaded once; every entry of --configs runs on those weights through the same
 batched code path as an lmms-eval run and becomes one panel (in-LLM methods: one panel per pruning
 layer) titled with the method, the tokens it kept and the answer it generated.
 
 --configs: comma-separated entries (commas inside brackets do not split), each one of
     MODEL:CONFIG   a model id and a config name or YAML path      llava_sparsevlm:sparsevlm_64
-    CONFIG         a config; its method picks the model id        visionzip_64
+    CONFIG         a config; its method (and the checkpoint's     visionzip_64
+                   family) picks the model id
     MODEL          a model id with its default config             llava_fastv
   optionally followed by ;key=value pairs that apply to that entry only:
     config overrides        sparsezip_64;cross_beta=0
@@ -30,6 +31,7 @@ example (quote --configs: the shell reads ; as the end of a command):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -54,20 +56,24 @@ _TOWER_HINT = (
 )
 
 
-def model_for_method(method: str) -> str:
-    """The model id that runs configs of `method`: the first of its `MethodSpec.model_ids` (the id made
-    for it, e.g. `none` -> `llava_hf_timed`, `pool` -> `llava_sparsezip`), else `llava_compressed`."""
+def model_for_method(method: str, family: str = "llava") -> str:
+    """The model id that runs configs of `method` on the checkpoint `family` ("llava": LLaVA-1.5 and NeXT,
+    "qwen2_5_vl"): the first of its `MethodSpec.model_ids` of that family (the id made for it, e.g. `none`
+    -> `llava_hf_timed`, `pool` -> `llava_sparsezip`), else the family's generic id."""
     from ..methods.registry import get_method
 
-    spec = get_method(method)
-    return spec.model_ids[0] if spec.model_ids else "llava_compressed"
+    qwen = family == "qwen2_5_vl"
+    ids = [i for i in get_method(method).model_ids if i.startswith("qwen2_5_vl_") == qwen]
+    return ids[0] if ids else ("qwen2_5_vl_compressed" if qwen else "llava_compressed")
 
 
 def _model_arg_keys() -> frozenset[str]:
-    """Keys that are model arguments (the upstream adapter's and ours), not config overrides."""
+    """Keys that are model arguments (the upstream adapters' and ours, LLaVA and Qwen2.5-VL), not config
+    overrides."""
     from ..models.arguments import OWN_ARGS, PARENT_ARGS
+    from ..models.qwen import OWN_ARGS as QWEN_OWN_ARGS, PARENT_ARGS as QWEN_PARENT_ARGS
 
-    return frozenset(OWN_ARGS | PARENT_ARGS)
+    return frozenset(OWN_ARGS | PARENT_ARGS | QWEN_OWN_ARGS | QWEN_PARENT_ARGS)
 
 
 def _short(value: str) -> str:
@@ -84,6 +90,13 @@ class Choice:
     config: str | None
     overrides: dict[str, str]
     model_args: dict[str, str] = field(default_factory=dict)
+    method: str | None = None  # set when the model id was picked from the config's method (a CONFIG entry)
+
+    def for_family(self, family: str) -> "Choice":
+        """A CONFIG entry's model id for a checkpoint of `family` (MODEL entries stay as given)."""
+        if self.method is None:
+            return self
+        return dataclasses.replace(self, model_id=model_for_method(self.method, family))
 
     @property
     def label(self) -> str:
@@ -123,7 +136,7 @@ def parse_choice(text: str) -> Choice:
         method = load_config(head, overrides).method
     except ConfigError as err:
         raise ValueError(f"{text!r}: {err}") from None
-    return Choice(model_for_method(method), head, overrides, model_args)
+    return Choice(model_for_method(method), head, overrides, model_args, method)
 
 
 def split_choices(text: str) -> list[Choice]:
@@ -144,7 +157,7 @@ class Entry:
     clip_text_tower: str | None = None
 
 
-def plan_entries(choices: list[Choice], model_args: dict[str, str] | None = None) -> list[Entry]:
+def plan_entries(choices: list[Choice], model_args: dict[str, str] | None = None, family: str = "llava") -> list[Entry]:
     """Each entry's model arguments: `model_args` (`--model-args`, for every entry) with the entry's own
     on top. A per-entry argument (`clip_text_tower`) from `model_args` goes to the entries that read it
     only; given on an entry that does not read it, it is an error. Every entry's config is checked
@@ -163,7 +176,7 @@ def plan_entries(choices: list[Choice], model_args: dict[str, str] | None = None
     entries = []
     for choice in choices:
         config = get_model(choice.model_id).resolve_config(choice.config, dict(choice.overrides))
-        reads = method_of(config).needs("clip_text", config)
+        reads = family != "qwen2_5_vl" and method_of(config).needs("clip_text", config)  # Qwen: the LLM's embeddings
         own = dict(choice.model_args)
         if "clip_text_tower" in own and not reads:
             raise ValueError(f"{choice.label}: clip_text_tower is read by CDPruner configs only (this is a {config.method} config)")
@@ -265,14 +278,27 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def _load(pretrained: str, load_args: dict[str, Any]):
+def checkpoint_family(pretrained: str) -> str:
+    """"qwen2_5_vl" for a Qwen2.5-VL checkpoint, else "llava" (the LLaVA adapter checks the rest), from its
+    config.json alone."""
+    from transformers import AutoConfig
+
+    try:
+        model_type = getattr(AutoConfig.from_pretrained(pretrained), "model_type", None)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--pretrained {pretrained}: {_one_line(err)}") from None
+    return "qwen2_5_vl" if model_type == "qwen2_5_vl" else "llava"
+
+
+def _load(pretrained: str, load_args: dict[str, Any], family: str = "llava"):
     """The checkpoint with the stock config (every entry then gets its own with `with_config`); string
     values read as lmms-eval reads the upstream adapter's `--model_args`."""
     from lmms_eval.models import get_model
     from lmms_eval.utils import handle_arg_string
 
     args = {k: handle_arg_string(v) if isinstance(v, str) else v for k, v in load_args.items()}
-    return get_model("llava_hf_timed")(pretrained=pretrained, config="keep_all", **args, log_selection=True)
+    model_id = "qwen2_5_vl_hf_timed" if family == "qwen2_5_vl" else "llava_hf_timed"
+    return get_model(model_id)(pretrained=pretrained, config="keep_all", **args, log_selection=True)
 
 
 def explain(
@@ -296,8 +322,9 @@ def explain(
 
     if not choices:
         raise ValueError("explain needs at least one config")
-    resolve_checkpoint("--pretrained", pretrained, "pass --pretrained FOLDER, a local llava-hf checkpoint")
-    entries = plan_entries(choices, model_args)
+    resolve_checkpoint("--pretrained", pretrained, "pass --pretrained FOLDER, a local LLaVA or Qwen2.5-VL checkpoint")
+    family = checkpoint_family(pretrained)
+    entries = plan_entries([choice.for_family(family) for choice in choices], model_args, family)
     messages = [{"role": "user", "content": [{"type": "image", "url": image}, {"type": "text", "text": question}]}]
     fingerprint = image_fingerprint(image)
     gen = {"max_new_tokens": max_new_tokens, "temperature": 0, "do_sample": False, "num_beams": 1}
@@ -310,7 +337,7 @@ def explain(
         try:
             if key not in bases:
                 try:
-                    bases[key] = _load(pretrained, load)
+                    bases[key] = _load(pretrained, load, family)
                 except (ValueError, ConfigError, OSError, RuntimeError) as err:
                     bases[key] = ValueError(f"loading {pretrained}: {_one_line(err)}")
             base = bases[key]
@@ -319,13 +346,11 @@ def explain(
             first = base if first is None else first
             tower = resolve_clip_text_tower(entry.clip_text_tower) if entry.reads_clip_text else None
             lmm = base.with_config(choice.model_id, choice.config, choice.overrides, tower)
-            text = lmm._chat_text(ChatMessages(messages=messages))
-            out = lmm._generate_batch([text], [image], gen, prune=lmm._prunes_in_llm, questions=[question], fingerprints=[fingerprint])
+            answer, tokens, selection, per_layer = lmm.explain_prompt(ChatMessages(messages=messages), image, question, gen, fingerprint)
         except (ValueError, ConfigError, OSError, RuntimeError) as err:
             results.append(Explained(choice, "", 0, {}, error=_one_line(err)))
             continue
-        per_layer = out.layer_stats["visual_tokens_per_layer"][0] if out.layer_stats else None
-        results.append(Explained(choice, out.texts[0], out.visual_tokens[0], out.selections[0], per_layer))
+        results.append(Explained(choice, answer, tokens, selection, per_layer))
     return results, first
 
 
@@ -362,10 +387,12 @@ def explain_figure(image, results: list[Explained], lmm, path: str | Path, title
     LLaVA-1.5 the centre crop; LLaVA-NeXT the base view, and for records with tiles the base view next
     to the tile mosaic of each record's own tile grid; Qwen2.5-VL records the image as Qwen resized it.
     Returns its path."""
+    panels = explained_panels(results)
+    if not hasattr(lmm, "geometry"):  # Qwen2.5-VL: every panel draws on the image as Qwen resized it
+        return overlay_figure(image, panels, path, title=title, columns=columns, dpi=dpi, image=image)
     resize, crop = crop_of(lmm)
     next_model = lmm.geometry.any_resolution
     view = model_view(image, resize, crop, squash=next_model)
-    panels = explained_panels(results)
     resized = any(panel.pixels is not None for panel in panels)  # Qwen2.5-VL panels draw on the resized image
     return overlay_figure(
         view, panels, path, title=title, columns=columns, dpi=dpi,
@@ -377,7 +404,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sparsezip_lmms explain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--pretrained", required=True, help="llava-hf checkpoint: a hub id or a local folder (required)")
+    parser.add_argument("--pretrained", required=True, help="llava-hf LLaVA-1.5 / NeXT or Qwen2.5-VL checkpoint: a hub id or a local folder (required)")
     parser.add_argument("--image", required=True, help="the image file (required)")
     parser.add_argument("--question", required=True, help="the question asked about the image (required)")
     parser.add_argument(

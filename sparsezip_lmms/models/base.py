@@ -176,6 +176,15 @@ class CompressedLlava(_LlavaHfChat):
         """One batch through the pipeline (``models.pipeline.generate_batch``)."""
         return generate_batch(self, texts, images, gen_kwargs, prune, questions, fingerprints)
 
+    def explain_prompt(self, messages: ChatMessages, image, question: str, gen_kwargs: dict[str, Any], fingerprint: str):
+        """(answer, visual tokens entering the LLM, selection record, visual tokens after each LLM layer or
+        None) of one prompt with one image, through the batched path of an lmms-eval run (``explain``)."""
+        text = self._chat_text(messages)
+        out = self._generate_batch([text], [image], gen_kwargs, prune=self._prunes_in_llm, questions=[question],
+                                   fingerprints=[fingerprint])  # fmt: skip
+        per_layer = out.layer_stats["visual_tokens_per_layer"][0] if out.layer_stats else None
+        return out.texts[0], out.visual_tokens[0], out.selections[0], per_layer
+
     # ------------------------------------------------------------------ lmms-eval entry point
 
     def _prepare(self, index: int, request: Instance) -> "_Prepared":

@@ -195,6 +195,34 @@ class CompressedQwen(_Qwen2_5_VLChat):
         else:
             self._rank, self._world_size = 0, 1
 
+    def with_config(
+        self, model_id: str, config: str | None = None, overrides: dict[str, Any] | None = None, clip_text_tower: str | None = None
+    ) -> "CompressedQwen":
+        """Model id ``model_id`` with ``config`` (and overrides) on this instance's loaded checkpoint: a new
+        instance that shares the weights, the processor and the device placement (weights are only read, so
+        neither changes how the other generates). Checked like a fresh load."""
+        from lmms_eval.models import get_model
+
+        cls = get_model(model_id)
+        if not (isinstance(cls, type) and issubclass(cls, CompressedQwen)):
+            raise ConfigError(f"{model_id} does not run Qwen2.5-VL checkpoints: use a qwen2_5_vl_<method> model id")
+        if clip_text_tower is not None:
+            raise ConfigError(f"{model_id}: clip_text_tower is not read on Qwen2.5-VL (CDPruner's relevance comes from the LLM's embeddings)")
+        other = cls.__new__(cls)
+        other.__dict__.update(self.__dict__)
+        other.compression = cls.resolve_config(config, dict(overrides or {}), int(self._config.text_config.num_hidden_layers))
+        other.config_name = str(config or cls.default_config)
+        other._effective_config = config_to_dict(other.compression)
+        other._requests_seen = 0
+        return other
+
+    def explain_prompt(self, messages: ChatMessages, image, question: str, gen_kwargs: dict[str, Any], fingerprint: str):
+        """(answer, visual tokens entering the LLM, selection record, visual tokens after each LLM layer or
+        None) of one prompt with one image, through the batched path of an lmms-eval run (``explain``)."""
+        text, images = self.chat_prompt(messages)
+        out = qwen_batch(self, [text], images, gen_kwargs, self.compression, [fingerprint])
+        return out.texts[0], out.visual_tokens[0], out.selections[0], out.per_layer[0] if out.per_layer else None
+
     @property
     def eot_token_id(self) -> int:
         return self.tokenizer.eos_token_id
