@@ -96,8 +96,8 @@ def test_dart_qwen_parity_single_prompt(dart_qwen, sample):
         _check(out, 0, cases, f"{sample}/{setting['tag']}", meta)
 
 
-def test_dart_qwen_parity_left_padded_batch(dart_qwen):
-    cases, meta, model = dart_qwen
+def _check_batch(model, cases, meta, tol=None):
+    """The set's prompts as one left-padded batch of LLM inputs, every setting checked row by row."""
     embeds, mask, positions, starts, counts = _batch(cases, list(SAMPLES))
     for setting in meta["settings"]:
         out = pruned_generate(
@@ -105,7 +105,12 @@ def test_dart_qwen_parity_left_padded_batch(dart_qwen):
             position_ids=positions,
         )  # fmt: skip
         for row, sample in enumerate(SAMPLES):
-            _check(out, row, cases, f"{sample}/{setting['tag']}", meta)
+            _check(out, row, cases, f"{sample}/{setting['tag']}", meta, **({} if tol is None else {"tol": tol}))
+
+
+def test_dart_qwen_parity_left_padded_batch(dart_qwen):
+    cases, meta, model = dart_qwen
+    _check_batch(model, cases, meta)
 
 
 def test_dart_qwen_parity_with_the_stock_numerics(dart_qwen):
@@ -115,14 +120,7 @@ def test_dart_qwen_parity_with_the_stock_numerics(dart_qwen):
     decision exact, the logits within 1e-5 (the README measured 2.2e-7)."""
     cases, meta, _ = dart_qwen
     model = _model(False)
-    embeds, mask, positions, starts, counts = _batch(cases, list(SAMPLES))
-    for setting in meta["settings"]:
-        out = pruned_generate(
-            model, embeds, mask, starts, _config(setting), NEW, num_visual_tokens=counts, family="qwen2_5_vl",
-            position_ids=positions,
-        )  # fmt: skip
-        for row, sample in enumerate(SAMPLES):
-            _check(out, row, cases, f"{sample}/{setting['tag']}", meta, tol=1e-5)
+    _check_batch(model, cases, meta, tol=1e-5)
     held = [s for s in SAMPLES if f"{s}/pixel_values_frame" in cases]
     frames = [cases[f"{s}/pixel_values_frame"] for s in held]  # [P, 3, 14, 14] each
     pixels = torch.cat([f[:, :, None].expand(f.shape[0], 3, 2, 14, 14).reshape(f.shape[0], 1176) for f in frames]).double()
