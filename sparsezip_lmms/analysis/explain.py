@@ -1,8 +1,9 @@
 """Which patches each method keeps for one image and one question, drawn on the image (one PNG).
 
-The checkpoint (LLaVA-1.5, LLaVA-NeXT or Qwen2.5-VL) is loaded once; every entry of --configs runs on those weights through the same
-batched code path as an lmms-eval run and becomes one panel (in-LLM methods: one panel per pruning
-layer) titled with the method, the tokens it kept and the answer it generated.
+The checkpoint (LLaVA-1.5, LLaVA-NeXT or Qwen2.5-VL) is loaded once; every entry of --configs runs on
+those weights through the same batched code path as an lmms-eval run and becomes one panel (in-LLM
+methods: one panel per pruning layer) titled with the method, the tokens it kept and the answer it
+generated.
 
 --configs: comma-separated entries (commas inside brackets do not split), each one of
     MODEL:CONFIG   a model id and a config name or YAML path      llava_sparsevlm:sparsevlm_64
