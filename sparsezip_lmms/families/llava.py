@@ -15,7 +15,7 @@ import torch
 from ..budgets import Geometry, family_of
 from ..compress.baselines import image_keys
 from ..llava.features import ImageTokens, image_tokens
-from ..llava.tokens import ExpandedPrompt, placeholder_runs, resize_image_placeholders, splice_image_features
+from ..llava.tokens import ExpandedPrompt, image_owner, placeholder_runs, resize_image_placeholders, splice_image_features
 
 __all__ = ["LlavaFamily", "family_for"]
 
@@ -106,11 +106,8 @@ class LlavaFamily:
         image_id = self.model.config.image_token_id
         valid = attention_mask.bool()
         is_image = (input_ids == image_id) & valid  # [B, L]
-        starts = placeholder_runs(input_ids, attention_mask, image_id)  # [B, L]
-        runs_so_far = torch.cumsum(starts.long(), dim=1)  # [B, L]: image runs begun at or before each position
-        first_image_of_row = torch.cumsum(starts.sum(1), 0) - starts.sum(1)  # [B]
-        text_after = valid & ~is_image & (runs_so_far > 0)  # [B, L]
-        owner = first_image_of_row[:, None] + runs_so_far - 1  # [B, L] global index of the image a token follows
+        owner = image_owner(input_ids, attention_mask, image_id)  # [B, L] global index of the image a token follows
+        text_after = valid & ~is_image & (owner >= 0)  # [B, L]
         mask = torch.zeros((n_images, input_ids.shape[1]), dtype=torch.bool, device=input_ids.device)
         rows, cols = text_after.nonzero(as_tuple=True)
         mask[owner[rows, cols], cols] = True

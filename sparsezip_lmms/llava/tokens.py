@@ -28,6 +28,17 @@ def placeholder_runs(input_ids: torch.Tensor, attention_mask: torch.Tensor, imag
     return is_image & ~previous
 
 
+def image_owner(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """Long [B, L]: the global index (row-major over the batch) of the image run each token follows, -1
+    before a row's first image run. The question rule of both families: an image's question is the text
+    after its run, up to the next image's."""
+    starts = placeholder_runs(input_ids, attention_mask, image_token_id)  # [B, L]
+    runs_so_far = torch.cumsum(starts.long(), dim=1)  # [B, L]: image runs begun at or before each position
+    per_row = starts.long().sum(1)  # [B]
+    first_image_of_row = torch.cumsum(per_row, 0) - per_row  # [B]
+    return torch.where(runs_so_far > 0, first_image_of_row[:, None] + runs_so_far - 1, -1)
+
+
 def resize_image_placeholders(
     input_ids: torch.Tensor,  # [B, L] (any padding side)
     attention_mask: torch.Tensor,  # [B, L]

@@ -23,6 +23,7 @@ from ..compress.divprune import divprune_select_ragged
 from ..compress.dtypes import at_least_float32
 from ..compress.visionzip import top_mask
 from ..compress.vispruner import vispruner_select
+from ..llava.tokens import image_owner
 from .sparsezip import sparsezip_qwen
 from .vision import VisionOutput, split_images
 
@@ -166,11 +167,9 @@ def image_questions(input_ids: Tensor, attention_mask: Tensor, embeds: Tensor, i
     relevance in the LLM's space)."""
     attended = attention_mask.bool()  # [B, L]
     is_image = (input_ids == image_id) & attended  # [B, L]
-    starts = is_image & ~F.pad(is_image[:, :-1], (1, 0))  # [B, L] first token of each image run
-    runs_so_far = starts.long().cumsum(1)  # [B, L]
-    first = starts.long().sum(1).cumsum(0) - starts.long().sum(1)  # [B] global index of each row's first image
-    text = attended & ~is_image & (runs_so_far > 0) & (input_ids != start_id) & (input_ids != end_id)  # [B, L]
-    owner = (first[:, None] + runs_so_far - 1).flatten()  # [B*L] the image a token follows
+    owner = image_owner(input_ids, attention_mask, image_id)  # [B, L] the image a token follows, -1 before any
+    text = attended & ~is_image & (owner >= 0) & (input_ids != start_id) & (input_ids != end_id)  # [B, L]
+    owner = owner.flatten()  # [B*L]
     work = at_least_float32(embeds.dtype)
     image_ids = torch.arange(images, device=input_ids.device)  # [I]
     weight = ((owner[None] == image_ids[:, None]) & text.flatten()[None]).to(work)  # [I, B*L] (a matmul: deterministic)
