@@ -394,10 +394,9 @@ def explain_figure(image, results: list[Explained], lmm, path: str | Path, title
     resize, crop = crop_of(lmm)
     next_model = lmm.geometry.any_resolution
     view = model_view(image, resize, crop, squash=next_model)
-    resized = any(panel.pixels is not None for panel in panels)  # Qwen2.5-VL panels draw on the resized image
     return overlay_figure(
         view, panels, path, title=title, columns=columns, dpi=dpi,
-        image=image if next_model or resized else None, tile_crop=tile_crop_of(lmm) if next_model else TILE_CROP,
+        image=image if next_model else None, tile_crop=tile_crop_of(lmm) if next_model else TILE_CROP,
     )  # fmt: skip
 
 

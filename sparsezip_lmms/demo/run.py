@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = lmms_eval_command(
             model,
             f"pretrained={weights},config={config},dtype=float32,warmup={args.batch_size}"
-            + (",log_selection=true" if model.startswith(("llava", "qwen2_5_vl")) else "")
+            + ",log_selection=true"  # every id records its selection (LLaVA and Qwen2.5-VL)
             + tiny_model_args(model, out)
             + (QWEN_PIXELS if model.startswith("qwen2_5_vl") else ""),
             task_names,
